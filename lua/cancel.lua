@@ -1,0 +1,42 @@
+#!lua
+-- cancel.lua: give a live hold back before it expires.
+--
+-- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
+-- KEYS[4] <base>r:<rid>   KEYS[5] <base>h:<rid>
+-- ARGV[1] base   ARGV[2] rid   ARGV[3] acting user ('' for the admin)
+--
+-- Returns {outcome, user, qty, status, expires_ms, at_ms} with outcome
+--   'ok'          cancelled now, units given back
+--   'replay'      it was already cancelled (same reply, idempotent)
+--   'conflict'    it is confirmed or expired (status says which); a hold past
+--                 its deadline is expired here and its units given back
+--   'not_found' / 'forbidden' / 'not_loaded'
+assert(#KEYS == 5 and #ARGV == 3, 'cancel.lua: wrong arity')
+local base, rid, actor = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'not_loaded'}
+end
+local now = now_ms()
+local r = load_rec(base, rid, now)
+if not r then
+  return {'not_found'}
+end
+if actor ~= '' and r[1] ~= actor then
+  return {'forbidden'}
+end
+if r[6] then
+  local qty, user = release_hold(base, rid, 'expired', now)
+  emit(base, 'expired', now, rid, user, qty)
+  r[5] = s(now)
+  return rec_reply('conflict', r, 'expired')
+end
+if r[3] == 'cancelled' then
+  return rec_reply('replay', r)
+end
+if r[3] ~= 'held' then
+  return rec_reply('conflict', r)
+end
+local qty, user = release_hold(base, rid, 'cancelled', now)
+emit(base, 'cancelled', now, rid, user, qty)
+r[5] = s(now)
+return rec_reply('ok', r, 'cancelled')

@@ -1,0 +1,91 @@
+-- lib.lua: helpers shared by every flashgate script.
+--
+-- Not a script of its own: gate::scripts prepends it to each script's body
+-- (right after the script's `#!lua` line), so every script stays one atomic
+-- EVALSHA. Key layout of one sale (every key carries the sale's hash tag, so a
+-- script touches one Redis Cluster slot):
+--   <base>sale        hash    config (id stock limit ttl_ms max_hold_ms starts
+--                             ends product created updated), counters (sold
+--                             held), per buyer `u:<user>` (held) and
+--                             `b:<user>` (bought)
+--   <base>holds       zset    reservation id -> hold deadline (ms, Redis clock)
+--   <base>events      stream  one entry per state change, for the worker
+--   <base>r:<rid>     hash    reservation record (user qty status created
+--                             expires max_until at)
+--   <base>h:<rid>     string  the live hold, expiring by PX at its deadline
+--   <base>idem:<user>:<key>  hash  Idempotency-Key -> rid, qty
+-- where <base> = "<prefix>:{<sale_id>}:" is passed as ARGV[1].
+
+-- Integer to string without Lua's float formatting (13-digit ms timestamps).
+local function s(n)
+  return string.format('%d', n)
+end
+
+-- Milliseconds on the Redis clock: one clock for every flashgate instance.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Appends one event to the sale's stream, with the counters after the event.
+local function emit(base, kind, now, rid, user, qty)
+  local c = redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock')
+  redis.call('XADD', base .. 'events', '*',
+    'kind', kind, 'sale', c[1], 'rid', rid or '', 'user', user or '',
+    'qty', s(qty or 0), 'at', s(now),
+    'sold', c[2] or '0', 'held', c[3] or '0', 'stock', c[4] or '0')
+end
+
+-- Ends a held reservation as `status` (expired / cancelled) and gives its
+-- units back. Returns qty, user when units were released, nil otherwise.
+local function release_hold(base, rid, status, now)
+  local rkey = base .. 'r:' .. rid
+  local r = redis.call('HMGET', rkey, 'status', 'user', 'qty')
+  redis.call('ZREM', base .. 'holds', rid)
+  redis.call('DEL', base .. 'h:' .. rid)
+  if r[1] ~= 'held' then
+    return nil
+  end
+  local qty = tonumber(r[3])
+  local sale = base .. 'sale'
+  redis.call('HINCRBY', sale, 'held', -qty)
+  if redis.call('HINCRBY', sale, 'u:' .. r[2], -qty) <= 0 then
+    redis.call('HDEL', sale, 'u:' .. r[2])
+  end
+  redis.call('HSET', rkey, 'status', status, 'at', s(now))
+  return qty, r[2]
+end
+
+-- Gives back the units of at most `limit` holds whose deadline has passed.
+local function sweep(base, now, limit)
+  local due = redis.call('ZRANGE', base .. 'holds', '-inf', s(now), 'BYSCORE', 'LIMIT', 0, limit)
+  local released = 0
+  for _, rid in ipairs(due) do
+    local qty, user = release_hold(base, rid, 'expired', now)
+    if qty then
+      released = released + 1
+      emit(base, 'expired', now, rid, user, qty)
+    end
+  end
+  return released
+end
+
+-- The reply shared by the reservation scripts:
+-- {outcome, user, qty, status, expires_ms, at_ms}
+local function rec_reply(outcome, r, status)
+  return {outcome, r[1] or '', tonumber(r[2] or '0'), status or r[3] or '',
+    tonumber(r[4] or '0'), tonumber(r[5] or '0')}
+end
+
+-- Loads a reservation record as {user, qty, status, expires, at}; the status of
+-- a hold past its deadline reads `expired` even before a sweep ran.
+local function load_rec(base, rid, now)
+  local r = redis.call('HMGET', base .. 'r:' .. rid, 'user', 'qty', 'status', 'expires', 'at')
+  if not r[3] then
+    return nil
+  end
+  if r[3] == 'held' and tonumber(r[4]) <= now then
+    r[6] = 'lapsed'
+  end
+  return r
+end

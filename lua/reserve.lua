@@ -1,0 +1,84 @@
+#!lua
+-- reserve.lua: hold `qty` units of a sale for one buyer, or say why not.
+--
+-- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
+-- KEYS[4] <base>r:<rid>   KEYS[5] <base>h:<rid>
+-- KEYS[6] <base>idem:<user>:<key>  (any key of the sale when ARGV[6] == '0')
+-- ARGV[1] base   ARGV[2] rid (fresh, made by the caller)   ARGV[3] user
+-- ARGV[4] qty    ARGV[5] sweep limit   ARGV[6] '1' to use the idempotency key
+-- ARGV[7] idempotency key ttl ms   ARGV[8] reservation record ttl ms
+--
+-- Returns one of
+--   {'ok', rid, qty, expires_ms}            a new hold
+--   {'replay', rid, qty, status, expires_ms} the key was used with this body
+--   {'idem_mismatch', original_qty}         the key was used with another body
+--   {'not_loaded'}                          the sale has no state in Redis
+--   {'not_started', starts_ms}  {'ended', ends_ms}
+--   {'over_limit', per_user_limit}          qty alone exceeds the cap
+--   {'user_limit', per_user_limit, held_by_user, bought_by_user}
+--   {'sold_out', available}
+-- Everything is checked before the first write: a refusal changes nothing
+-- but the bounded sweep of expired holds.
+assert(#KEYS == 6 and #ARGV == 8, 'reserve.lua: wrong arity')
+local base, rid, user = ARGV[1], ARGV[2], ARGV[3]
+local qty = tonumber(ARGV[4])
+local use_idem = ARGV[6] == '1'
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'not_loaded'}
+end
+local now = now_ms()
+
+if use_idem then
+  local prev = redis.call('HMGET', KEYS[6], 'rid', 'qty')
+  if prev[1] then
+    if tonumber(prev[2]) ~= qty then
+      return {'idem_mismatch', tonumber(prev[2])}
+    end
+    local r = load_rec(base, prev[1], now)
+    if not r then
+      return {'replay', prev[1], qty, 'expired', 0}
+    end
+    local status = r[3]
+    if r[6] then status = 'expired' end
+    return {'replay', prev[1], tonumber(r[2]), status, tonumber(r[4])}
+  end
+end
+
+sweep(base, now, tonumber(ARGV[5]))
+
+local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
+  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user)
+local stock, limit, ttl, max_hold = tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
+if c[5] ~= '' and now < tonumber(c[5]) then
+  return {'not_started', tonumber(c[5])}
+end
+if c[6] ~= '' and now >= tonumber(c[6]) then
+  return {'ended', tonumber(c[6])}
+end
+if qty > limit then
+  return {'over_limit', limit}
+end
+local sold, held = tonumber(c[7]), tonumber(c[8])
+local uheld, ubought = tonumber(c[9] or '0'), tonumber(c[10] or '0')
+if uheld + ubought + qty > limit then
+  return {'user_limit', limit, uheld, ubought}
+end
+if sold + held + qty > stock then
+  return {'sold_out', math.max(stock - sold - held, 0)}
+end
+
+local expires = now + ttl
+redis.call('HINCRBY', KEYS[1], 'held', qty)
+redis.call('HINCRBY', KEYS[1], 'u:' .. user, qty)
+redis.call('HSET', KEYS[4], 'user', user, 'qty', s(qty), 'status', 'held',
+  'created', s(now), 'expires', s(expires), 'max_until', s(now + max_hold))
+redis.call('PEXPIRE', KEYS[4], ARGV[8])
+redis.call('SET', KEYS[5], '1', 'PX', s(ttl))
+redis.call('ZADD', KEYS[2], s(expires), rid)
+if use_idem then
+  redis.call('HSET', KEYS[6], 'rid', rid, 'qty', s(qty))
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+end
+emit(base, 'reserved', now, rid, user, qty)
+return {'ok', rid, qty, expires}

@@ -1,0 +1,152 @@
+//! Who is calling: the admin (a static bearer token, compared in constant
+//! time) or a buyer (an HS256 JWT whose `sub` is the user id).
+
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::Settings;
+use crate::ids::UserId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid or expired token")]
+    Invalid,
+    #[error("the token's subject is not a valid user id")]
+    BadSubject,
+    #[error("admin token required")]
+    NotAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+pub struct Auth {
+    admin_token: Vec<u8>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Auth {
+    pub fn new(settings: &Settings) -> Self {
+        // HS256 only: `alg: none`, other HMACs and RS/HS confusion are refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &settings.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        match &settings.jwt_audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        Self { admin_token: settings.admin_token.expose().as_bytes().to_vec(), key: DecodingKey::from_secret(settings.jwt_secret.expose().as_bytes()), validation }
+    }
+
+    pub fn is_admin(&self, token: &str) -> bool {
+        !self.admin_token.is_empty() && bool::from(token.as_bytes().ct_eq(&self.admin_token))
+    }
+
+    pub fn buyer(&self, token: &str) -> Result<UserId, AuthError> {
+        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|_| AuthError::Invalid)?;
+        UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
+    let value = header.ok_or(AuthError::Missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token.trim())
+}
+
+/// Mints a buyer token (the `flashgate token` command, tests, the demo).
+pub fn mint(secret: &str, sub: &str, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
+    let exp = jsonwebtoken::get_current_timestamp() + ttl_secs;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use base64_engine::encode_b64;
+
+    mod base64_engine {
+        /// Unpadded URL-safe base64, enough to forge test tokens.
+        pub fn encode_b64(data: &[u8]) -> String {
+            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in data.chunks(3) {
+                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+
+    const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+    fn auth() -> Auth {
+        let s = Settings { admin_token: Secret::new("admin-token-0123456789abcdef0123456789"), jwt_secret: Secret::new(SECRET), ..Settings::default() };
+        Auth::new(&s)
+    }
+
+    #[test]
+    fn a_valid_token_names_the_buyer() {
+        let t = mint(SECRET, "alice", 60).expect("mint");
+        assert_eq!(auth().buyer(&t).expect("valid").as_str(), "alice");
+    }
+
+    #[test]
+    fn wrong_signature_expired_and_none_are_refused() {
+        let a = auth();
+        assert_eq!(a.buyer(&mint("another-secret-0123456789abcdef012345", "alice", 60).expect("mint")), Err(AuthError::Invalid));
+        let exp = jsonwebtoken::get_current_timestamp() - 120;
+        let claims = serde_json::json!({ "sub": "alice", "exp": exp });
+        let expired = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).expect("mint");
+        assert_eq!(a.buyer(&expired), Err(AuthError::Invalid));
+        let header = encode_b64(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = encode_b64(format!(r#"{{"sub":"alice","exp":{}}}"#, exp + 1000).as_bytes());
+        assert_eq!(a.buyer(&format!("{header}.{body}.")), Err(AuthError::Invalid));
+        let hs512 = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS512), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).expect("mint");
+        assert_eq!(a.buyer(&hs512), Err(AuthError::Invalid));
+        assert_eq!(a.buyer("garbage"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_token_without_exp_or_with_a_bad_subject_is_refused() {
+        let no_exp = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &serde_json::json!({ "sub": "alice" }), &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).expect("mint");
+        assert_eq!(auth().buyer(&no_exp), Err(AuthError::Invalid));
+        assert_eq!(auth().buyer(&mint(SECRET, "has space", 60).expect("mint")), Err(AuthError::BadSubject));
+    }
+
+    #[test]
+    fn admin_token_and_bearer_parsing() {
+        let a = auth();
+        assert!(a.is_admin("admin-token-0123456789abcdef0123456789"));
+        assert!(!a.is_admin("admin-token-0123456789abcdef012345678"));
+        assert!(!a.is_admin(""));
+        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("Basic abc")), Err(AuthError::Missing));
+        assert_eq!(bearer(Some("Bearer ")), Err(AuthError::Missing));
+        assert_eq!(bearer(None), Err(AuthError::Missing));
+    }
+}

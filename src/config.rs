@@ -1,0 +1,321 @@
+//! Typed settings: defaults, then environment variables (`FLASHGATE_*`).
+//!
+//! Secrets live in [`Secret`], whose `Debug` never prints the value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A value that must never reach a log line.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(<unset>)")
+        } else {
+            f.write_str("Secret(<redacted>)")
+        }
+    }
+}
+
+/// When a confirm is acknowledged to the buyer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfirmDurability {
+    /// 200 only once the order row is committed in Postgres (default).
+    Postgres,
+    /// 200 as soon as the Redis script ran; the worker persists it later.
+    Redis,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// One `redis://` URL, or a comma list of seed nodes in cluster mode.
+    pub redis_urls: Vec<String>,
+    pub redis_cluster: bool,
+    pub database_url: Secret,
+    pub admin_token: Secret,
+    pub jwt_secret: Secret,
+    /// Optional `iss` / `aud` a buyer token must carry.
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Prefix of every Redis key (lets tests and deployments share a Redis).
+    pub key_prefix: String,
+    pub confirm_durability: ConfirmDurability,
+    /// Bound on waiting for Postgres on the confirm path.
+    pub confirm_timeout: Duration,
+    /// Bound on one Redis round trip (connect and response).
+    pub redis_timeout: Duration,
+    /// Bound on one Postgres statement outside the confirm path.
+    pub db_timeout: Duration,
+    pub sweep_interval: Duration,
+    /// Expired holds given back per script call.
+    pub sweep_batch: u32,
+    /// How long reservation records and idempotency keys stay in Redis.
+    pub record_ttl: Duration,
+    pub idempotency_ttl: Duration,
+    /// actix worker threads (0 = one per core).
+    pub http_workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout: Duration,
+    /// Write-behind: entries per batch, deliveries before dead-lettering,
+    /// idle time after which another consumer's pending entries are claimed.
+    pub worker_batch: usize,
+    pub worker_max_deliveries: u64,
+    pub worker_claim_idle: Duration,
+    /// Started with `--dev`: weak or missing secrets are allowed (loudly).
+    pub dev_mode: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            redis_urls: vec!["redis://127.0.0.1:6379".into()],
+            redis_cluster: false,
+            database_url: Secret::new("postgres://postgres@127.0.0.1:5432/flashgate"),
+            admin_token: Secret::default(),
+            jwt_secret: Secret::default(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            key_prefix: "fg".into(),
+            confirm_durability: ConfirmDurability::Postgres,
+            confirm_timeout: Duration::from_millis(2000),
+            redis_timeout: Duration::from_millis(1000),
+            db_timeout: Duration::from_millis(5000),
+            sweep_interval: Duration::from_millis(1000),
+            sweep_batch: 200,
+            record_ttl: Duration::from_secs(7 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            http_workers: 0,
+            max_body_bytes: 16 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            worker_batch: 500,
+            worker_max_deliveries: 5,
+            worker_claim_idle: Duration::from_secs(30),
+            dev_mode: false,
+        }
+    }
+}
+
+/// Minimum length of the admin token and the JWT secret outside dev mode.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl Settings {
+    /// Defaults overlaid with the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Defaults overlaid with whatever `get` returns (testable without
+    /// touching the process environment).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut s = Settings::default();
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = var("FLASHGATE_LISTEN") {
+            s.listen = parse("FLASHGATE_LISTEN", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_REDIS_URL") {
+            s.redis_urls = v.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+        }
+        if let Some(v) = var("FLASHGATE_REDIS_CLUSTER") {
+            s.redis_cluster = parse_bool("FLASHGATE_REDIS_CLUSTER", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_DATABASE_URL") {
+            s.database_url = Secret::new(v);
+        }
+        if let Some(v) = var("FLASHGATE_ADMIN_TOKEN") {
+            s.admin_token = Secret::new(v);
+        }
+        if let Some(v) = var("FLASHGATE_JWT_SECRET") {
+            s.jwt_secret = Secret::new(v);
+        }
+        s.jwt_issuer = var("FLASHGATE_JWT_ISSUER");
+        s.jwt_audience = var("FLASHGATE_JWT_AUDIENCE");
+        if let Some(v) = var("FLASHGATE_KEY_PREFIX") {
+            s.key_prefix = v;
+        }
+        if let Some(v) = var("FLASHGATE_CONFIRM_DURABILITY") {
+            s.confirm_durability = match v.to_ascii_lowercase().as_str() {
+                "postgres" => ConfirmDurability::Postgres,
+                "redis" => ConfirmDurability::Redis,
+                _ => return Err(err("FLASHGATE_CONFIRM_DURABILITY", "expected postgres or redis")),
+            };
+        }
+        let ms = |name: &'static str, target: &mut Duration| -> Result<(), ConfigError> {
+            if let Some(v) = var(name) {
+                *target = Duration::from_millis(parse(name, &v)?);
+            }
+            Ok(())
+        };
+        ms("FLASHGATE_CONFIRM_TIMEOUT_MS", &mut s.confirm_timeout)?;
+        ms("FLASHGATE_REDIS_TIMEOUT_MS", &mut s.redis_timeout)?;
+        ms("FLASHGATE_DB_TIMEOUT_MS", &mut s.db_timeout)?;
+        ms("FLASHGATE_SWEEP_INTERVAL_MS", &mut s.sweep_interval)?;
+        ms("FLASHGATE_SHUTDOWN_TIMEOUT_MS", &mut s.shutdown_timeout)?;
+        ms("FLASHGATE_WORKER_CLAIM_IDLE_MS", &mut s.worker_claim_idle)?;
+        if let Some(v) = var("FLASHGATE_HTTP_WORKERS") {
+            s.http_workers = parse("FLASHGATE_HTTP_WORKERS", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_MAX_BODY_BYTES") {
+            s.max_body_bytes = parse("FLASHGATE_MAX_BODY_BYTES", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_WORKER_BATCH") {
+            s.worker_batch = parse("FLASHGATE_WORKER_BATCH", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_DEV") {
+            s.dev_mode = parse_bool("FLASHGATE_DEV", &v)?;
+        }
+        s.validate_shape()?;
+        Ok(s)
+    }
+
+    /// Checks that do not depend on the mode.
+    fn validate_shape(&self) -> Result<(), ConfigError> {
+        if self.redis_urls.is_empty() {
+            return Err(err("FLASHGATE_REDIS_URL", "no URL given"));
+        }
+        if !self.redis_cluster && self.redis_urls.len() > 1 {
+            return Err(err("FLASHGATE_REDIS_URL", "a list of nodes needs FLASHGATE_REDIS_CLUSTER=1"));
+        }
+        if self.key_prefix.is_empty()
+            || self.key_prefix.len() > 32
+            || !self.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err("FLASHGATE_KEY_PREFIX", "1-32 characters of [A-Za-z0-9_-]"));
+        }
+        if self.worker_batch == 0 {
+            return Err(err("FLASHGATE_WORKER_BATCH", "must be at least 1"));
+        }
+        if self.max_body_bytes < 256 {
+            return Err(err("FLASHGATE_MAX_BODY_BYTES", "must be at least 256"));
+        }
+        Ok(())
+    }
+
+    /// Refuses to serve with missing or short secrets unless in dev mode.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        for (name, secret) in [
+            ("FLASHGATE_ADMIN_TOKEN", &self.admin_token),
+            ("FLASHGATE_JWT_SECRET", &self.jwt_secret),
+        ] {
+            if secret.is_empty() {
+                return Err(err(name, "must be set (or start with --dev for a local trial)"));
+            }
+            if !self.dev_mode && secret.expose().len() < MIN_SECRET_LEN {
+                return Err(err(name, &format!("must be at least {MIN_SECRET_LEN} characters (or start with --dev)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn err(name: &'static str, reason: &str) -> ConfigError {
+    ConfigError { name, reason: reason.to_string() }
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    v.trim().parse().map_err(|e: T::Err| err(name, &e.to_string()))
+}
+
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(err(name, "expected 1/0, true/false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn shipped_defaults_parse() {
+        let s = Settings::from_lookup(lookup(&[])).expect("defaults");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.redis_urls, vec!["redis://127.0.0.1:6379".to_string()]);
+        assert_eq!(s.confirm_durability, ConfirmDurability::Postgres);
+        assert_eq!(s.key_prefix, "fg");
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::from_lookup(lookup(&[
+            ("FLASHGATE_LISTEN", "0.0.0.0:9000"),
+            ("FLASHGATE_REDIS_URL", "redis://a:1, redis://b:2"),
+            ("FLASHGATE_REDIS_CLUSTER", "1"),
+            ("FLASHGATE_CONFIRM_DURABILITY", "redis"),
+            ("FLASHGATE_CONFIRM_TIMEOUT_MS", "750"),
+        ]))
+        .expect("parse");
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.redis_urls.len(), 2);
+        assert!(s.redis_cluster);
+        assert_eq!(s.confirm_durability, ConfirmDurability::Redis);
+        assert_eq!(s.confirm_timeout, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_DURABILITY", "disk")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_CONFIRM_DURABILITY");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_KEY_PREFIX", "a{b}")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_KEY_PREFIX");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_REDIS_URL", "redis://a,redis://b")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_REDIS_URL");
+    }
+
+    #[test]
+    fn secrets_are_required_and_long_outside_dev() {
+        let mut s = Settings::default();
+        assert!(s.check_secrets().is_err());
+        s.admin_token = Secret::new("short");
+        s.jwt_secret = Secret::new("short");
+        assert!(s.check_secrets().is_err());
+        s.dev_mode = true;
+        assert!(s.check_secrets().is_ok());
+        s.dev_mode = false;
+        s.admin_token = Secret::new("a".repeat(32));
+        s.jwt_secret = Secret::new("b".repeat(32));
+        assert!(s.check_secrets().is_ok());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2-very-secret");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let settings = Settings { admin_token: s, ..Settings::default() };
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+}

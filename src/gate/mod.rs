@@ -1,0 +1,358 @@
+//! The Redis side: every decision is one atomic Lua script on one sale's
+//! keys. Handlers never see Redis types: they get the typed outcomes of
+//! [`reply`].
+
+pub mod conn;
+pub mod keys;
+pub mod reply;
+pub mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{AsyncCommands, ErrorKind, RedisError, ServerErrorKind, Value};
+
+pub use conn::RedisConn;
+pub use keys::SaleKeys;
+pub use reply::{ConfigureOutcome, Record, RecordOutcome, ReserveOutcome, SaleState, Status};
+
+use crate::ids::{IdempotencyKey, SaleId, UserId};
+use reply::Reply;
+use scripts::Scripts;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The sale has no state in Redis: unknown, or lost with Redis' data.
+    #[error("the sale has no state in Redis")]
+    NotLoaded,
+    #[error("Redis refused the write: out of memory (maxmemory reached)")]
+    OutOfMemory(#[source] RedisError),
+    #[error("Redis is unavailable")]
+    Unavailable(#[source] RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis script error")]
+    Script(#[source] RedisError),
+    #[error("unexpected reply from {script}.lua: {detail}")]
+    Protocol { script: &'static str, detail: String },
+}
+
+impl From<RedisError> for GateError {
+    fn from(e: RedisError) -> Self {
+        if e.code() == Some("OOM") {
+            return Self::OutOfMemory(e);
+        }
+        let transient = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_cluster_error()
+            || matches!(e.code(), Some("BUSY" | "NOREPLICAS" | "MISCONF"))
+            || matches!(
+                e.kind(),
+                ErrorKind::Io
+                    | ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ReadOnly
+                            | ServerErrorKind::Moved
+                            | ServerErrorKind::Ask
+                    )
+            );
+        if transient {
+            Self::Unavailable(e)
+        } else {
+            Self::Script(e)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GateOptions {
+    pub prefix: String,
+    /// Hard bound on one gate call (connect, NOSCRIPT reload included).
+    pub deadline: Duration,
+    pub sweep_batch: u32,
+    pub record_ttl: Duration,
+    pub idempotency_ttl: Duration,
+}
+
+/// The configuration of a sale, in the units the scripts use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleConfig {
+    pub stock: i64,
+    pub per_user_limit: u32,
+    pub hold_ttl_ms: i64,
+    pub max_hold_ms: i64,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub product_id: Option<String>,
+}
+
+/// Who acts on a reservation: its buyer, or the admin (payment service).
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    Admin,
+    Buyer(&'a UserId),
+}
+
+impl Actor<'_> {
+    fn arg(&self) -> &str {
+        match self {
+            Actor::Admin => "",
+            Actor::Buyer(u) => u.as_str(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gate {
+    conn: RedisConn,
+    scripts: Arc<Scripts>,
+    opts: Arc<GateOptions>,
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_default()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+impl Gate {
+    pub fn new(conn: RedisConn, opts: GateOptions) -> Self {
+        Self { conn, scripts: Arc::new(Scripts::new()), opts: Arc::new(opts) }
+    }
+
+    pub fn keys(&self, sale: &SaleId) -> SaleKeys {
+        SaleKeys::new(&self.opts.prefix, sale)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.opts.prefix
+    }
+
+    /// A clone of the shared connection, for the few plain commands.
+    pub fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T, RedisError>>) -> Result<T, GateError> {
+        match tokio::time::timeout(self.opts.deadline, fut).await {
+            Ok(r) => r.map_err(GateError::from),
+            Err(_) => Err(GateError::Timeout(self.opts.deadline)),
+        }
+    }
+
+    async fn invoke(&self, name: &'static str, inv: &redis::ScriptInvocation<'_>) -> Result<Reply, GateError> {
+        let mut conn = self.conn.clone();
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let reply = Reply::new(name, v)?;
+        if reply.tag()? == "not_loaded" {
+            return Err(GateError::NotLoaded);
+        }
+        Ok(reply)
+    }
+
+    /// Loads every script into Redis (a warm-up; `invoke` reloads anyway).
+    pub async fn load_scripts(&self) -> Result<(), GateError> {
+        for script in self.scripts.all() {
+            let mut conn = self.conn.clone();
+            self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    pub async fn reserve(&self, sale: &SaleId, rid: &str, user: &UserId, qty: u32, idem: Option<&IdempotencyKey>) -> Result<ReserveOutcome, GateError> {
+        let k = self.keys(sale);
+        let idem_key = match idem {
+            Some(key) => k.idempotency(user.as_str(), key.as_str()),
+            None => k.sale(),
+        };
+        let mut inv = self.scripts.reserve.prepare_invoke();
+        inv.key(k.sale()).key(k.holds()).key(k.events()).key(k.reservation(rid)).key(k.hold(rid)).key(idem_key);
+        inv.arg(k.base())
+            .arg(rid)
+            .arg(user.as_str())
+            .arg(qty)
+            .arg(self.opts.sweep_batch)
+            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(ms(self.opts.idempotency_ttl))
+            .arg(ms(self.opts.record_ttl));
+        let r = self.invoke("reserve", &inv).await?;
+        Ok(match r.tag()? {
+            "ok" => ReserveOutcome::Held { rid: r.str(1)?.to_string(), qty: r.u32(2)?, expires_ms: r.int(3)? },
+            "replay" => ReserveOutcome::Replay { rid: r.str(1)?.to_string(), qty: r.u32(2)?, status: r.status(3)?, expires_ms: r.int(4)? },
+            "idem_mismatch" => ReserveOutcome::IdempotencyMismatch { original_qty: r.u32(1)? },
+            "not_started" => ReserveOutcome::NotStarted { starts_ms: r.int(1)? },
+            "ended" => ReserveOutcome::Ended { ends_ms: r.int(1)? },
+            "over_limit" => ReserveOutcome::OverLimit { limit: r.u32(1)? },
+            "user_limit" => ReserveOutcome::UserLimit { limit: r.u32(1)?, held: r.u32(2)?, bought: r.u32(3)? },
+            "sold_out" => ReserveOutcome::SoldOut { available: r.int(1)? },
+            _ => return Err(r.unexpected()),
+        })
+    }
+
+    async fn transition(&self, name: &'static str, script: &redis::Script, sale: &SaleId, rid: &str, actor: Actor<'_>, last: String) -> Result<RecordOutcome, GateError> {
+        let k = self.keys(sale);
+        let mut inv = script.prepare_invoke();
+        inv.key(k.sale()).key(k.holds()).key(k.events()).key(k.reservation(rid)).key(k.hold(rid));
+        inv.arg(k.base()).arg(rid).arg(actor.arg());
+        if name != "cancel" {
+            inv.arg(last);
+        }
+        let r = self.invoke(name, &inv).await?;
+        Ok(match r.tag()? {
+            "ok" => RecordOutcome::Done(r.record()?),
+            "replay" => RecordOutcome::Replay(r.record()?),
+            "conflict" => RecordOutcome::Conflict(r.record()?),
+            "hold_limit" => RecordOutcome::HoldLimit(r.record()?),
+            "not_found" => RecordOutcome::NotFound,
+            "forbidden" => RecordOutcome::Forbidden,
+            _ => return Err(r.unexpected()),
+        })
+    }
+
+    pub async fn confirm(&self, sale: &SaleId, rid: &str, actor: Actor<'_>) -> Result<RecordOutcome, GateError> {
+        self.transition("confirm", &self.scripts.confirm, sale, rid, actor, ms(self.opts.record_ttl).to_string()).await
+    }
+
+    pub async fn cancel(&self, sale: &SaleId, rid: &str, actor: Actor<'_>) -> Result<RecordOutcome, GateError> {
+        self.transition("cancel", &self.scripts.cancel, sale, rid, actor, String::new()).await
+    }
+
+    /// `by` = None extends by the sale's hold ttl.
+    pub async fn extend(&self, sale: &SaleId, rid: &str, actor: Actor<'_>, by: Option<Duration>) -> Result<RecordOutcome, GateError> {
+        self.transition("extend", &self.scripts.extend, sale, rid, actor, by.map(|d| ms(d).to_string()).unwrap_or_default()).await
+    }
+
+    /// Reads one reservation (no side effect). Ownership is the caller's check.
+    pub async fn lookup(&self, sale: &SaleId, rid: &str) -> Result<Option<Record>, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.lookup.prepare_invoke();
+        inv.key(k.sale()).key(k.reservation(rid)).arg(k.base()).arg(rid);
+        let r = self.invoke("lookup", &inv).await?;
+        match r.tag()? {
+            "ok" => Ok(Some(r.record()?)),
+            "not_found" => Ok(None),
+            _ => Err(r.unexpected()),
+        }
+    }
+
+    /// Gives back expired holds (a bounded batch) and reports the sale.
+    pub async fn sweep(&self, sale: &SaleId) -> Result<SaleState, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.sweep.prepare_invoke();
+        inv.key(k.sale()).key(k.holds()).key(k.events()).arg(k.base()).arg(self.opts.sweep_batch);
+        let r = self.invoke("sweep", &inv).await?;
+        if r.tag()? != "ok" {
+            return Err(r.unexpected());
+        }
+        Ok(SaleState {
+            released: r.int(1)?,
+            stock: r.int(2)?,
+            per_user_limit: r.u32(3)?,
+            hold_ttl_ms: r.int(4)?,
+            max_hold_ms: r.int(5)?,
+            starts_ms: r.opt_int(6)?,
+            ends_ms: r.opt_int(7)?,
+            product_id: r.opt_str(8)?,
+            sold: r.int(9)?,
+            held: r.int(10)?,
+            now_ms: r.int(11)?,
+            created_ms: r.int(12)?,
+            updated_ms: r.int(13)?,
+        })
+    }
+
+    /// `must_exist`: the sale is known to Postgres, so missing Redis state
+    /// means lost state ([`GateError::NotLoaded`]), never a fresh sale.
+    pub async fn configure(&self, sale: &SaleId, cfg: &SaleConfig, must_exist: bool) -> Result<ConfigureOutcome, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.configure.prepare_invoke();
+        inv.key(k.sale()).key(k.holds()).key(k.events());
+        inv.arg(k.base())
+            .arg(sale.as_str())
+            .arg(if must_exist { "update" } else { "upsert" })
+            .arg(cfg.stock)
+            .arg(cfg.per_user_limit)
+            .arg(cfg.hold_ttl_ms)
+            .arg(cfg.max_hold_ms)
+            .arg(opt(cfg.starts_ms))
+            .arg(opt(cfg.ends_ms))
+            .arg(cfg.product_id.as_deref().unwrap_or(""))
+            .arg(self.opts.sweep_batch);
+        let r = self.invoke("configure", &inv).await?;
+        let outcome = match r.tag()? {
+            "created" => ConfigureOutcome::Created,
+            "updated" => ConfigureOutcome::Updated,
+            "below" => return Ok(ConfigureOutcome::BelowCommitted { sold: r.int(1)?, held: r.int(2)? }),
+            _ => return Err(r.unexpected()),
+        };
+        self.index(sale).await?;
+        Ok(outcome)
+    }
+
+    /// Rebuilds a lost sale from its durable record: configuration, units
+    /// sold and each buyer's confirmed total. Returns false when another
+    /// instance rebuilt it first (nothing changed).
+    pub async fn load(&self, sale: &SaleId, cfg: &SaleConfig, sold: i64, bought: &[(String, i64)]) -> Result<bool, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.load.prepare_invoke();
+        inv.key(k.sale()).key(k.holds()).key(k.events());
+        inv.arg(k.base())
+            .arg(sale.as_str())
+            .arg(cfg.stock)
+            .arg(cfg.per_user_limit)
+            .arg(cfg.hold_ttl_ms)
+            .arg(cfg.max_hold_ms)
+            .arg(opt(cfg.starts_ms))
+            .arg(opt(cfg.ends_ms))
+            .arg(cfg.product_id.as_deref().unwrap_or(""))
+            .arg(sold);
+        for (user, qty) in bought {
+            inv.arg(user.as_str()).arg(*qty);
+        }
+        let mut conn = self.conn.clone();
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let r = Reply::new("load", v)?;
+        let loaded = match r.tag()? {
+            "loaded" => true,
+            "exists" => false,
+            _ => return Err(r.unexpected()),
+        };
+        self.index(sale).await?;
+        Ok(loaded)
+    }
+
+    /// Adds the sale to the index the sweeper and the worker walk.
+    async fn index(&self, sale: &SaleId) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self.bounded(conn.sadd(keys::sales_index(&self.opts.prefix), sale.as_str())).await?;
+        Ok(())
+    }
+
+    /// Every sale id in the index (invalid entries skipped).
+    pub async fn indexed_sales(&self) -> Result<Vec<SaleId>, GateError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = self.bounded(conn.smembers(keys::sales_index(&self.opts.prefix))).await?;
+        Ok(ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect())
+    }
+
+    /// `maxmemory-policy` of the server(s), to warn about eviction.
+    pub async fn eviction_policy(&self) -> Result<String, GateError> {
+        let mut conn = self.conn.clone();
+        let v: Vec<String> = self.bounded(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn)).await?;
+        Ok(v.get(1).cloned().unwrap_or_default())
+    }
+}

@@ -1,0 +1,188 @@
+//! Typed results of the scripts, parsed once from Redis replies.
+
+use redis::Value;
+
+use super::GateError;
+
+/// What a reservation is, as the scripts report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Held,
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "held" => Self::Held,
+            "confirmed" => Self::Confirmed,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Held { rid: String, qty: u32, expires_ms: i64 },
+    Replay { rid: String, qty: u32, status: Status, expires_ms: i64 },
+    IdempotencyMismatch { original_qty: u32 },
+    NotStarted { starts_ms: i64 },
+    Ended { ends_ms: i64 },
+    OverLimit { limit: u32 },
+    UserLimit { limit: u32, held: u32, bought: u32 },
+    SoldOut { available: i64 },
+}
+
+/// A reservation record: buyer, units, status, deadline and the time of its
+/// last transition (confirmed / cancelled / expired), 0 while held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub user: String,
+    pub qty: u32,
+    pub status: Status,
+    pub expires_ms: i64,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The transition happened now.
+    Done(Record),
+    /// It had already happened: the same answer again.
+    Replay(Record),
+    /// The reservation is in a state that forbids the transition.
+    Conflict(Record),
+    /// extend: already at the sale's maximum hold time.
+    HoldLimit(Record),
+    NotFound,
+    Forbidden,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleState {
+    pub stock: i64,
+    pub per_user_limit: u32,
+    pub hold_ttl_ms: i64,
+    pub max_hold_ms: i64,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub product_id: Option<String>,
+    pub sold: i64,
+    pub held: i64,
+    pub now_ms: i64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub released: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigureOutcome {
+    Created,
+    Updated,
+    BelowCommitted { sold: i64, held: i64 },
+}
+
+/// A script's reply as an array, with typed accessors that name the script
+/// in every error.
+pub(super) struct Reply {
+    script: &'static str,
+    items: Vec<Value>,
+}
+
+impl Reply {
+    pub fn new(script: &'static str, v: Value) -> Result<Self, GateError> {
+        match v {
+            Value::Array(items) if !items.is_empty() => Ok(Self { script, items }),
+            other => Err(GateError::Protocol { script, detail: format!("expected a non-empty array, got {other:?}") }),
+        }
+    }
+
+    fn bad(&self, i: usize, what: &str) -> GateError {
+        GateError::Protocol { script: self.script, detail: format!("item {i}: expected {what}, got {:?}", self.items.get(i)) }
+    }
+
+    pub fn str(&self, i: usize) -> Result<&str, GateError> {
+        match self.items.get(i) {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).map_err(|_| self.bad(i, "utf-8")),
+            Some(Value::SimpleString(s)) => Ok(s),
+            _ => Err(self.bad(i, "a string")),
+        }
+    }
+
+    pub fn tag(&self) -> Result<&str, GateError> {
+        self.str(0)
+    }
+
+    pub fn int(&self, i: usize) -> Result<i64, GateError> {
+        match self.items.get(i) {
+            Some(Value::Int(n)) => Ok(*n),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or_else(|| self.bad(i, "an integer")),
+            _ => Err(self.bad(i, "an integer")),
+        }
+    }
+
+    pub fn u32(&self, i: usize) -> Result<u32, GateError> {
+        u32::try_from(self.int(i)?).map_err(|_| self.bad(i, "a small non-negative integer"))
+    }
+
+    /// An integer field stored as '' when unset.
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, GateError> {
+        match self.items.get(i) {
+            Some(Value::BulkString(b)) if b.is_empty() => Ok(None),
+            Some(Value::Nil) | None => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+
+    pub fn opt_str(&self, i: usize) -> Result<Option<String>, GateError> {
+        match self.items.get(i) {
+            Some(Value::Nil) | None => Ok(None),
+            _ => Ok(Some(self.str(i)?).filter(|s| !s.is_empty()).map(str::to_string)),
+        }
+    }
+
+    pub fn status(&self, i: usize) -> Result<Status, GateError> {
+        Status::parse(self.str(i)?).ok_or_else(|| self.bad(i, "a reservation status"))
+    }
+
+    pub fn unexpected(&self) -> GateError {
+        GateError::Protocol { script: self.script, detail: format!("unexpected reply {:?}", self.items) }
+    }
+
+    /// `{outcome, user, qty, status, expires_ms, at_ms}`
+    pub fn record(&self) -> Result<Record, GateError> {
+        Ok(Record { user: self.str(1)?.to_string(), qty: self.u32(2)?, status: self.status(3)?, expires_ms: self.int(4)?, at_ms: self.int(5)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn records_parse_from_mixed_strings_and_integers() {
+        let r = Reply::new("t", Value::Array(vec![bulk("ok"), bulk("u1"), Value::Int(2), bulk("held"), Value::Int(1_795_422_534_255), Value::Int(0)])).expect("array");
+        assert_eq!(r.tag().expect("tag"), "ok");
+        let rec = r.record().expect("record");
+        assert_eq!(rec, Record { user: "u1".into(), qty: 2, status: Status::Held, expires_ms: 1_795_422_534_255, at_ms: 0 });
+    }
+
+    #[test]
+    fn malformed_replies_are_protocol_errors_naming_the_script() {
+        assert!(matches!(Reply::new("reserve", Value::Nil), Err(GateError::Protocol { script: "reserve", .. })));
+        let r = Reply::new("confirm", Value::Array(vec![bulk("ok"), bulk("u1"), bulk("x")])).expect("array");
+        assert!(matches!(r.record(), Err(GateError::Protocol { script: "confirm", .. })));
+        let r = Reply::new("t", Value::Array(vec![bulk("ok"), bulk(""), Value::Int(-1)])).expect("array");
+        assert_eq!(r.opt_int(1).expect("empty is none"), None);
+        assert!(r.u32(2).is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! The Lua scripts of `lua/`, embedded in the binary and called by SHA
+//! (`EVALSHA`, reloaded by the `redis` crate on `NOSCRIPT`).
+
+use redis::Script;
+
+const LIB: &str = include_str!("../../lua/lib.lua");
+
+/// A script's source as Redis runs it: its `#!lua` line, then `lib.lua`,
+/// then its body. One string, so each script stays a single atomic call.
+pub fn compose(src: &str) -> String {
+    let (shebang, body) = src.split_once('\n').unwrap_or((src, ""));
+    let mut out = String::with_capacity(src.len() + LIB.len() + 1);
+    out.push_str(shebang);
+    out.push('\n');
+    out.push_str(LIB);
+    out.push_str(body);
+    out
+}
+
+/// Every script, by name, as in `lua/<name>.lua`.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("reserve", include_str!("../../lua/reserve.lua")),
+    ("confirm", include_str!("../../lua/confirm.lua")),
+    ("cancel", include_str!("../../lua/cancel.lua")),
+    ("extend", include_str!("../../lua/extend.lua")),
+    ("lookup", include_str!("../../lua/lookup.lua")),
+    ("sweep", include_str!("../../lua/sweep.lua")),
+    ("configure", include_str!("../../lua/configure.lua")),
+    ("load", include_str!("../../lua/load.lua")),
+];
+
+/// The composed source of one script (`flashgate script <name>` prints it,
+/// e.g. for `redis-benchmark`).
+pub fn source(name: &str) -> Option<String> {
+    SOURCES.iter().find(|(n, _)| *n == name).map(|(_, src)| compose(src))
+}
+
+pub struct Scripts {
+    pub reserve: Script,
+    pub confirm: Script,
+    pub cancel: Script,
+    pub extend: Script,
+    pub lookup: Script,
+    pub sweep: Script,
+    pub configure: Script,
+    pub load: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let s = |src: &str| Script::new(&compose(src));
+        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load] = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| s(SOURCES[i].1));
+        Self { reserve, confirm, cancel, extend, lookup, sweep, configure, load }
+    }
+
+    pub fn all(&self) -> [&Script; 8] {
+        [&self.reserve, &self.confirm, &self.cancel, &self.extend, &self.lookup, &self.sweep, &self.configure, &self.load]
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composed_scripts_keep_their_flags_line_first() {
+        for (name, src) in SOURCES {
+            let composed = compose(src);
+            assert!(composed.starts_with("#!lua"), "{name} must open with its #!lua flags line");
+            assert!(composed.contains("local function now_ms()"), "{name} lacks lib.lua");
+            assert!(!composed.contains("allow-oom"), "{name} must be refused whole at maxmemory");
+            assert!(!composed.contains("MAXLEN"), "{name} must never trim the stream");
+        }
+        assert!(source("lookup").expect("lookup").starts_with("#!lua flags=no-writes"));
+        assert!(source("nope").is_none());
+    }
+}

@@ -1,0 +1,113 @@
+//! The `flashgate` binary: a thin CLI over the library.
+
+use clap::{Parser, Subcommand};
+
+use flashgate::config::Settings;
+use flashgate::startup::{self, Application, Options};
+
+#[derive(Parser)]
+#[command(name = "flashgate", version, about = "Flash-sale gatekeeper: atomic reservations in Redis, durable orders in Postgres")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (plus the sweeper and the write-behind worker).
+    Serve {
+        /// Run the API alone (another process runs `flashgate worker`).
+        #[arg(long)]
+        no_worker: bool,
+        /// Allow missing or short secrets for a local trial (never in production).
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Run only the write-behind worker.
+    Worker,
+    /// Apply the Postgres migrations and exit.
+    Migrate,
+    /// Mint a buyer token (HS256, signed with FLASHGATE_JWT_SECRET).
+    Token {
+        /// The buyer's user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Print a Lua script as Redis runs it (e.g. for redis-benchmark).
+    Script { name: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    flashgate::telemetry::init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let mut settings = Settings::from_env()?;
+    match command {
+        Command::Serve { no_worker, dev } => {
+            if dev {
+                settings.dev_mode = true;
+            }
+            if settings.dev_mode {
+                tracing::warn!("DEV MODE: weak or missing secrets are accepted. Never run like this in production.");
+            }
+            let app = Application::build(settings, Options { run_worker: !no_worker, run_sweeper: true }).await?;
+            app.run_until_stopped().await?;
+        }
+        Command::Worker => {
+            let (gate, store) = startup::connect(&settings).await?;
+            store.migrate().await?;
+            let worker = startup::worker(&settings, &gate, &store).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            worker.run(shutdown).await;
+        }
+        Command::Migrate => {
+            let (_, store) = startup::connect(&settings).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+        }
+        Command::Token { sub, ttl_secs } => {
+            if settings.jwt_secret.is_empty() {
+                anyhow::bail!("FLASHGATE_JWT_SECRET is not set");
+            }
+            println!("{}", flashgate::auth::mint(settings.jwt_secret.expose(), &sub, ttl_secs)?);
+        }
+        Command::Script { name } => match flashgate::gate::scripts::source(&name) {
+            Some(src) => print!("{src}"),
+            None => anyhow::bail!("no script named {name}"),
+        },
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,161 @@
+//! Wiring: connections, shared state, background tasks and the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlers;
+use actix_web::{web, App, HttpServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+use crate::api::{self, AppState};
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::gate::{Gate, GateOptions, RedisConn};
+use crate::service::Service;
+use crate::store::worker::{Worker, WorkerConfig, WorkerStatus};
+use crate::store::Store;
+
+/// The Redis gate and the Postgres store, as configured.
+pub async fn connect(settings: &Settings) -> anyhow::Result<(Gate, Store)> {
+    let conn = RedisConn::connect(&settings.redis_urls, settings.redis_cluster, settings.redis_timeout).await?;
+    let gate = Gate::new(
+        conn,
+        GateOptions {
+            prefix: settings.key_prefix.clone(),
+            deadline: settings.redis_timeout * 2,
+            sweep_batch: settings.sweep_batch,
+            record_ttl: settings.record_ttl,
+            idempotency_ttl: settings.idempotency_ttl,
+        },
+    );
+    let store = Store::connect_lazy(settings.database_url.expose(), settings.db_timeout, 16)?;
+    Ok((gate, store))
+}
+
+/// A write-behind worker on its own Redis connection (replies may take
+/// longer than the request path's bound).
+pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::Result<Worker> {
+    let conn = RedisConn::connect(&settings.redis_urls, settings.redis_cluster, settings.redis_timeout * 5).await?;
+    let cfg = WorkerConfig::new(settings.worker_batch, settings.worker_max_deliveries, settings.worker_claim_idle);
+    Ok(Worker::new(gate.clone(), conn, store.clone(), cfg, Arc::new(WorkerStatus::default())))
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    pub service: Service,
+    pub worker_status: Option<Arc<WorkerStatus>>,
+}
+
+pub struct Options {
+    pub run_worker: bool,
+    pub run_sweeper: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { run_worker: true, run_sweeper: true }
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings, opts: Options) -> anyhow::Result<Self> {
+        settings.check_secrets()?;
+        let (gate, store) = connect(&settings).await?;
+        if let Err(e) = store.migrate().await {
+            tracing::warn!(error = %crate::error::chain(&e), "could not apply migrations at start (Postgres down?); run `flashgate migrate` when it is back");
+        }
+        let service = Service { gate: gate.clone(), store: store.clone(), durability: settings.confirm_durability, confirm_timeout: settings.confirm_timeout };
+        warm_up(&service).await;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut worker_status = None;
+        if opts.run_worker {
+            let w = worker(&settings, &gate, &store).await?;
+            worker_status = Some(w.status());
+            tasks.push(tokio::spawn(w.run(shutdown.clone())));
+        }
+        if opts.run_sweeper {
+            tasks.push(tokio::spawn(crate::sweeper::run(gate.clone(), settings.sweep_interval, settings.sweep_batch, shutdown.clone())));
+        }
+
+        let state = web::Data::new(AppState { service: service.clone(), auth: Auth::new(&settings), max_body_bytes: settings.max_body_bytes, worker: worker_status.clone() });
+        let listener = TcpListener::bind(settings.listen)?;
+        let port = listener.local_addr()?.port();
+        let limit = settings.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(ErrorHandlers::new().default_handler_client(api::ensure_json_error).default_handler_server(api::ensure_json_error).handler(StatusCode::NOT_FOUND, api::ensure_json_error))
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .app_data(api::json_config(limit))
+                .app_data(api::path_config())
+                .app_data(api::query_config())
+                .app_data(web::PayloadConfig::new(limit))
+                .configure(api::routes)
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)?
+        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+        .max_connection_rate(1024)
+        .backlog(4096);
+        if settings.http_workers > 0 {
+            server = server.workers(settings.http_workers);
+        }
+        let server = server.run();
+        tracing::info!(port, worker = opts.run_worker, durability = ?settings.confirm_durability, "flashgate listening");
+        Ok(Self { port, server, shutdown, tasks, service, worker_status })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the server gracefully (tests, signals).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT / SIGTERM (or `handle().stop()`): stops accepting,
+    /// lets in-flight requests finish (bounded by the shutdown timeout), then
+    /// stops the worker (which never acks uncommitted work) and the sweeper.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.shutdown.cancel();
+        for t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+                tracing::warn!("a background task did not stop in time");
+            }
+        }
+        tracing::info!("flashgate stopped");
+        result
+    }
+}
+
+/// Scripts loaded, sales restored from Postgres, eviction policy checked.
+/// Failures only warn: the service starts unready and recovers by itself.
+async fn warm_up(service: &Service) {
+    if let Err(e) = service.gate.load_scripts().await {
+        tracing::warn!(error = %crate::error::chain(&e), "Redis not reachable at start; requests answer 503 until it is");
+        return;
+    }
+    match service.gate.eviction_policy().await {
+        Ok(p) if p != "noeviction" && !p.is_empty() => {
+            tracing::warn!(policy = %p, "Redis maxmemory-policy is not noeviction: Redis may evict flashgate's keys under memory pressure; set `maxmemory-policy noeviction`");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %crate::error::chain(&e), "could not read maxmemory-policy"),
+    }
+    match service.restore_all().await {
+        Ok(n) => tracing::info!(sales = n, "sales present in Redis (rebuilt from Postgres where missing)"),
+        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not restore sales from Postgres at start; they are rebuilt on first use"),
+    }
+}

@@ -1,0 +1,322 @@
+//! The write-behind worker: drains every sale's event stream into Postgres.
+//!
+//! Per sale: read a batch with the consumer group, write it in one
+//! transaction (idempotent), then XACK and XDEL it atomically — never before
+//! the commit. Entries another (dead) consumer left pending are claimed with
+//! XAUTOCLAIM; an entry that cannot be applied after `max_deliveries` goes to
+//! the sale's dead-letter stream with a log line instead of blocking the rest.
+//! Several workers can run at once: every write is idempotent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, Store, StoreError};
+use crate::gate::{Gate, GateError, RedisConn, SaleKeys};
+use crate::ids::SaleId;
+
+pub const GROUP: &str = "flashgate-writer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Redis(#[from] GateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<redis::RedisError> for WorkerError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Redis(GateError::from(e))
+    }
+}
+
+/// What the worker last saw: shown by `/readyz` and logged.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    /// Stream entries not yet written and acknowledged, over all sales.
+    pub backlog: AtomicI64,
+    /// Of those, delivered to a consumer but not yet acknowledged.
+    pub pending: AtomicI64,
+    pub events_written: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub postgres_errors: AtomicU64,
+    /// False while the last write to Postgres failed.
+    pub postgres_ok: AtomicBool,
+    pub running: AtomicBool,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub consumer: String,
+    pub batch: usize,
+    pub max_deliveries: u64,
+    pub claim_idle: Duration,
+    /// Pause when a whole pass found nothing to do.
+    pub idle_wait: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(batch: usize, max_deliveries: u64, claim_idle: Duration) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "flashgate".into());
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        Self { consumer: format!("{host}-{}-{}", std::process::id(), &tag[..8]), batch, max_deliveries, claim_idle, idle_wait: Duration::from_millis(50) }
+    }
+}
+
+pub struct Worker {
+    gate: Gate,
+    /// Its own connection: the worker's reads never queue behind (or in
+    /// front of) the request path's multiplexed connection.
+    conn: RedisConn,
+    store: Store,
+    cfg: WorkerConfig,
+    status: Arc<WorkerStatus>,
+    /// Sales whose consumer group exists.
+    grouped: HashSet<SaleId>,
+    /// Sales with entries delivered to this consumer and not yet acked.
+    own_pending: HashSet<SaleId>,
+    last_claim: Instant,
+    last_stats: Instant,
+}
+
+impl Worker {
+    pub fn new(gate: Gate, conn: RedisConn, store: Store, cfg: WorkerConfig, status: Arc<WorkerStatus>) -> Self {
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
+        Self { gate, conn, store, cfg, status, grouped: HashSet::new(), own_pending: HashSet::new(), last_claim: long_ago, last_stats: long_ago }
+    }
+
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` fires; a batch in flight is finished (or
+    /// abandoned unacknowledged), never acknowledged before its commit.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(consumer = %self.cfg.consumer, "write-behind worker started");
+        self.status.running.store(true, Ordering::Relaxed);
+        self.status.postgres_ok.store(true, Ordering::Relaxed);
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.pass().await {
+                Ok(done) => {
+                    backoff = Duration::from_millis(100);
+                    if done == 0 {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(self.cfg.idle_wait) => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let WorkerError::Store(_) = e {
+                        self.status.postgres_ok.store(false, Ordering::Relaxed);
+                        self.status.postgres_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), retry_in_ms = backoff.as_millis() as u64, "write-behind pass failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.status.running.store(false, Ordering::Relaxed);
+        tracing::info!(consumer = %self.cfg.consumer, "write-behind worker stopped");
+    }
+
+    /// One pass over every sale. Returns the number of entries handled.
+    pub async fn pass(&mut self) -> Result<usize, WorkerError> {
+        let sales = self.gate.indexed_sales().await?;
+        let claim = self.last_claim.elapsed() >= self.cfg.claim_idle / 2;
+        let mut done = 0;
+        for sale in &sales {
+            done += self.drain(sale, claim).await?;
+        }
+        if claim {
+            self.last_claim = Instant::now();
+        }
+        if self.last_stats.elapsed() >= Duration::from_secs(5) {
+            self.last_stats = Instant::now();
+            self.refresh_stats(&sales).await?;
+        }
+        Ok(done)
+    }
+
+    /// Processes what is waiting in one sale's stream (one batch of each kind).
+    async fn drain(&mut self, sale: &SaleId, claim: bool) -> Result<usize, WorkerError> {
+        let keys = self.gate.keys(sale);
+        if !self.grouped.contains(sale) {
+            self.ensure_group(&keys).await?;
+            self.grouped.insert(sale.clone());
+            // After a restart under the same name, entries may await us.
+            self.own_pending.insert(sale.clone());
+        }
+        let mut done = 0;
+        if claim {
+            let opts = StreamAutoClaimOptions::default().count(self.cfg.batch);
+            let idle = u64::try_from(self.cfg.claim_idle.as_millis()).unwrap_or(u64::MAX);
+            let reply: StreamAutoClaimReply = self.conn.xautoclaim_options(keys.events(), GROUP, &self.cfg.consumer, idle, "0-0", opts).await?;
+            if !reply.claimed.is_empty() {
+                tracing::info!(sale = %sale, entries = reply.claimed.len(), "claimed entries a dead consumer left pending");
+                done += self.apply(sale, &keys, reply.claimed).await?;
+            }
+        }
+        // Our own unacknowledged entries first (after a failed batch), then new ones.
+        let start = if self.own_pending.contains(sale) { "0" } else { ">" };
+        let entries = match self.read(&keys, start).await {
+            Err(WorkerError::Redis(GateError::Script(e))) if e.code() == Some("NOGROUP") => {
+                // The stream was lost with Redis' data and rebuilt: recreate the group.
+                self.grouped.remove(sale);
+                return Ok(done);
+            }
+            other => other?,
+        };
+        if entries.is_empty() {
+            if start == "0" {
+                self.own_pending.remove(sale);
+            }
+            return Ok(done);
+        }
+        self.own_pending.insert(sale.clone());
+        done += self.apply(sale, &keys, entries).await?;
+        if start == ">" {
+            self.own_pending.remove(sale);
+        }
+        Ok(done)
+    }
+
+    async fn read(&mut self, keys: &SaleKeys, start: &str) -> Result<Vec<StreamId>, WorkerError> {
+        let opts = StreamReadOptions::default().group(GROUP, &self.cfg.consumer).count(self.cfg.batch);
+        let reply: Option<StreamReadReply> = self.conn.xread_options(&[keys.events()], &[start], &opts).await?;
+        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+    }
+
+    async fn ensure_group(&mut self, keys: &SaleKeys) -> Result<(), WorkerError> {
+        let r: Result<(), redis::RedisError> = self.conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a batch and acknowledges it. Entries that cannot be parsed go
+    /// straight to the dead letters; a batch Postgres rejects (not a
+    /// connection problem) is retried entry by entry to isolate the culprit.
+    async fn apply(&mut self, sale: &SaleId, keys: &SaleKeys, entries: Vec<StreamId>) -> Result<usize, WorkerError> {
+        let n = entries.len();
+        let mut events = Vec::with_capacity(n);
+        let mut seen = HashSet::with_capacity(n);
+        let mut bad = Vec::new();
+        for entry in &entries {
+            if entry.map.is_empty() {
+                // Deleted while pending (acked elsewhere): just acknowledge it.
+                bad.push((entry, None));
+                continue;
+            }
+            match Event::parse(&entry.id, &entry.map) {
+                Ok(e) if seen.insert(e.event_id.clone()) => events.push(e),
+                Ok(_) => {}
+                Err(reason) => bad.push((entry, Some(reason.to_string()))),
+            }
+        }
+        for (entry, reason) in bad {
+            match reason {
+                Some(reason) => self.dead_letter(sale, keys, entry, &reason).await?,
+                None => self.ack(keys, std::slice::from_ref(&entry.id)).await?,
+            }
+        }
+        match self.store.apply_events(&events).await {
+            Ok(_) => {
+                self.status.postgres_ok.store(true, Ordering::Relaxed);
+                let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+                self.ack(keys, &ids).await?;
+                self.status.events_written.fetch_add(events.len() as u64, Ordering::Relaxed);
+                tracing::debug!(sale = %sale, events = events.len(), "batch written");
+                Ok(n)
+            }
+            Err(e) if e.is_transient() => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(sale = %sale, error = %e, cause = ?std::error::Error::source(&e), "batch rejected by Postgres; applying entry by entry");
+                let by_id: HashMap<&str, &StreamId> = entries.iter().map(|s| (s.id.as_str(), s)).collect();
+                for event in &events {
+                    match self.store.apply_events(std::slice::from_ref(event)).await {
+                        Ok(_) => self.ack(keys, &[event.event_id.as_str()]).await?,
+                        Err(e) if e.is_transient() => return Err(e.into()),
+                        Err(e) => {
+                            let deliveries = self.deliveries(keys, &event.event_id).await?;
+                            if deliveries >= self.cfg.max_deliveries {
+                                if let Some(entry) = by_id.get(event.event_id.as_str()) {
+                                    self.dead_letter(sale, keys, entry, &format!("{e}: {:?}", std::error::Error::source(&e))).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    async fn deliveries(&mut self, keys: &SaleKeys, id: &str) -> Result<u64, WorkerError> {
+        let reply: StreamPendingCountReply = self.conn.xpending_count(keys.events(), GROUP, id, id, 1).await?;
+        Ok(reply.ids.first().map(|p| p.times_delivered as u64).unwrap_or(0))
+    }
+
+    async fn ack<S: AsRef<str>>(&mut self, keys: &SaleKeys, ids: &[S]) -> Result<(), WorkerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        // Acknowledge and delete together: the stream only holds unwritten work.
+        let mut pipe = redis::pipe();
+        pipe.atomic().xack(keys.events(), GROUP, &ids).xdel(keys.events(), &ids);
+        let _: () = pipe.query_async(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, sale: &SaleId, keys: &SaleKeys, entry: &StreamId, reason: &str) -> Result<(), WorkerError> {
+        tracing::error!(sale = %sale, entry = %entry.id, reason, "write-behind entry moved to the dead-letter stream");
+        let mut fields: Vec<(String, Vec<u8>)> = vec![("original_id".into(), entry.id.clone().into_bytes()), ("reason".into(), reason.as_bytes().to_vec())];
+        for (k, v) in &entry.map {
+            if let redis::Value::BulkString(b) = v {
+                fields.push((format!("f_{k}"), b.clone()));
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().xadd(keys.dead_letters(), "*", &fields).xack(keys.events(), GROUP, &[&entry.id]).xdel(keys.events(), &[&entry.id]);
+        let _: () = pipe.query_async(&mut self.conn).await?;
+        self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn refresh_stats(&mut self, sales: &[SaleId]) -> Result<(), WorkerError> {
+        let (mut backlog, mut pending) = (0i64, 0i64);
+        for sale in sales {
+            let keys = self.gate.keys(sale);
+            let len: i64 = self.conn.xlen(keys.events()).await?;
+            backlog += len;
+            if len > 0 {
+                let summary: redis::streams::StreamPendingReply = match self.conn.xpending(keys.events(), GROUP).await {
+                    Ok(s) => s,
+                    Err(e) if e.code() == Some("NOGROUP") => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                pending += summary.count() as i64;
+            }
+        }
+        self.status.backlog.store(backlog, Ordering::Relaxed);
+        self.status.pending.store(pending, Ordering::Relaxed);
+        if backlog > 0 {
+            tracing::info!(backlog, pending, sales = sales.len(), "write-behind lag");
+        }
+        Ok(())
+    }
+}
