@@ -49,7 +49,11 @@ impl Auth {
             }
             None => validation.validate_aud = false,
         }
-        Self { admin_token: settings.admin_token.expose().as_bytes().to_vec(), key: DecodingKey::from_secret(settings.jwt_secret.expose().as_bytes()), validation }
+        Self {
+            admin_token: settings.admin_token.expose().as_bytes().to_vec(),
+            key: DecodingKey::from_secret(settings.jwt_secret.expose().as_bytes()),
+            validation,
+        }
     }
 
     pub fn is_admin(&self, token: &str) -> bool {
@@ -57,7 +61,8 @@ impl Auth {
     }
 
     pub fn buyer(&self, token: &str) -> Result<UserId, AuthError> {
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|_| AuthError::Invalid)?;
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|_| AuthError::Invalid)?;
         UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
     }
 }
@@ -76,7 +81,11 @@ pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
 pub fn mint(secret: &str, sub: &str, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
     let exp = jsonwebtoken::get_current_timestamp() + ttl_secs;
     let claims = serde_json::json!({ "sub": sub, "exp": exp });
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 #[cfg(test)]
@@ -88,10 +97,15 @@ mod tests {
     mod base64_engine {
         /// Unpadded URL-safe base64, enough to forge test tokens.
         pub fn encode_b64(data: &[u8]) -> String {
-            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in data.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -104,7 +118,11 @@ mod tests {
     const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
     fn auth() -> Auth {
-        let s = Settings { admin_token: Secret::new("admin-token-0123456789abcdef0123456789"), jwt_secret: Secret::new(SECRET), ..Settings::default() };
+        let s = Settings {
+            admin_token: Secret::new("admin-token-0123456789abcdef0123456789"),
+            jwt_secret: Secret::new(SECRET),
+            ..Settings::default()
+        };
         Auth::new(&s)
     }
 
@@ -117,24 +135,48 @@ mod tests {
     #[test]
     fn wrong_signature_expired_and_none_are_refused() {
         let a = auth();
-        assert_eq!(a.buyer(&mint("another-secret-0123456789abcdef012345", "alice", 60).expect("mint")), Err(AuthError::Invalid));
+        assert_eq!(
+            a.buyer(&mint("another-secret-0123456789abcdef012345", "alice", 60).expect("mint")),
+            Err(AuthError::Invalid)
+        );
         let exp = jsonwebtoken::get_current_timestamp() - 120;
         let claims = serde_json::json!({ "sub": "alice", "exp": exp });
-        let expired = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).expect("mint");
+        let expired = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("mint");
         assert_eq!(a.buyer(&expired), Err(AuthError::Invalid));
         let header = encode_b64(br#"{"alg":"none","typ":"JWT"}"#);
         let body = encode_b64(format!(r#"{{"sub":"alice","exp":{}}}"#, exp + 1000).as_bytes());
-        assert_eq!(a.buyer(&format!("{header}.{body}.")), Err(AuthError::Invalid));
-        let hs512 = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS512), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).expect("mint");
+        assert_eq!(
+            a.buyer(&format!("{header}.{body}.")),
+            Err(AuthError::Invalid)
+        );
+        let hs512 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS512),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("mint");
         assert_eq!(a.buyer(&hs512), Err(AuthError::Invalid));
         assert_eq!(a.buyer("garbage"), Err(AuthError::Invalid));
     }
 
     #[test]
     fn a_token_without_exp_or_with_a_bad_subject_is_refused() {
-        let no_exp = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &serde_json::json!({ "sub": "alice" }), &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).expect("mint");
+        let no_exp = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({ "sub": "alice" }),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("mint");
         assert_eq!(auth().buyer(&no_exp), Err(AuthError::Invalid));
-        assert_eq!(auth().buyer(&mint(SECRET, "has space", 60).expect("mint")), Err(AuthError::BadSubject));
+        assert_eq!(
+            auth().buyer(&mint(SECRET, "has space", 60).expect("mint")),
+            Err(AuthError::BadSubject)
+        );
     }
 
     #[test]

@@ -137,7 +137,11 @@ impl Settings {
             s.listen = parse("FLASHGATE_LISTEN", &v)?;
         }
         if let Some(v) = var("FLASHGATE_REDIS_URL") {
-            s.redis_urls = v.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+            s.redis_urls = v
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
         }
         if let Some(v) = var("FLASHGATE_REDIS_CLUSTER") {
             s.redis_cluster = parse_bool("FLASHGATE_REDIS_CLUSTER", &v)?;
@@ -160,7 +164,12 @@ impl Settings {
             s.confirm_durability = match v.to_ascii_lowercase().as_str() {
                 "postgres" => ConfirmDurability::Postgres,
                 "redis" => ConfirmDurability::Redis,
-                _ => return Err(err("FLASHGATE_CONFIRM_DURABILITY", "expected postgres or redis")),
+                _ => {
+                    return Err(err(
+                        "FLASHGATE_CONFIRM_DURABILITY",
+                        "expected postgres or redis",
+                    ))
+                }
             };
         }
         let ms = |name: &'static str, target: &mut Duration| -> Result<(), ConfigError> {
@@ -197,13 +206,22 @@ impl Settings {
             return Err(err("FLASHGATE_REDIS_URL", "no URL given"));
         }
         if !self.redis_cluster && self.redis_urls.len() > 1 {
-            return Err(err("FLASHGATE_REDIS_URL", "a list of nodes needs FLASHGATE_REDIS_CLUSTER=1"));
+            return Err(err(
+                "FLASHGATE_REDIS_URL",
+                "a list of nodes needs FLASHGATE_REDIS_CLUSTER=1",
+            ));
         }
         if self.key_prefix.is_empty()
             || self.key_prefix.len() > 32
-            || !self.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(err("FLASHGATE_KEY_PREFIX", "1-32 characters of [A-Za-z0-9_-]"));
+            return Err(err(
+                "FLASHGATE_KEY_PREFIX",
+                "1-32 characters of [A-Za-z0-9_-]",
+            ));
         }
         if self.worker_batch == 0 {
             return Err(err("FLASHGATE_WORKER_BATCH", "must be at least 1"));
@@ -221,10 +239,16 @@ impl Settings {
             ("FLASHGATE_JWT_SECRET", &self.jwt_secret),
         ] {
             if secret.is_empty() {
-                return Err(err(name, "must be set (or start with --dev for a local trial)"));
+                return Err(err(
+                    name,
+                    "must be set (or start with --dev for a local trial)",
+                ));
             }
             if !self.dev_mode && secret.expose().len() < MIN_SECRET_LEN {
-                return Err(err(name, &format!("must be at least {MIN_SECRET_LEN} characters (or start with --dev)")));
+                return Err(err(
+                    name,
+                    &format!("must be at least {MIN_SECRET_LEN} characters (or start with --dev)"),
+                ));
             }
         }
         Ok(())
@@ -232,14 +256,19 @@ impl Settings {
 }
 
 fn err(name: &'static str, reason: &str) -> ConfigError {
-    ConfigError { name, reason: reason.to_string() }
+    ConfigError {
+        name,
+        reason: reason.to_string(),
+    }
 }
 
 fn parse<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
 where
     T::Err: fmt::Display,
 {
-    v.trim().parse().map_err(|e: T::Err| err(name, &e.to_string()))
+    v.trim()
+        .parse()
+        .map_err(|e: T::Err| err(name, &e.to_string()))
 }
 
 fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
@@ -256,7 +285,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -288,11 +320,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_DURABILITY", "disk")])).unwrap_err();
+        let e =
+            Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_DURABILITY", "disk")])).unwrap_err();
         assert_eq!(e.name, "FLASHGATE_CONFIRM_DURABILITY");
         let e = Settings::from_lookup(lookup(&[("FLASHGATE_KEY_PREFIX", "a{b}")])).unwrap_err();
         assert_eq!(e.name, "FLASHGATE_KEY_PREFIX");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_REDIS_URL", "redis://a,redis://b")])).unwrap_err();
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_REDIS_URL", "redis://a,redis://b")]))
+            .unwrap_err();
         assert_eq!(e.name, "FLASHGATE_REDIS_URL");
     }
 
@@ -315,7 +349,10 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("hunter2-very-secret");
         assert!(!format!("{s:?}").contains("hunter2"));
-        let settings = Settings { admin_token: s, ..Settings::default() };
+        let settings = Settings {
+            admin_token: s,
+            ..Settings::default()
+        };
         assert!(!format!("{settings:?}").contains("hunter2"));
     }
 }

@@ -62,11 +62,20 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidRequest { message: message.into(), details: json!({}) }
+        Self::InvalidRequest {
+            message: message.into(),
+            details: json!({}),
+        }
     }
 
-    pub fn unavailable(message: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Unavailable { message, source: Some(Box::new(source)) }
+    pub fn unavailable(
+        message: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message,
+            source: Some(Box::new(source)),
+        }
     }
 
     pub fn code(&self) -> &'static str {
@@ -100,12 +109,18 @@ impl ApiError {
             Self::InvalidRequest { details, .. } => details.clone(),
             Self::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
             Self::SoldOut { available } => json!({ "available": available }),
-            Self::UserLimitExceeded { limit, held, bought } => json!({ "per_user_limit": limit, "held": held, "bought": bought }),
+            Self::UserLimitExceeded {
+                limit,
+                held,
+                bought,
+            } => json!({ "per_user_limit": limit, "held": held, "bought": bought }),
             Self::SaleNotStarted { starts_at } => json!({ "starts_at": starts_at }),
             Self::SaleEnded { ends_at } => json!({ "ends_at": ends_at }),
             Self::StockBelowCommitted { sold, held } => json!({ "sold": sold, "held": held }),
             Self::HoldLimitReached { expires_at } => json!({ "expires_at": expires_at }),
-            Self::RateLimited { retry_after_secs } => json!({ "retry_after_secs": retry_after_secs }),
+            Self::RateLimited { retry_after_secs } => {
+                json!({ "retry_after_secs": retry_after_secs })
+            }
             _ => json!({}),
         }
     }
@@ -122,9 +137,16 @@ impl ApiError {
 impl From<GateError> for ApiError {
     fn from(e: GateError) -> Self {
         match e {
-            GateError::NotLoaded => Self::Unavailable { message: "the sale's state is being rebuilt; retry", source: Some(Box::new(e)) },
-            GateError::OutOfMemory(_) => Self::unavailable("Redis is out of memory; nothing was changed", e),
-            GateError::Unavailable(_) | GateError::Timeout(_) => Self::unavailable("Redis is unavailable; retry", e),
+            GateError::NotLoaded => Self::Unavailable {
+                message: "the sale's state is being rebuilt; retry",
+                source: Some(Box::new(e)),
+            },
+            GateError::OutOfMemory(_) => {
+                Self::unavailable("Redis is out of memory; nothing was changed", e)
+            }
+            GateError::Unavailable(_) | GateError::Timeout(_) => {
+                Self::unavailable("Redis is unavailable; retry", e)
+            }
             GateError::Script(_) | GateError::Protocol { .. } => Self::Internal(Box::new(e)),
         }
     }
@@ -133,7 +155,9 @@ impl From<GateError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Timeout(_) => Self::unavailable("Postgres is unavailable; retry", e),
+            StoreError::Unavailable(_) | StoreError::Timeout(_) => {
+                Self::unavailable("Postgres is unavailable; retry", e)
+            }
             StoreError::Database(_) | StoreError::Migrate(_) => Self::Internal(Box::new(e)),
         }
     }
@@ -158,7 +182,9 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound | Self::SaleNotFound | Self::ReservationNotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::SaleNotFound | Self::ReservationNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::SoldOut { .. }
             | Self::UserLimitExceeded { .. }
@@ -203,7 +229,11 @@ mod tests {
     use actix_web::body::MessageBody;
 
     fn body(e: &ApiError) -> Value {
-        let bytes = e.error_response().into_body().try_into_bytes().expect("bytes");
+        let bytes = e
+            .error_response()
+            .into_body()
+            .try_into_bytes()
+            .expect("bytes");
         serde_json::from_slice(&bytes).expect("json")
     }
 
@@ -211,23 +241,64 @@ mod tests {
     fn every_error_has_the_contract_shape_and_status() {
         let cases: Vec<(ApiError, u16, &str)> = vec![
             (ApiError::invalid("bad"), 400, "invalid_request"),
-            (ApiError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (
+                ApiError::PayloadTooLarge { limit: 10 },
+                413,
+                "payload_too_large",
+            ),
             (ApiError::Unauthorized("no token"), 401, "unauthorized"),
             (ApiError::Forbidden, 403, "forbidden"),
             (ApiError::SaleNotFound, 404, "sale_not_found"),
             (ApiError::ReservationNotFound, 404, "reservation_not_found"),
             (ApiError::SoldOut { available: 0 }, 409, "sold_out"),
-            (ApiError::UserLimitExceeded { limit: 2, held: 1, bought: 1 }, 409, "user_limit_exceeded"),
-            (ApiError::SaleNotStarted { starts_at: None }, 409, "sale_not_started"),
+            (
+                ApiError::UserLimitExceeded {
+                    limit: 2,
+                    held: 1,
+                    bought: 1,
+                },
+                409,
+                "user_limit_exceeded",
+            ),
+            (
+                ApiError::SaleNotStarted { starts_at: None },
+                409,
+                "sale_not_started",
+            ),
             (ApiError::SaleEnded { ends_at: None }, 410, "sale_ended"),
-            (ApiError::StockBelowCommitted { sold: 3, held: 2 }, 409, "stock_below_committed"),
+            (
+                ApiError::StockBelowCommitted { sold: 3, held: 2 },
+                409,
+                "stock_below_committed",
+            ),
             (ApiError::ReservationCancelled, 409, "reservation_cancelled"),
             (ApiError::ReservationConfirmed, 409, "reservation_confirmed"),
             (ApiError::ReservationExpired, 410, "reservation_expired"),
-            (ApiError::HoldLimitReached { expires_at: None }, 409, "hold_limit_reached"),
-            (ApiError::IdempotencyKeyReused, 422, "idempotency_key_reused"),
-            (ApiError::RateLimited { retry_after_secs: 2 }, 429, "rate_limited"),
-            (ApiError::Unavailable { message: "down", source: None }, 503, "unavailable"),
+            (
+                ApiError::HoldLimitReached { expires_at: None },
+                409,
+                "hold_limit_reached",
+            ),
+            (
+                ApiError::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+            ),
+            (
+                ApiError::RateLimited {
+                    retry_after_secs: 2,
+                },
+                429,
+                "rate_limited",
+            ),
+            (
+                ApiError::Unavailable {
+                    message: "down",
+                    source: None,
+                },
+                503,
+                "unavailable",
+            ),
             (ApiError::Internal("boom".into()), 500, "internal"),
         ];
         for (err, status, code) in cases {
@@ -241,16 +312,41 @@ mod tests {
 
     #[test]
     fn details_carry_the_numbers_a_client_needs() {
-        assert_eq!(body(&ApiError::SoldOut { available: 0 })["error"]["details"]["available"], 0);
-        assert_eq!(body(&ApiError::UserLimitExceeded { limit: 2, held: 1, bought: 1 })["error"]["details"]["per_user_limit"], 2);
-        assert_eq!(body(&ApiError::StockBelowCommitted { sold: 3, held: 2 })["error"]["details"]["held"], 2);
+        assert_eq!(
+            body(&ApiError::SoldOut { available: 0 })["error"]["details"]["available"],
+            0
+        );
+        assert_eq!(
+            body(&ApiError::UserLimitExceeded {
+                limit: 2,
+                held: 1,
+                bought: 1
+            })["error"]["details"]["per_user_limit"],
+            2
+        );
+        assert_eq!(
+            body(&ApiError::StockBelowCommitted { sold: 3, held: 2 })["error"]["details"]["held"],
+            2
+        );
     }
 
     #[test]
     fn retry_after_on_429_and_503() {
-        let r = ApiError::RateLimited { retry_after_secs: 7 }.error_response();
-        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("7"));
-        let r = ApiError::Unavailable { message: "down", source: None }.error_response();
+        let r = ApiError::RateLimited {
+            retry_after_secs: 7,
+        }
+        .error_response();
+        assert_eq!(
+            r.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("7")
+        );
+        let r = ApiError::Unavailable {
+            message: "down",
+            source: None,
+        }
+        .error_response();
         assert!(r.headers().contains_key(header::RETRY_AFTER));
     }
 
@@ -262,9 +358,22 @@ mod tests {
 
     #[test]
     fn gate_and_store_errors_map_to_unavailable_or_internal() {
-        assert_eq!(ApiError::from(GateError::Timeout(std::time::Duration::from_secs(1))).code(), "unavailable");
+        assert_eq!(
+            ApiError::from(GateError::Timeout(std::time::Duration::from_secs(1))).code(),
+            "unavailable"
+        );
         assert_eq!(ApiError::from(GateError::NotLoaded).code(), "unavailable");
-        assert_eq!(ApiError::from(GateError::Protocol { script: "reserve", detail: "x".into() }).code(), "internal");
-        assert_eq!(ApiError::from(StoreError::Timeout(std::time::Duration::from_secs(1))).code(), "unavailable");
+        assert_eq!(
+            ApiError::from(GateError::Protocol {
+                script: "reserve",
+                detail: "x".into()
+            })
+            .code(),
+            "internal"
+        );
+        assert_eq!(
+            ApiError::from(StoreError::Timeout(std::time::Duration::from_secs(1))).code(),
+            "unavailable"
+        );
     }
 }

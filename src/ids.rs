@@ -9,15 +9,30 @@ pub struct IdError {
     pub reason: &'static str,
 }
 
-fn check(field: &'static str, v: &str, max: usize, ok: impl Fn(u8) -> bool, charset: &'static str) -> Result<(), IdError> {
+fn check(
+    field: &'static str,
+    v: &str,
+    max: usize,
+    ok: impl Fn(u8) -> bool,
+    charset: &'static str,
+) -> Result<(), IdError> {
     if v.is_empty() {
-        return Err(IdError { field, reason: "must not be empty" });
+        return Err(IdError {
+            field,
+            reason: "must not be empty",
+        });
     }
     if v.len() > max {
-        return Err(IdError { field, reason: "too long" });
+        return Err(IdError {
+            field,
+            reason: "too long",
+        });
     }
     if !v.bytes().all(ok) {
-        return Err(IdError { field, reason: charset });
+        return Err(IdError {
+            field,
+            reason: charset,
+        });
     }
     Ok(())
 }
@@ -31,7 +46,13 @@ impl SaleId {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(v: &str) -> Result<Self, IdError> {
-        check("sale_id", v, Self::MAX_LEN, |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_', "only letters, digits, '-' and '_'")?;
+        check(
+            "sale_id",
+            v,
+            Self::MAX_LEN,
+            |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+            "only letters, digits, '-' and '_'",
+        )?;
         Ok(Self(v.to_string()))
     }
     pub fn as_str(&self) -> &str {
@@ -54,7 +75,13 @@ impl UserId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(v: &str) -> Result<Self, IdError> {
-        check("sub", v, Self::MAX_LEN, |b| b.is_ascii_graphic(), "only printable ASCII without spaces")?;
+        check(
+            "sub",
+            v,
+            Self::MAX_LEN,
+            |b| b.is_ascii_graphic(),
+            "only printable ASCII without spaces",
+        )?;
         Ok(Self(v.to_string()))
     }
     pub fn as_str(&self) -> &str {
@@ -70,7 +97,13 @@ impl IdempotencyKey {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(v: &str) -> Result<Self, IdError> {
-        check("Idempotency-Key", v, Self::MAX_LEN, |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'), "only letters, digits and '-', '_', '.', ':'")?;
+        check(
+            "Idempotency-Key",
+            v,
+            Self::MAX_LEN,
+            |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'),
+            "only letters, digits and '-', '_', '.', ':'",
+        )?;
         Ok(Self(v.to_string()))
     }
     pub fn as_str(&self) -> &str {
@@ -86,7 +119,17 @@ mod tests {
     fn sale_ids() {
         assert!(SaleId::parse("spring-drop_2026").is_ok());
         assert!(SaleId::parse(&"a".repeat(64)).is_ok());
-        for bad in ["", "{x}", "a}b", "a:b", "*", "..", "a b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "{x}",
+            "a}b",
+            "a:b",
+            "*",
+            "..",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(SaleId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

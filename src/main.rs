@@ -6,7 +6,11 @@ use flashgate::config::Settings;
 use flashgate::startup::{self, Application, Options};
 
 #[derive(Parser)]
-#[command(name = "flashgate", version, about = "Flash-sale gatekeeper: atomic reservations in Redis, durable orders in Postgres")]
+#[command(
+    name = "flashgate",
+    version,
+    about = "Flash-sale gatekeeper: atomic reservations in Redis, durable orders in Postgres"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     flashgate::telemetry::init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cli.command))
 }
 
@@ -56,7 +62,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if settings.dev_mode {
                 tracing::warn!("DEV MODE: weak or missing secrets are accepted. Never run like this in production.");
             }
-            let app = Application::build(settings, Options { run_worker: !no_worker, run_sweeper: true }).await?;
+            let app = Application::build(
+                settings,
+                Options {
+                    run_worker: !no_worker,
+                    run_sweeper: true,
+                },
+            )
+            .await?;
             app.run_until_stopped().await?;
         }
         Command::Worker => {
@@ -80,7 +93,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if settings.jwt_secret.is_empty() {
                 anyhow::bail!("FLASHGATE_JWT_SECRET is not set");
             }
-            println!("{}", flashgate::auth::mint(settings.jwt_secret.expose(), &sub, ttl_secs)?);
+            println!(
+                "{}",
+                flashgate::auth::mint(settings.jwt_secret.expose(), &sub, ttl_secs)?
+            );
         }
         Command::Script { name } => match flashgate::gate::scripts::source(&name) {
             Some(src) => print!("{src}"),
@@ -94,13 +110,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

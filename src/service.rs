@@ -10,7 +10,10 @@ use uuid::Uuid;
 
 use crate::config::ConfirmDurability;
 use crate::error::ApiError;
-use crate::gate::{Actor, ConfigureOutcome, Gate, GateError, Record, RecordOutcome, ReserveOutcome, SaleConfig, SaleState};
+use crate::gate::{
+    Actor, ConfigureOutcome, Gate, GateError, Record, RecordOutcome, ReserveOutcome, SaleConfig,
+    SaleState,
+};
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 use crate::store::{Order, Store};
 
@@ -26,11 +29,18 @@ impl Service {
     /// Rebuilds a sale's Redis state from Postgres. Until this succeeds the
     /// sale answers 503: it is never served as if it had full stock.
     pub async fn restore(&self, sale: &SaleId) -> Result<(), ApiError> {
-        let snap = self.store.snapshot(sale).await.map_err(|e| ApiError::unavailable("the sale's state is being rebuilt; retry", e))?;
+        let snap =
+            self.store.snapshot(sale).await.map_err(|e| {
+                ApiError::unavailable("the sale's state is being rebuilt; retry", e)
+            })?;
         let Some(snap) = snap else {
             return Err(ApiError::SaleNotFound);
         };
-        if self.gate.load(sale, &snap.sale.config(), snap.sold, &snap.bought).await? {
+        if self
+            .gate
+            .load(sale, &snap.sale.config(), snap.sold, &snap.bought)
+            .await?
+        {
             tracing::warn!(sale = %sale, sold = snap.sold, buyers = snap.bought.len(), "sale state was missing in Redis: rebuilt from Postgres");
         }
         Ok(())
@@ -60,7 +70,9 @@ impl Service {
         let rows = self.store.list_sales().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let Ok(id) = SaleId::parse(&row.sale_id) else { continue };
+            let Ok(id) = SaleId::parse(&row.sale_id) else {
+                continue;
+            };
             let state = self.view(&id).await?;
             out.push((id, state));
         }
@@ -70,7 +82,11 @@ impl Service {
     /// Creates or updates a sale in Postgres and Redis together: the row is
     /// locked, the script decides (refusing a stock below sold + held), and
     /// the row commits only if the script accepted.
-    pub async fn configure(&self, sale: &SaleId, cfg: &SaleConfig) -> Result<(bool, SaleState), ApiError> {
+    pub async fn configure(
+        &self,
+        sale: &SaleId,
+        cfg: &SaleConfig,
+    ) -> Result<(bool, SaleState), ApiError> {
         let (mut tx, existing) = self.store.begin_configure(sale).await?;
         if existing.is_some() {
             // Known to Postgres: its Redis state must be there (or be rebuilt)
@@ -81,19 +97,30 @@ impl Service {
         }
         let outcome = self.gate.configure(sale, cfg, existing.is_some()).await?;
         let created = match outcome {
-            ConfigureOutcome::BelowCommitted { sold, held } => return Err(ApiError::StockBelowCommitted { sold, held }),
+            ConfigureOutcome::BelowCommitted { sold, held } => {
+                return Err(ApiError::StockBelowCommitted { sold, held })
+            }
             ConfigureOutcome::Created => true,
             ConfigureOutcome::Updated => false,
         };
         self.store.upsert_sale(&mut tx, sale, cfg).await?;
-        tx.commit().await.map_err(|e| ApiError::from(crate::store::StoreError::from(e)))?;
+        tx.commit()
+            .await
+            .map_err(|e| ApiError::from(crate::store::StoreError::from(e)))?;
         let state = self.view(sale).await?;
         Ok((created && existing.is_none(), state))
     }
 
-    pub async fn reserve(&self, sale: &SaleId, user: &UserId, qty: u32, idem: Option<&IdempotencyKey>) -> Result<ReserveOutcome, ApiError> {
+    pub async fn reserve(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        qty: u32,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<ReserveOutcome, ApiError> {
         let rid = Uuid::new_v4().to_string();
-        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem)).await
+        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
+            .await
     }
 
     pub async fn lookup(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Record>, ApiError> {
@@ -104,9 +131,16 @@ impl Service {
     /// Confirms in Redis; with `postgres` durability (the default) answers
     /// only once the order row is committed. A replay persists again
     /// (idempotent), so a client retrying after a 503 gets its 200.
-    pub async fn confirm(&self, sale: &SaleId, rid: &Uuid, actor: Actor<'_>) -> Result<RecordOutcome, ApiError> {
+    pub async fn confirm(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+    ) -> Result<RecordOutcome, ApiError> {
         let rid_s = rid.to_string();
-        let outcome = self.loaded(sale, || self.gate.confirm(sale, &rid_s, actor)).await?;
+        let outcome = self
+            .loaded(sale, || self.gate.confirm(sale, &rid_s, actor))
+            .await?;
         if self.durability == ConfirmDurability::Postgres {
             if let RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) = &outcome {
                 let order = Order {
@@ -116,22 +150,42 @@ impl Service {
                     quantity: i32::try_from(rec.qty).unwrap_or(i32::MAX),
                     confirmed_at: DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default(),
                 };
-                if let Err(e) = self.store.record_orders(&[order], self.confirm_timeout).await {
-                    return Err(ApiError::unavailable("confirmed, but not yet durable in Postgres; retry the confirm", e));
+                if let Err(e) = self
+                    .store
+                    .record_orders(&[order], self.confirm_timeout)
+                    .await
+                {
+                    return Err(ApiError::unavailable(
+                        "confirmed, but not yet durable in Postgres; retry the confirm",
+                        e,
+                    ));
                 }
             }
         }
         Ok(outcome)
     }
 
-    pub async fn cancel(&self, sale: &SaleId, rid: &Uuid, actor: Actor<'_>) -> Result<RecordOutcome, ApiError> {
+    pub async fn cancel(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+    ) -> Result<RecordOutcome, ApiError> {
         let rid = rid.to_string();
-        self.loaded(sale, || self.gate.cancel(sale, &rid, actor)).await
+        self.loaded(sale, || self.gate.cancel(sale, &rid, actor))
+            .await
     }
 
-    pub async fn extend(&self, sale: &SaleId, rid: &Uuid, actor: Actor<'_>, by: Option<Duration>) -> Result<RecordOutcome, ApiError> {
+    pub async fn extend(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+        by: Option<Duration>,
+    ) -> Result<RecordOutcome, ApiError> {
         let rid = rid.to_string();
-        self.loaded(sale, || self.gate.extend(sale, &rid, actor, by)).await
+        self.loaded(sale, || self.gate.extend(sale, &rid, actor, by))
+            .await
     }
 
     /// Loads every sale Postgres knows into Redis (no-op where present).

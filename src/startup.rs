@@ -22,7 +22,12 @@ use crate::store::Store;
 
 /// The Redis gate and the Postgres store, as configured.
 pub async fn connect(settings: &Settings) -> anyhow::Result<(Gate, Store)> {
-    let conn = RedisConn::connect(&settings.redis_urls, settings.redis_cluster, settings.redis_timeout).await?;
+    let conn = RedisConn::connect(
+        &settings.redis_urls,
+        settings.redis_cluster,
+        settings.redis_timeout,
+    )
+    .await?;
     let gate = Gate::new(
         conn,
         GateOptions {
@@ -40,9 +45,24 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(Gate, Store)> {
 /// A write-behind worker on its own Redis connection (replies may take
 /// longer than the request path's bound).
 pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::Result<Worker> {
-    let conn = RedisConn::connect(&settings.redis_urls, settings.redis_cluster, settings.redis_timeout * 5).await?;
-    let cfg = WorkerConfig::new(settings.worker_batch, settings.worker_max_deliveries, settings.worker_claim_idle);
-    Ok(Worker::new(gate.clone(), conn, store.clone(), cfg, Arc::new(WorkerStatus::default())))
+    let conn = RedisConn::connect(
+        &settings.redis_urls,
+        settings.redis_cluster,
+        settings.redis_timeout * 5,
+    )
+    .await?;
+    let cfg = WorkerConfig::new(
+        settings.worker_batch,
+        settings.worker_max_deliveries,
+        settings.worker_claim_idle,
+    );
+    Ok(Worker::new(
+        gate.clone(),
+        conn,
+        store.clone(),
+        cfg,
+        Arc::new(WorkerStatus::default()),
+    ))
 }
 
 pub struct Application {
@@ -61,7 +81,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { run_worker: true, run_sweeper: true }
+        Self {
+            run_worker: true,
+            run_sweeper: true,
+        }
     }
 }
 
@@ -72,7 +95,12 @@ impl Application {
         if let Err(e) = store.migrate().await {
             tracing::warn!(error = %crate::error::chain(&e), "could not apply migrations at start (Postgres down?); run `flashgate migrate` when it is back");
         }
-        let service = Service { gate: gate.clone(), store: store.clone(), durability: settings.confirm_durability, confirm_timeout: settings.confirm_timeout };
+        let service = Service {
+            gate: gate.clone(),
+            store: store.clone(),
+            durability: settings.confirm_durability,
+            confirm_timeout: settings.confirm_timeout,
+        };
         warm_up(&service).await;
 
         let shutdown = CancellationToken::new();
@@ -84,16 +112,31 @@ impl Application {
             tasks.push(tokio::spawn(w.run(shutdown.clone())));
         }
         if opts.run_sweeper {
-            tasks.push(tokio::spawn(crate::sweeper::run(gate.clone(), settings.sweep_interval, settings.sweep_batch, shutdown.clone())));
+            tasks.push(tokio::spawn(crate::sweeper::run(
+                gate.clone(),
+                settings.sweep_interval,
+                settings.sweep_batch,
+                shutdown.clone(),
+            )));
         }
 
-        let state = web::Data::new(AppState { service: service.clone(), auth: Auth::new(&settings), max_body_bytes: settings.max_body_bytes, worker: worker_status.clone() });
+        let state = web::Data::new(AppState {
+            service: service.clone(),
+            auth: Auth::new(&settings),
+            max_body_bytes: settings.max_body_bytes,
+            worker: worker_status.clone(),
+        });
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
         let limit = settings.max_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(ErrorHandlers::new().default_handler_client(api::ensure_json_error).default_handler_server(api::ensure_json_error).handler(StatusCode::NOT_FOUND, api::ensure_json_error))
+                .wrap(
+                    ErrorHandlers::new()
+                        .default_handler_client(api::ensure_json_error)
+                        .default_handler_server(api::ensure_json_error)
+                        .handler(StatusCode::NOT_FOUND, api::ensure_json_error),
+                )
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .app_data(api::json_config(limit))
@@ -112,7 +155,14 @@ impl Application {
         }
         let server = server.run();
         tracing::info!(port, worker = opts.run_worker, durability = ?settings.confirm_durability, "flashgate listening");
-        Ok(Self { port, server, shutdown, tasks, service, worker_status })
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+            tasks,
+            service,
+            worker_status,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -131,7 +181,10 @@ impl Application {
         let result = self.server.await;
         self.shutdown.cancel();
         for t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a background task did not stop in time");
             }
         }
@@ -152,10 +205,17 @@ async fn warm_up(service: &Service) {
             tracing::warn!(policy = %p, "Redis maxmemory-policy is not noeviction: Redis may evict flashgate's keys under memory pressure; set `maxmemory-policy noeviction`");
         }
         Ok(_) => {}
-        Err(e) => tracing::debug!(error = %crate::error::chain(&e), "could not read maxmemory-policy"),
+        Err(e) => {
+            tracing::debug!(error = %crate::error::chain(&e), "could not read maxmemory-policy")
+        }
     }
     match service.restore_all().await {
-        Ok(n) => tracing::info!(sales = n, "sales present in Redis (rebuilt from Postgres where missing)"),
-        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not restore sales from Postgres at start; they are rebuilt on first use"),
+        Ok(n) => tracing::info!(
+            sales = n,
+            "sales present in Redis (rebuilt from Postgres where missing)"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "could not restore sales from Postgres at start; they are rebuilt on first use")
+        }
     }
 }

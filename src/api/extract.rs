@@ -14,11 +14,19 @@ use crate::gate::Actor;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
-    req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("application state missing".into()))
 }
 
 fn token(req: &HttpRequest) -> Result<&str, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).map(|v| v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header"))).transpose()?;
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))
+        })
+        .transpose()?;
     bearer(value).map_err(|_| ApiError::Unauthorized("missing bearer token"))
 }
 
@@ -26,7 +34,9 @@ fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::Missing => ApiError::Unauthorized("missing bearer token"),
         AuthError::Invalid => ApiError::Unauthorized("invalid or expired token"),
-        AuthError::BadSubject => ApiError::Unauthorized("the token's subject is not a valid user id"),
+        AuthError::BadSubject => {
+            ApiError::Unauthorized("the token's subject is not a valid user id")
+        }
         AuthError::NotAdmin => ApiError::Unauthorized("admin token required"),
     }
 }
@@ -104,16 +114,29 @@ impl FromRequest for Caller {
 }
 
 pub fn sale_id(raw: &str) -> Result<SaleId, ApiError> {
-    SaleId::parse(raw).map_err(|e| ApiError::InvalidRequest { message: format!("invalid sale id: {}", e.reason), details: serde_json::json!({ "field": "sale_id" }) })
+    SaleId::parse(raw).map_err(|e| ApiError::InvalidRequest {
+        message: format!("invalid sale id: {}", e.reason),
+        details: serde_json::json!({ "field": "sale_id" }),
+    })
 }
 
 pub fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::InvalidRequest { message: "invalid reservation id: expected a UUID".into(), details: serde_json::json!({ "field": "reservation_id" }) })
+    Uuid::parse_str(raw).map_err(|_| ApiError::InvalidRequest {
+        message: "invalid reservation id: expected a UUID".into(),
+        details: serde_json::json!({ "field": "reservation_id" }),
+    })
 }
 
 pub fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(v) = req.headers().get("Idempotency-Key") else { return Ok(None) };
-    let bad = |reason: &str| ApiError::InvalidRequest { message: format!("invalid Idempotency-Key: {reason}"), details: serde_json::json!({ "field": "Idempotency-Key" }) };
+    let Some(v) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| ApiError::InvalidRequest {
+        message: format!("invalid Idempotency-Key: {reason}"),
+        details: serde_json::json!({ "field": "Idempotency-Key" }),
+    };
     let s = v.to_str().map_err(|_| bad("not ASCII"))?;
-    IdempotencyKey::parse(s).map(Some).map_err(|e| bad(e.reason))
+    IdempotencyKey::parse(s)
+        .map(Some)
+        .map_err(|e| bad(e.reason))
 }

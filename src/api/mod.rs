@@ -37,29 +37,45 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// JSON bodies: size limit and the contract's error body for every failure.
 pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default().limit(limit).error_handler(move |err, _req| {
-        match err {
-            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => ApiError::PayloadTooLarge { limit },
-            JsonPayloadError::ContentType => ApiError::invalid("expected Content-Type: application/json"),
-            JsonPayloadError::Deserialize(e) => ApiError::invalid(format!("invalid JSON body: {e}")),
-            other => ApiError::invalid(format!("invalid request body: {other}")),
-        }
-        .into()
-    })
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(move |err, _req| {
+            match err {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::PayloadTooLarge { limit }
+                }
+                JsonPayloadError::ContentType => {
+                    ApiError::invalid("expected Content-Type: application/json")
+                }
+                JsonPayloadError::Deserialize(e) => {
+                    ApiError::invalid(format!("invalid JSON body: {e}"))
+                }
+                other => ApiError::invalid(format!("invalid request body: {other}")),
+            }
+            .into()
+        })
 }
 
 pub fn path_config() -> web::PathConfig {
-    web::PathConfig::default().error_handler(|err: PathError, _req| ApiError::invalid(format!("invalid path: {err}")).into())
+    web::PathConfig::default().error_handler(|err: PathError, _req| {
+        ApiError::invalid(format!("invalid path: {err}")).into()
+    })
 }
 
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err, _req| ApiError::invalid(format!("invalid query: {err}")).into())
+    web::QueryConfig::default()
+        .error_handler(|err, _req| ApiError::invalid(format!("invalid query: {err}")).into())
 }
 
 /// Unmatched routes.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let known = req.path().starts_with("/v1/sales") || matches!(req.path(), "/healthz" | "/readyz");
-    if known && req.method() != actix_web::http::Method::GET && req.method() != actix_web::http::Method::POST && req.method() != actix_web::http::Method::PUT {
+    if known
+        && req.method() != actix_web::http::Method::GET
+        && req.method() != actix_web::http::Method::POST
+        && req.method() != actix_web::http::Method::PUT
+    {
         return ApiError::MethodNotAllowed.error_response();
     }
     ApiError::NotFound.error_response()
@@ -68,7 +84,11 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 /// Safety net: an error response that actix (or a middleware) produced
 /// without the contract's JSON body gets one, so clients parse one shape.
 pub fn ensure_json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_json = res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
     if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
@@ -80,12 +100,22 @@ pub fn ensure_json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorH
         413 => ApiError::PayloadTooLarge { limit: 0 },
         431 => ApiError::invalid("request headers too large"),
         401 => ApiError::Unauthorized("unauthorized"),
-        503 => ApiError::Unavailable { message: "service unavailable", source: None },
+        503 => ApiError::Unavailable {
+            message: "service unavailable",
+            source: None,
+        },
         _ if status.is_server_error() => ApiError::Internal(format!("unhandled {status}").into()),
-        _ => ApiError::invalid(status.canonical_reason().unwrap_or("bad request").to_string()),
+        _ => ApiError::invalid(
+            status
+                .canonical_reason()
+                .unwrap_or("bad request")
+                .to_string(),
+        ),
     };
     let (req, _) = res.into_parts();
     let mut response = err.error_response();
     *response.status_mut() = status;
-    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
 }

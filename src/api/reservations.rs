@@ -13,20 +13,41 @@ use crate::ids::SaleId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/sales/{sale_id}/reservations", web::post().to(reserve))
-        .route("/v1/sales/{sale_id}/reservations/{reservation_id}", web::get().to(get))
-        .route("/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", web::post().to(confirm))
-        .route("/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", web::post().to(cancel))
-        .route("/v1/sales/{sale_id}/reservations/{reservation_id}/extend", web::post().to(extend));
+        .route(
+            "/v1/sales/{sale_id}/reservations/{reservation_id}",
+            web::get().to(get),
+        )
+        .route(
+            "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm",
+            web::post().to(confirm),
+        )
+        .route(
+            "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel",
+            web::post().to(cancel),
+        )
+        .route(
+            "/v1/sales/{sale_id}/reservations/{reservation_id}/extend",
+            web::post().to(extend),
+        );
 }
 
 /// The most units one request may ask for (the sale's cap applies too).
 pub const MAX_QUANTITY: u32 = 10_000;
 
-async fn reserve(state: web::Data<AppState>, buyer: Buyer, path: web::Path<String>, req: HttpRequest, body: web::Json<ReserveInput>) -> Result<HttpResponse, ApiError> {
+async fn reserve(
+    state: web::Data<AppState>,
+    buyer: Buyer,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Json<ReserveInput>,
+) -> Result<HttpResponse, ApiError> {
     let sale = sale_id(&path)?;
     let qty = body.quantity;
     if !(1..=MAX_QUANTITY).contains(&qty) {
-        return Err(ApiError::InvalidRequest { message: "quantity must be at least 1 and at most the sale's per_user_limit".into(), details: serde_json::json!({ "field": "quantity" }) });
+        return Err(ApiError::InvalidRequest {
+            message: "quantity must be at least 1 and at most the sale's per_user_limit".into(),
+            details: serde_json::json!({ "field": "quantity" }),
+        });
     }
     let idem = idempotency_key(&req)?;
     let user = &buyer.0;
@@ -41,14 +62,44 @@ async fn reserve(state: web::Data<AppState>, buyer: Buyer, path: web::Path<Strin
         cancelled_at: None,
         expired_at: None,
     };
-    match state.service.reserve(&sale, user, qty, idem.as_ref()).await? {
-        ReserveOutcome::Held { rid, qty, expires_ms } => Ok(HttpResponse::Created().json(view(&rid, qty, Status::Held, expires_ms))),
-        ReserveOutcome::Replay { rid, qty, status, expires_ms } => Ok(HttpResponse::Ok().insert_header(("Idempotent-Replayed", "true")).json(view(&rid, qty, status, expires_ms))),
+    match state
+        .service
+        .reserve(&sale, user, qty, idem.as_ref())
+        .await?
+    {
+        ReserveOutcome::Held {
+            rid,
+            qty,
+            expires_ms,
+        } => Ok(HttpResponse::Created().json(view(&rid, qty, Status::Held, expires_ms))),
+        ReserveOutcome::Replay {
+            rid,
+            qty,
+            status,
+            expires_ms,
+        } => Ok(HttpResponse::Ok()
+            .insert_header(("Idempotent-Replayed", "true"))
+            .json(view(&rid, qty, status, expires_ms))),
         ReserveOutcome::IdempotencyMismatch { .. } => Err(ApiError::IdempotencyKeyReused),
-        ReserveOutcome::NotStarted { starts_ms } => Err(ApiError::SaleNotStarted { starts_at: time(starts_ms) }),
-        ReserveOutcome::Ended { ends_ms } => Err(ApiError::SaleEnded { ends_at: time(ends_ms) }),
-        ReserveOutcome::OverLimit { limit } => Err(ApiError::InvalidRequest { message: format!("quantity must be at most the sale's per_user_limit ({limit})"), details: serde_json::json!({ "field": "quantity", "per_user_limit": limit }) }),
-        ReserveOutcome::UserLimit { limit, held, bought } => Err(ApiError::UserLimitExceeded { limit, held, bought }),
+        ReserveOutcome::NotStarted { starts_ms } => Err(ApiError::SaleNotStarted {
+            starts_at: time(starts_ms),
+        }),
+        ReserveOutcome::Ended { ends_ms } => Err(ApiError::SaleEnded {
+            ends_at: time(ends_ms),
+        }),
+        ReserveOutcome::OverLimit { limit } => Err(ApiError::InvalidRequest {
+            message: format!("quantity must be at most the sale's per_user_limit ({limit})"),
+            details: serde_json::json!({ "field": "quantity", "per_user_limit": limit }),
+        }),
+        ReserveOutcome::UserLimit {
+            limit,
+            held,
+            bought,
+        } => Err(ApiError::UserLimitExceeded {
+            limit,
+            held,
+            bought,
+        }),
         ReserveOutcome::SoldOut { available } => Err(ApiError::SoldOut { available }),
     }
 }
@@ -63,7 +114,11 @@ fn ok(sale: &SaleId, rid: &uuid::Uuid, rec: &Record) -> HttpResponse {
 
 /// Maps the outcome of a transition to the contract; `conflict` says what
 /// the reservation is instead.
-fn transition(sale: &SaleId, rid: &uuid::Uuid, outcome: RecordOutcome) -> Result<HttpResponse, ApiError> {
+fn transition(
+    sale: &SaleId,
+    rid: &uuid::Uuid,
+    outcome: RecordOutcome,
+) -> Result<HttpResponse, ApiError> {
     match outcome {
         RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) => Ok(ok(sale, rid, &rec)),
         RecordOutcome::Conflict(rec) => Err(match rec.status {
@@ -72,43 +127,87 @@ fn transition(sale: &SaleId, rid: &uuid::Uuid, outcome: RecordOutcome) -> Result
             Status::Expired => ApiError::ReservationExpired,
             Status::Held => ApiError::Internal("a held reservation reported as a conflict".into()),
         }),
-        RecordOutcome::HoldLimit(rec) => Err(ApiError::HoldLimitReached { expires_at: time(rec.expires_ms) }),
+        RecordOutcome::HoldLimit(rec) => Err(ApiError::HoldLimitReached {
+            expires_at: time(rec.expires_ms),
+        }),
         RecordOutcome::NotFound => Err(ApiError::ReservationNotFound),
         RecordOutcome::Forbidden => Err(ApiError::Forbidden),
     }
 }
 
-async fn get(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (sale, rid) = ids(&path)?;
-    let rec = state.service.lookup(&sale, &rid).await?.ok_or(ApiError::ReservationNotFound)?;
+    let rec = state
+        .service
+        .lookup(&sale, &rid)
+        .await?
+        .ok_or(ApiError::ReservationNotFound)?;
     if !caller.may_see(&rec.user) {
         return Err(ApiError::Forbidden);
     }
     Ok(ok(&sale, &rid, &rec))
 }
 
-async fn confirm(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn confirm(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (sale, rid) = ids(&path)?;
-    transition(&sale, &rid, state.service.confirm(&sale, &rid, caller.actor()).await?)
+    transition(
+        &sale,
+        &rid,
+        state.service.confirm(&sale, &rid, caller.actor()).await?,
+    )
 }
 
-async fn cancel(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn cancel(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (sale, rid) = ids(&path)?;
-    transition(&sale, &rid, state.service.cancel(&sale, &rid, caller.actor()).await?)
+    transition(
+        &sale,
+        &rid,
+        state.service.cancel(&sale, &rid, caller.actor()).await?,
+    )
 }
 
 /// The body is optional: `{}` or none extends by the sale's hold ttl.
-async fn extend(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn extend(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let (sale, rid) = ids(&path)?;
     let input: ExtendInput = if body.iter().all(u8::is_ascii_whitespace) {
         ExtendInput::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
     };
     let by = match input.extend_secs {
-        Some(0) => return Err(ApiError::InvalidRequest { message: "extend_secs must be at least 1".into(), details: serde_json::json!({ "field": "extend_secs" }) }),
+        Some(0) => {
+            return Err(ApiError::InvalidRequest {
+                message: "extend_secs must be at least 1".into(),
+                details: serde_json::json!({ "field": "extend_secs" }),
+            })
+        }
         Some(s) => Some(Duration::from_secs(u64::from(s))),
         None => None,
     };
-    transition(&sale, &rid, state.service.extend(&sale, &rid, caller.actor(), by).await?)
+    transition(
+        &sale,
+        &rid,
+        state
+            .service
+            .extend(&sale, &rid, caller.actor(), by)
+            .await?,
+    )
 }

@@ -16,28 +16,47 @@ pub const MAX_PER_USER_LIMIT: u32 = 10_000;
 pub const MAX_HOLD_SECS: u32 = 7 * 24 * 3600;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/sales", web::get().to(list)).route("/v1/sales/{sale_id}", web::put().to(configure)).route("/v1/sales/{sale_id}", web::get().to(get));
+    cfg.route("/v1/sales", web::get().to(list))
+        .route("/v1/sales/{sale_id}", web::put().to(configure))
+        .route("/v1/sales/{sale_id}", web::get().to(get));
 }
 
 fn field(field: &str, message: &str) -> ApiError {
-    ApiError::InvalidRequest { message: format!("{field}: {message}"), details: json!({ "field": field }) }
+    ApiError::InvalidRequest {
+        message: format!("{field}: {message}"),
+        details: json!({ "field": field }),
+    }
 }
 
 /// Checks a configuration and fills in the defaults.
 pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     if !(0..=MAX_STOCK).contains(&input.stock) {
-        return Err(field("stock", &format!("must be between 0 and {MAX_STOCK}")));
+        return Err(field(
+            "stock",
+            &format!("must be between 0 and {MAX_STOCK}"),
+        ));
     }
     if !(1..=MAX_PER_USER_LIMIT).contains(&input.per_user_limit) {
-        return Err(field("per_user_limit", &format!("must be between 1 and {MAX_PER_USER_LIMIT}")));
+        return Err(field(
+            "per_user_limit",
+            &format!("must be between 1 and {MAX_PER_USER_LIMIT}"),
+        ));
     }
     let ttl = input.hold_ttl_secs.unwrap_or(DEFAULT_HOLD_TTL_SECS);
     if !(1..=MAX_HOLD_SECS).contains(&ttl) {
-        return Err(field("hold_ttl_secs", &format!("must be between 1 and {MAX_HOLD_SECS}")));
+        return Err(field(
+            "hold_ttl_secs",
+            &format!("must be between 1 and {MAX_HOLD_SECS}"),
+        ));
     }
-    let max_hold = input.max_hold_secs.unwrap_or(DEFAULT_MAX_HOLD_SECS.max(ttl));
+    let max_hold = input
+        .max_hold_secs
+        .unwrap_or(DEFAULT_MAX_HOLD_SECS.max(ttl));
     if !(ttl..=MAX_HOLD_SECS).contains(&max_hold) {
-        return Err(field("max_hold_secs", &format!("must be between hold_ttl_secs and {MAX_HOLD_SECS}")));
+        return Err(field(
+            "max_hold_secs",
+            &format!("must be between hold_ttl_secs and {MAX_HOLD_SECS}"),
+        ));
     }
     if let (Some(s), Some(e)) = (input.starts_at, input.ends_at) {
         if e <= s {
@@ -46,7 +65,10 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     }
     if let Some(p) = &input.product_id {
         if p.is_empty() || p.len() > 128 || p.chars().any(char::is_control) {
-            return Err(field("product_id", "1-128 characters, no control characters"));
+            return Err(field(
+                "product_id",
+                "1-128 characters, no control characters",
+            ));
         }
     }
     Ok(SaleConfig {
@@ -61,12 +83,21 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
 }
 
 #[tracing::instrument(skip_all, fields(sale = %path))]
-async fn configure(state: web::Data<AppState>, _admin: Admin, path: web::Path<String>, body: web::Json<SaleInput>) -> Result<HttpResponse, ApiError> {
+async fn configure(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<String>,
+    body: web::Json<SaleInput>,
+) -> Result<HttpResponse, ApiError> {
     let sale = sale_id(&path)?;
     let cfg = validate(&body)?;
     let (created, s) = state.service.configure(&sale, &cfg).await?;
     let view = SaleView::new(&sale, &s);
-    Ok(if created { HttpResponse::Created().json(view) } else { HttpResponse::Ok().json(view) })
+    Ok(if created {
+        HttpResponse::Created().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
 }
 
 async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
@@ -75,7 +106,10 @@ async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse,
     Ok(HttpResponse::Ok().json(json!({ "sales": views })))
 }
 
-async fn get(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let sale = sale_id(&path)?;
     let s = state.service.view(&sale).await?;
     Ok(HttpResponse::Ok().json(SaleView::new(&sale, &s)))
@@ -93,7 +127,10 @@ mod tests {
     fn defaults_fill_in() {
         let c = validate(&input(json!({"stock": 10, "per_user_limit": 2}))).expect("valid");
         assert_eq!((c.hold_ttl_ms, c.max_hold_ms), (300_000, 1_800_000));
-        let c = validate(&input(json!({"stock": 10, "per_user_limit": 2, "hold_ttl_secs": 3600}))).expect("valid");
+        let c = validate(&input(
+            json!({"stock": 10, "per_user_limit": 2, "hold_ttl_secs": 3600}),
+        ))
+        .expect("valid");
         assert_eq!(c.max_hold_ms, 3_600_000);
     }
 
@@ -102,10 +139,22 @@ mod tests {
         let cases = [
             (json!({"stock": -1, "per_user_limit": 2}), "stock"),
             (json!({"stock": 10, "per_user_limit": 0}), "per_user_limit"),
-            (json!({"stock": 10, "per_user_limit": 2, "hold_ttl_secs": 0}), "hold_ttl_secs"),
-            (json!({"stock": 10, "per_user_limit": 2, "hold_ttl_secs": 60, "max_hold_secs": 30}), "max_hold_secs"),
-            (json!({"stock": 10, "per_user_limit": 2, "starts_at": "2026-01-02T00:00:00Z", "ends_at": "2026-01-01T00:00:00Z"}), "ends_at"),
-            (json!({"stock": 10, "per_user_limit": 2, "product_id": ""}), "product_id"),
+            (
+                json!({"stock": 10, "per_user_limit": 2, "hold_ttl_secs": 0}),
+                "hold_ttl_secs",
+            ),
+            (
+                json!({"stock": 10, "per_user_limit": 2, "hold_ttl_secs": 60, "max_hold_secs": 30}),
+                "max_hold_secs",
+            ),
+            (
+                json!({"stock": 10, "per_user_limit": 2, "starts_at": "2026-01-02T00:00:00Z", "ends_at": "2026-01-01T00:00:00Z"}),
+                "ends_at",
+            ),
+            (
+                json!({"stock": 10, "per_user_limit": 2, "product_id": ""}),
+                "product_id",
+            ),
         ];
         for (v, name) in cases {
             match validate(&input(v)) {
@@ -117,6 +166,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_json::from_value::<SaleInput>(json!({"stock": 1, "per_user_limit": 1, "sold": 0})).is_err());
+        assert!(serde_json::from_value::<SaleInput>(
+            json!({"stock": 1, "per_user_limit": 1, "sold": 0})
+        )
+        .is_err());
     }
 }

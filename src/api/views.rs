@@ -114,7 +114,13 @@ pub struct ReservationView {
 
 impl ReservationView {
     pub fn new(sale: &SaleId, rid: &str, rec: &Record) -> Self {
-        let at = |s: Status| if rec.status == s { time(rec.at_ms) } else { None };
+        let at = |s: Status| {
+            if rec.status == s {
+                time(rec.at_ms)
+            } else {
+                None
+            }
+        };
         Self {
             reservation_id: rid.to_string(),
             sale_id: sale.to_string(),
@@ -133,26 +139,72 @@ impl ReservationView {
 mod tests {
     use super::*;
 
-    fn state(stock: i64, sold: i64, held: i64, starts: Option<i64>, ends: Option<i64>) -> SaleState {
-        SaleState { stock, per_user_limit: 2, hold_ttl_ms: 300_000, max_hold_ms: 1_800_000, starts_ms: starts, ends_ms: ends, product_id: None, sold, held, now_ms: 1_000_000, created_ms: 0, updated_ms: 0, released: 0 }
+    fn state(
+        stock: i64,
+        sold: i64,
+        held: i64,
+        starts: Option<i64>,
+        ends: Option<i64>,
+    ) -> SaleState {
+        SaleState {
+            stock,
+            per_user_limit: 2,
+            hold_ttl_ms: 300_000,
+            max_hold_ms: 1_800_000,
+            starts_ms: starts,
+            ends_ms: ends,
+            product_id: None,
+            sold,
+            held,
+            now_ms: 1_000_000,
+            created_ms: 0,
+            updated_ms: 0,
+            released: 0,
+        }
     }
 
     #[test]
     fn sale_state_names() {
         let id = SaleId::parse("s").expect("id");
-        assert_eq!(SaleView::new(&id, &state(10, 0, 0, None, None)).state, SaleStateName::Live);
-        assert_eq!(SaleView::new(&id, &state(10, 4, 6, None, None)).state, SaleStateName::SoldOut);
-        assert_eq!(SaleView::new(&id, &state(10, 0, 0, Some(2_000_000), None)).state, SaleStateName::Scheduled);
-        assert_eq!(SaleView::new(&id, &state(10, 0, 0, None, Some(1_000_000))).state, SaleStateName::Ended);
+        assert_eq!(
+            SaleView::new(&id, &state(10, 0, 0, None, None)).state,
+            SaleStateName::Live
+        );
+        assert_eq!(
+            SaleView::new(&id, &state(10, 4, 6, None, None)).state,
+            SaleStateName::SoldOut
+        );
+        assert_eq!(
+            SaleView::new(&id, &state(10, 0, 0, Some(2_000_000), None)).state,
+            SaleStateName::Scheduled
+        );
+        assert_eq!(
+            SaleView::new(&id, &state(10, 0, 0, None, Some(1_000_000))).state,
+            SaleStateName::Ended
+        );
         let v = SaleView::new(&id, &state(10, 3, 2, None, None));
         assert_eq!((v.available, v.hold_ttl_secs), (5, 300));
     }
 
     #[test]
     fn reserve_input_refuses_unknown_fields_and_bad_numbers() {
-        assert_eq!(serde_json::from_str::<ReserveInput>("{}").expect("default").quantity, 1);
-        assert!(serde_json::from_str::<ReserveInput>(r#"{"quantity":1,"user_id":"mallory"}"#).is_err());
-        for bad in [r#"{"quantity":-1}"#, r#"{"quantity":1.5}"#, r#"{"quantity":"2"}"#, r#"{"quantity":99999999999}"#, "{", "null"] {
+        assert_eq!(
+            serde_json::from_str::<ReserveInput>("{}")
+                .expect("default")
+                .quantity,
+            1
+        );
+        assert!(
+            serde_json::from_str::<ReserveInput>(r#"{"quantity":1,"user_id":"mallory"}"#).is_err()
+        );
+        for bad in [
+            r#"{"quantity":-1}"#,
+            r#"{"quantity":1.5}"#,
+            r#"{"quantity":"2"}"#,
+            r#"{"quantity":99999999999}"#,
+            "{",
+            "null",
+        ] {
             assert!(serde_json::from_str::<ReserveInput>(bad).is_err(), "{bad}");
         }
     }

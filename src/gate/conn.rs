@@ -20,7 +20,11 @@ pub enum RedisConn {
 impl RedisConn {
     /// Connects lazily for standalone Redis (so `serve` starts, unready,
     /// while Redis is down); the cluster client needs its seeds at start.
-    pub async fn connect(urls: &[String], cluster: bool, timeout: Duration) -> redis::RedisResult<Self> {
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+    ) -> redis::RedisResult<Self> {
         if cluster {
             let client = redis::cluster::ClusterClient::builder(urls.to_vec())
                 .connection_timeout(timeout)
@@ -29,14 +33,19 @@ impl RedisConn {
                 .build()?;
             Ok(Self::Cluster(client.get_async_connection().await?))
         } else {
-            let url = urls.first().map(String::as_str).unwrap_or("redis://127.0.0.1:6379");
+            let url = urls
+                .first()
+                .map(String::as_str)
+                .unwrap_or("redis://127.0.0.1:6379");
             let client = redis::Client::open(url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(200));
-            Ok(Self::Single(ConnectionManager::new_lazy_with_config(client, config)?))
+            Ok(Self::Single(ConnectionManager::new_lazy_with_config(
+                client, config,
+            )?))
         }
     }
 
@@ -53,7 +62,12 @@ impl ConnectionLike for RedisConn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),

@@ -11,7 +11,9 @@ pub struct SaleKeys {
 
 impl SaleKeys {
     pub fn new(prefix: &str, sale: &SaleId) -> Self {
-        Self { base: format!("{prefix}:{{{}}}:", sale.as_str()) }
+        Self {
+            base: format!("{prefix}:{{{}}}:", sale.as_str()),
+        }
     }
 
     /// `<prefix>:{<sale_id>}:` — handed to scripts so they can name the
@@ -63,7 +65,15 @@ mod tests {
     fn every_key_of_a_sale_shares_its_hash_tag() {
         let sale = SaleId::parse("spring-drop").expect("valid");
         let k = SaleKeys::new("fg", &sale);
-        for key in [k.sale(), k.holds(), k.events(), k.dead_letters(), k.reservation("r1"), k.hold("r1"), k.idempotency("u:{x}", "k")] {
+        for key in [
+            k.sale(),
+            k.holds(),
+            k.events(),
+            k.dead_letters(),
+            k.reservation("r1"),
+            k.hold("r1"),
+            k.idempotency("u:{x}", "k"),
+        ] {
             assert!(key.starts_with("fg:{spring-drop}:"), "{key}");
             // The hash tag is the first {...}: user data after it cannot move the slot.
             let open = key.find('{').expect("tag");

@@ -34,7 +34,10 @@ pub enum GateError {
     #[error("Redis script error")]
     Script(#[source] RedisError),
     #[error("unexpected reply from {script}.lua: {detail}")]
-    Protocol { script: &'static str, detail: String },
+    Protocol {
+        script: &'static str,
+        detail: String,
+    },
 }
 
 impl From<RedisError> for GateError {
@@ -125,7 +128,11 @@ fn ms(d: Duration) -> u64 {
 
 impl Gate {
     pub fn new(conn: RedisConn, opts: GateOptions) -> Self {
-        Self { conn, scripts: Arc::new(Scripts::new()), opts: Arc::new(opts) }
+        Self {
+            conn,
+            scripts: Arc::new(Scripts::new()),
+            opts: Arc::new(opts),
+        }
     }
 
     pub fn keys(&self, sale: &SaleId) -> SaleKeys {
@@ -141,14 +148,21 @@ impl Gate {
         self.conn.clone()
     }
 
-    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T, RedisError>>) -> Result<T, GateError> {
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, GateError> {
         match tokio::time::timeout(self.opts.deadline, fut).await {
             Ok(r) => r.map_err(GateError::from),
             Err(_) => Err(GateError::Timeout(self.opts.deadline)),
         }
     }
 
-    async fn invoke(&self, name: &'static str, inv: &redis::ScriptInvocation<'_>) -> Result<Reply, GateError> {
+    async fn invoke(
+        &self,
+        name: &'static str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<Reply, GateError> {
         let mut conn = self.conn.clone();
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
         let reply = Reply::new(name, v)?;
@@ -162,25 +176,40 @@ impl Gate {
     pub async fn load_scripts(&self) -> Result<(), GateError> {
         for script in self.scripts.all() {
             let mut conn = self.conn.clone();
-            self.bounded(script.prepare_invoke().load_async(&mut conn)).await?;
+            self.bounded(script.prepare_invoke().load_async(&mut conn))
+                .await?;
         }
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let _: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
         Ok(())
     }
 
-    pub async fn reserve(&self, sale: &SaleId, rid: &str, user: &UserId, qty: u32, idem: Option<&IdempotencyKey>) -> Result<ReserveOutcome, GateError> {
+    pub async fn reserve(
+        &self,
+        sale: &SaleId,
+        rid: &str,
+        user: &UserId,
+        qty: u32,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<ReserveOutcome, GateError> {
         let k = self.keys(sale);
         let idem_key = match idem {
             Some(key) => k.idempotency(user.as_str(), key.as_str()),
             None => k.sale(),
         };
         let mut inv = self.scripts.reserve.prepare_invoke();
-        inv.key(k.sale()).key(k.holds()).key(k.events()).key(k.reservation(rid)).key(k.hold(rid)).key(idem_key);
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .key(k.reservation(rid))
+            .key(k.hold(rid))
+            .key(idem_key);
         inv.arg(k.base())
             .arg(rid)
             .arg(user.as_str())
@@ -191,22 +220,53 @@ impl Gate {
             .arg(ms(self.opts.record_ttl));
         let r = self.invoke("reserve", &inv).await?;
         Ok(match r.tag()? {
-            "ok" => ReserveOutcome::Held { rid: r.str(1)?.to_string(), qty: r.u32(2)?, expires_ms: r.int(3)? },
-            "replay" => ReserveOutcome::Replay { rid: r.str(1)?.to_string(), qty: r.u32(2)?, status: r.status(3)?, expires_ms: r.int(4)? },
-            "idem_mismatch" => ReserveOutcome::IdempotencyMismatch { original_qty: r.u32(1)? },
-            "not_started" => ReserveOutcome::NotStarted { starts_ms: r.int(1)? },
+            "ok" => ReserveOutcome::Held {
+                rid: r.str(1)?.to_string(),
+                qty: r.u32(2)?,
+                expires_ms: r.int(3)?,
+            },
+            "replay" => ReserveOutcome::Replay {
+                rid: r.str(1)?.to_string(),
+                qty: r.u32(2)?,
+                status: r.status(3)?,
+                expires_ms: r.int(4)?,
+            },
+            "idem_mismatch" => ReserveOutcome::IdempotencyMismatch {
+                original_qty: r.u32(1)?,
+            },
+            "not_started" => ReserveOutcome::NotStarted {
+                starts_ms: r.int(1)?,
+            },
             "ended" => ReserveOutcome::Ended { ends_ms: r.int(1)? },
             "over_limit" => ReserveOutcome::OverLimit { limit: r.u32(1)? },
-            "user_limit" => ReserveOutcome::UserLimit { limit: r.u32(1)?, held: r.u32(2)?, bought: r.u32(3)? },
-            "sold_out" => ReserveOutcome::SoldOut { available: r.int(1)? },
+            "user_limit" => ReserveOutcome::UserLimit {
+                limit: r.u32(1)?,
+                held: r.u32(2)?,
+                bought: r.u32(3)?,
+            },
+            "sold_out" => ReserveOutcome::SoldOut {
+                available: r.int(1)?,
+            },
             _ => return Err(r.unexpected()),
         })
     }
 
-    async fn transition(&self, name: &'static str, script: &redis::Script, sale: &SaleId, rid: &str, actor: Actor<'_>, last: String) -> Result<RecordOutcome, GateError> {
+    async fn transition(
+        &self,
+        name: &'static str,
+        script: &redis::Script,
+        sale: &SaleId,
+        rid: &str,
+        actor: Actor<'_>,
+        last: String,
+    ) -> Result<RecordOutcome, GateError> {
         let k = self.keys(sale);
         let mut inv = script.prepare_invoke();
-        inv.key(k.sale()).key(k.holds()).key(k.events()).key(k.reservation(rid)).key(k.hold(rid));
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .key(k.reservation(rid))
+            .key(k.hold(rid));
         inv.arg(k.base()).arg(rid).arg(actor.arg());
         if name != "cancel" {
             inv.arg(last);
@@ -223,24 +283,67 @@ impl Gate {
         })
     }
 
-    pub async fn confirm(&self, sale: &SaleId, rid: &str, actor: Actor<'_>) -> Result<RecordOutcome, GateError> {
-        self.transition("confirm", &self.scripts.confirm, sale, rid, actor, ms(self.opts.record_ttl).to_string()).await
+    pub async fn confirm(
+        &self,
+        sale: &SaleId,
+        rid: &str,
+        actor: Actor<'_>,
+    ) -> Result<RecordOutcome, GateError> {
+        self.transition(
+            "confirm",
+            &self.scripts.confirm,
+            sale,
+            rid,
+            actor,
+            ms(self.opts.record_ttl).to_string(),
+        )
+        .await
     }
 
-    pub async fn cancel(&self, sale: &SaleId, rid: &str, actor: Actor<'_>) -> Result<RecordOutcome, GateError> {
-        self.transition("cancel", &self.scripts.cancel, sale, rid, actor, String::new()).await
+    pub async fn cancel(
+        &self,
+        sale: &SaleId,
+        rid: &str,
+        actor: Actor<'_>,
+    ) -> Result<RecordOutcome, GateError> {
+        self.transition(
+            "cancel",
+            &self.scripts.cancel,
+            sale,
+            rid,
+            actor,
+            String::new(),
+        )
+        .await
     }
 
     /// `by` = None extends by the sale's hold ttl.
-    pub async fn extend(&self, sale: &SaleId, rid: &str, actor: Actor<'_>, by: Option<Duration>) -> Result<RecordOutcome, GateError> {
-        self.transition("extend", &self.scripts.extend, sale, rid, actor, by.map(|d| ms(d).to_string()).unwrap_or_default()).await
+    pub async fn extend(
+        &self,
+        sale: &SaleId,
+        rid: &str,
+        actor: Actor<'_>,
+        by: Option<Duration>,
+    ) -> Result<RecordOutcome, GateError> {
+        self.transition(
+            "extend",
+            &self.scripts.extend,
+            sale,
+            rid,
+            actor,
+            by.map(|d| ms(d).to_string()).unwrap_or_default(),
+        )
+        .await
     }
 
     /// Reads one reservation (no side effect). Ownership is the caller's check.
     pub async fn lookup(&self, sale: &SaleId, rid: &str) -> Result<Option<Record>, GateError> {
         let k = self.keys(sale);
         let mut inv = self.scripts.lookup.prepare_invoke();
-        inv.key(k.sale()).key(k.reservation(rid)).arg(k.base()).arg(rid);
+        inv.key(k.sale())
+            .key(k.reservation(rid))
+            .arg(k.base())
+            .arg(rid);
         let r = self.invoke("lookup", &inv).await?;
         match r.tag()? {
             "ok" => Ok(Some(r.record()?)),
@@ -253,7 +356,11 @@ impl Gate {
     pub async fn sweep(&self, sale: &SaleId) -> Result<SaleState, GateError> {
         let k = self.keys(sale);
         let mut inv = self.scripts.sweep.prepare_invoke();
-        inv.key(k.sale()).key(k.holds()).key(k.events()).arg(k.base()).arg(self.opts.sweep_batch);
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .arg(k.base())
+            .arg(self.opts.sweep_batch);
         let r = self.invoke("sweep", &inv).await?;
         if r.tag()? != "ok" {
             return Err(r.unexpected());
@@ -277,7 +384,12 @@ impl Gate {
 
     /// `must_exist`: the sale is known to Postgres, so missing Redis state
     /// means lost state ([`GateError::NotLoaded`]), never a fresh sale.
-    pub async fn configure(&self, sale: &SaleId, cfg: &SaleConfig, must_exist: bool) -> Result<ConfigureOutcome, GateError> {
+    pub async fn configure(
+        &self,
+        sale: &SaleId,
+        cfg: &SaleConfig,
+        must_exist: bool,
+    ) -> Result<ConfigureOutcome, GateError> {
         let k = self.keys(sale);
         let mut inv = self.scripts.configure.prepare_invoke();
         inv.key(k.sale()).key(k.holds()).key(k.events());
@@ -296,7 +408,12 @@ impl Gate {
         let outcome = match r.tag()? {
             "created" => ConfigureOutcome::Created,
             "updated" => ConfigureOutcome::Updated,
-            "below" => return Ok(ConfigureOutcome::BelowCommitted { sold: r.int(1)?, held: r.int(2)? }),
+            "below" => {
+                return Ok(ConfigureOutcome::BelowCommitted {
+                    sold: r.int(1)?,
+                    held: r.int(2)?,
+                })
+            }
             _ => return Err(r.unexpected()),
         };
         self.index(sale).await?;
@@ -306,7 +423,13 @@ impl Gate {
     /// Rebuilds a lost sale from its durable record: configuration, units
     /// sold and each buyer's confirmed total. Returns false when another
     /// instance rebuilt it first (nothing changed).
-    pub async fn load(&self, sale: &SaleId, cfg: &SaleConfig, sold: i64, bought: &[(String, i64)]) -> Result<bool, GateError> {
+    pub async fn load(
+        &self,
+        sale: &SaleId,
+        cfg: &SaleConfig,
+        sold: i64,
+        bought: &[(String, i64)],
+    ) -> Result<bool, GateError> {
         let k = self.keys(sale);
         let mut inv = self.scripts.load.prepare_invoke();
         inv.key(k.sale()).key(k.holds()).key(k.events());
@@ -338,21 +461,32 @@ impl Gate {
     /// Adds the sale to the index the sweeper and the worker walk.
     async fn index(&self, sale: &SaleId) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        let _: i64 = self.bounded(conn.sadd(keys::sales_index(&self.opts.prefix), sale.as_str())).await?;
+        let _: i64 = self
+            .bounded(conn.sadd(keys::sales_index(&self.opts.prefix), sale.as_str()))
+            .await?;
         Ok(())
     }
 
     /// Every sale id in the index (invalid entries skipped).
     pub async fn indexed_sales(&self) -> Result<Vec<SaleId>, GateError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = self.bounded(conn.smembers(keys::sales_index(&self.opts.prefix))).await?;
+        let ids: Vec<String> = self
+            .bounded(conn.smembers(keys::sales_index(&self.opts.prefix)))
+            .await?;
         Ok(ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect())
     }
 
     /// `maxmemory-policy` of the server(s), to warn about eviction.
     pub async fn eviction_policy(&self) -> Result<String, GateError> {
         let mut conn = self.conn.clone();
-        let v: Vec<String> = self.bounded(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn)).await?;
+        let v: Vec<String> = self
+            .bounded(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(v.get(1).cloned().unwrap_or_default())
     }
 }

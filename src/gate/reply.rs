@@ -28,14 +28,37 @@ impl Status {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
-    Held { rid: String, qty: u32, expires_ms: i64 },
-    Replay { rid: String, qty: u32, status: Status, expires_ms: i64 },
-    IdempotencyMismatch { original_qty: u32 },
-    NotStarted { starts_ms: i64 },
-    Ended { ends_ms: i64 },
-    OverLimit { limit: u32 },
-    UserLimit { limit: u32, held: u32, bought: u32 },
-    SoldOut { available: i64 },
+    Held {
+        rid: String,
+        qty: u32,
+        expires_ms: i64,
+    },
+    Replay {
+        rid: String,
+        qty: u32,
+        status: Status,
+        expires_ms: i64,
+    },
+    IdempotencyMismatch {
+        original_qty: u32,
+    },
+    NotStarted {
+        starts_ms: i64,
+    },
+    Ended {
+        ends_ms: i64,
+    },
+    OverLimit {
+        limit: u32,
+    },
+    UserLimit {
+        limit: u32,
+        held: u32,
+        bought: u32,
+    },
+    SoldOut {
+        available: i64,
+    },
 }
 
 /// A reservation record: buyer, units, status, deadline and the time of its
@@ -98,12 +121,18 @@ impl Reply {
     pub fn new(script: &'static str, v: Value) -> Result<Self, GateError> {
         match v {
             Value::Array(items) if !items.is_empty() => Ok(Self { script, items }),
-            other => Err(GateError::Protocol { script, detail: format!("expected a non-empty array, got {other:?}") }),
+            other => Err(GateError::Protocol {
+                script,
+                detail: format!("expected a non-empty array, got {other:?}"),
+            }),
         }
     }
 
     fn bad(&self, i: usize, what: &str) -> GateError {
-        GateError::Protocol { script: self.script, detail: format!("item {i}: expected {what}, got {:?}", self.items.get(i)) }
+        GateError::Protocol {
+            script: self.script,
+            detail: format!("item {i}: expected {what}, got {:?}", self.items.get(i)),
+        }
     }
 
     pub fn str(&self, i: usize) -> Result<&str, GateError> {
@@ -121,7 +150,10 @@ impl Reply {
     pub fn int(&self, i: usize) -> Result<i64, GateError> {
         match self.items.get(i) {
             Some(Value::Int(n)) => Ok(*n),
-            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or_else(|| self.bad(i, "an integer")),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| self.bad(i, "an integer")),
             _ => Err(self.bad(i, "an integer")),
         }
     }
@@ -142,7 +174,9 @@ impl Reply {
     pub fn opt_str(&self, i: usize) -> Result<Option<String>, GateError> {
         match self.items.get(i) {
             Some(Value::Nil) | None => Ok(None),
-            _ => Ok(Some(self.str(i)?).filter(|s| !s.is_empty()).map(str::to_string)),
+            _ => Ok(Some(self.str(i)?)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)),
         }
     }
 
@@ -151,12 +185,21 @@ impl Reply {
     }
 
     pub fn unexpected(&self) -> GateError {
-        GateError::Protocol { script: self.script, detail: format!("unexpected reply {:?}", self.items) }
+        GateError::Protocol {
+            script: self.script,
+            detail: format!("unexpected reply {:?}", self.items),
+        }
     }
 
     /// `{outcome, user, qty, status, expires_ms, at_ms}`
     pub fn record(&self) -> Result<Record, GateError> {
-        Ok(Record { user: self.str(1)?.to_string(), qty: self.u32(2)?, status: self.status(3)?, expires_ms: self.int(4)?, at_ms: self.int(5)? })
+        Ok(Record {
+            user: self.str(1)?.to_string(),
+            qty: self.u32(2)?,
+            status: self.status(3)?,
+            expires_ms: self.int(4)?,
+            at_ms: self.int(5)?,
+        })
     }
 }
 
@@ -170,18 +213,58 @@ mod tests {
 
     #[test]
     fn records_parse_from_mixed_strings_and_integers() {
-        let r = Reply::new("t", Value::Array(vec![bulk("ok"), bulk("u1"), Value::Int(2), bulk("held"), Value::Int(1_795_422_534_255), Value::Int(0)])).expect("array");
+        let r = Reply::new(
+            "t",
+            Value::Array(vec![
+                bulk("ok"),
+                bulk("u1"),
+                Value::Int(2),
+                bulk("held"),
+                Value::Int(1_795_422_534_255),
+                Value::Int(0),
+            ]),
+        )
+        .expect("array");
         assert_eq!(r.tag().expect("tag"), "ok");
         let rec = r.record().expect("record");
-        assert_eq!(rec, Record { user: "u1".into(), qty: 2, status: Status::Held, expires_ms: 1_795_422_534_255, at_ms: 0 });
+        assert_eq!(
+            rec,
+            Record {
+                user: "u1".into(),
+                qty: 2,
+                status: Status::Held,
+                expires_ms: 1_795_422_534_255,
+                at_ms: 0
+            }
+        );
     }
 
     #[test]
     fn malformed_replies_are_protocol_errors_naming_the_script() {
-        assert!(matches!(Reply::new("reserve", Value::Nil), Err(GateError::Protocol { script: "reserve", .. })));
-        let r = Reply::new("confirm", Value::Array(vec![bulk("ok"), bulk("u1"), bulk("x")])).expect("array");
-        assert!(matches!(r.record(), Err(GateError::Protocol { script: "confirm", .. })));
-        let r = Reply::new("t", Value::Array(vec![bulk("ok"), bulk(""), Value::Int(-1)])).expect("array");
+        assert!(matches!(
+            Reply::new("reserve", Value::Nil),
+            Err(GateError::Protocol {
+                script: "reserve",
+                ..
+            })
+        ));
+        let r = Reply::new(
+            "confirm",
+            Value::Array(vec![bulk("ok"), bulk("u1"), bulk("x")]),
+        )
+        .expect("array");
+        assert!(matches!(
+            r.record(),
+            Err(GateError::Protocol {
+                script: "confirm",
+                ..
+            })
+        ));
+        let r = Reply::new(
+            "t",
+            Value::Array(vec![bulk("ok"), bulk(""), Value::Int(-1)]),
+        )
+        .expect("array");
         assert_eq!(r.opt_int(1).expect("empty is none"), None);
         assert!(r.u32(2).is_err());
     }

@@ -32,7 +32,10 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// The composed source of one script (`flashgate script <name>` prints it,
 /// e.g. for `redis-benchmark`).
 pub fn source(name: &str) -> Option<String> {
-    SOURCES.iter().find(|(n, _)| *n == name).map(|(_, src)| compose(src))
+    SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, src)| compose(src))
 }
 
 pub struct Scripts {
@@ -49,12 +52,31 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         let s = |src: &str| Script::new(&compose(src));
-        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load] = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| s(SOURCES[i].1));
-        Self { reserve, confirm, cancel, extend, lookup, sweep, configure, load }
+        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load] =
+            [0, 1, 2, 3, 4, 5, 6, 7].map(|i| s(SOURCES[i].1));
+        Self {
+            reserve,
+            confirm,
+            cancel,
+            extend,
+            lookup,
+            sweep,
+            configure,
+            load,
+        }
     }
 
     pub fn all(&self) -> [&Script; 8] {
-        [&self.reserve, &self.confirm, &self.cancel, &self.extend, &self.lookup, &self.sweep, &self.configure, &self.load]
+        [
+            &self.reserve,
+            &self.confirm,
+            &self.cancel,
+            &self.extend,
+            &self.lookup,
+            &self.sweep,
+            &self.configure,
+            &self.load,
+        ]
     }
 }
 
@@ -72,12 +94,26 @@ mod tests {
     fn composed_scripts_keep_their_flags_line_first() {
         for (name, src) in SOURCES {
             let composed = compose(src);
-            assert!(composed.starts_with("#!lua"), "{name} must open with its #!lua flags line");
-            assert!(composed.contains("local function now_ms()"), "{name} lacks lib.lua");
-            assert!(!composed.contains("allow-oom"), "{name} must be refused whole at maxmemory");
-            assert!(!composed.contains("MAXLEN"), "{name} must never trim the stream");
+            assert!(
+                composed.starts_with("#!lua"),
+                "{name} must open with its #!lua flags line"
+            );
+            assert!(
+                composed.contains("local function now_ms()"),
+                "{name} lacks lib.lua"
+            );
+            assert!(
+                !composed.contains("allow-oom"),
+                "{name} must be refused whole at maxmemory"
+            );
+            assert!(
+                !composed.contains("MAXLEN"),
+                "{name} must never trim the stream"
+            );
         }
-        assert!(source("lookup").expect("lookup").starts_with("#!lua flags=no-writes"));
+        assert!(source("lookup")
+            .expect("lookup")
+            .starts_with("#!lua flags=no-writes"));
         assert!(source("nope").is_none());
     }
 }

@@ -80,20 +80,39 @@ fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
 
 impl Event {
     pub fn parse(id: &str, map: &HashMap<String, Value>) -> Result<Self, BadEvent> {
-        let bad = |reason: &str| BadEvent { id: id.to_string(), reason: reason.to_string() };
-        let kind = text(map, "kind").and_then(|k| EventKind::parse(&k)).ok_or_else(|| bad("missing or unknown kind"))?;
-        let sale_id = text(map, "sale").filter(|s| !s.is_empty()).ok_or_else(|| bad("missing sale"))?;
+        let bad = |reason: &str| BadEvent {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        let kind = text(map, "kind")
+            .and_then(|k| EventKind::parse(&k))
+            .ok_or_else(|| bad("missing or unknown kind"))?;
+        let sale_id = text(map, "sale")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("missing sale"))?;
         let reservation_id = match text(map, "rid").filter(|s| !s.is_empty()) {
             Some(r) => Some(Uuid::parse_str(&r).map_err(|_| bad("reservation id is not a uuid"))?),
             None => None,
         };
         let user_id = text(map, "user").filter(|s| !s.is_empty());
         let num = |f: &str| text(map, f).and_then(|v| v.parse::<i64>().ok());
-        let quantity = i32::try_from(num("qty").ok_or_else(|| bad("missing qty"))?).map_err(|_| bad("qty out of range"))?;
-        let at = num("at").and_then(DateTime::<Utc>::from_timestamp_millis).ok_or_else(|| bad("missing time"))?;
-        let needs_reservation = matches!(kind, EventKind::Reserved | EventKind::Confirmed | EventKind::Cancelled | EventKind::Expired | EventKind::Extended);
+        let quantity = i32::try_from(num("qty").ok_or_else(|| bad("missing qty"))?)
+            .map_err(|_| bad("qty out of range"))?;
+        let at = num("at")
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .ok_or_else(|| bad("missing time"))?;
+        let needs_reservation = matches!(
+            kind,
+            EventKind::Reserved
+                | EventKind::Confirmed
+                | EventKind::Cancelled
+                | EventKind::Expired
+                | EventKind::Extended
+        );
         if needs_reservation && (reservation_id.is_none() || user_id.is_none() || quantity <= 0) {
-            return Err(bad("reservation event without reservation, user or quantity"));
+            return Err(bad(
+                "reservation event without reservation, user or quantity",
+            ));
         }
         Ok(Self {
             event_id: id.to_string(),
@@ -129,13 +148,26 @@ mod tests {
     use super::*;
 
     fn entry(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+            .collect()
     }
 
     #[test]
     fn a_confirmed_event_is_an_order() {
         let rid = Uuid::new_v4().to_string();
-        let m = entry(&[("kind", "confirmed"), ("sale", "s1"), ("rid", &rid), ("user", "u1"), ("qty", "2"), ("at", "1795422534255"), ("sold", "2"), ("held", "0"), ("stock", "10")]);
+        let m = entry(&[
+            ("kind", "confirmed"),
+            ("sale", "s1"),
+            ("rid", &rid),
+            ("user", "u1"),
+            ("qty", "2"),
+            ("at", "1795422534255"),
+            ("sold", "2"),
+            ("held", "0"),
+            ("stock", "10"),
+        ]);
         let e = Event::parse("1-0", &m).expect("parse");
         let o = e.order().expect("order");
         assert_eq!(o.quantity, 2);
@@ -146,7 +178,14 @@ mod tests {
 
     #[test]
     fn configured_events_need_no_reservation_and_are_no_order() {
-        let m = entry(&[("kind", "configured"), ("sale", "s1"), ("rid", ""), ("user", ""), ("qty", "0"), ("at", "1795422534255")]);
+        let m = entry(&[
+            ("kind", "configured"),
+            ("sale", "s1"),
+            ("rid", ""),
+            ("user", ""),
+            ("qty", "0"),
+            ("at", "1795422534255"),
+        ]);
         let e = Event::parse("1-1", &m).expect("parse");
         assert!(e.order().is_none());
     }
@@ -154,7 +193,29 @@ mod tests {
     #[test]
     fn malformed_entries_are_rejected() {
         assert!(Event::parse("1-2", &entry(&[("kind", "sold")])).is_err());
-        assert!(Event::parse("1-3", &entry(&[("kind", "confirmed"), ("sale", "s1"), ("rid", "nope"), ("user", "u"), ("qty", "1"), ("at", "1")])).is_err());
-        assert!(Event::parse("1-4", &entry(&[("kind", "confirmed"), ("sale", "s1"), ("rid", ""), ("user", "u"), ("qty", "1"), ("at", "1")])).is_err());
+        assert!(Event::parse(
+            "1-3",
+            &entry(&[
+                ("kind", "confirmed"),
+                ("sale", "s1"),
+                ("rid", "nope"),
+                ("user", "u"),
+                ("qty", "1"),
+                ("at", "1")
+            ])
+        )
+        .is_err());
+        assert!(Event::parse(
+            "1-4",
+            &entry(&[
+                ("kind", "confirmed"),
+                ("sale", "s1"),
+                ("rid", ""),
+                ("user", "u"),
+                ("qty", "1"),
+                ("at", "1")
+            ])
+        )
+        .is_err());
     }
 }

@@ -37,8 +37,19 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         let transient = match &e {
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "40001" || c == "40P01"),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57")
+                    || c == "40001"
+                    || c == "40P01"
+            }),
             _ => false,
         };
         if transient {
@@ -111,9 +122,16 @@ macro_rules! sale_columns {
 
 impl Store {
     /// Connects lazily: `serve` starts (not ready) while Postgres is down.
-    pub fn connect_lazy(url: &str, timeout: Duration, max_connections: u32) -> Result<Self, StoreError> {
+    pub fn connect_lazy(
+        url: &str,
+        timeout: Duration,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         let opts: PgConnectOptions = url.parse().map_err(StoreError::Database)?;
-        let pool = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(timeout).connect_lazy_with(opts.application_name("flashgate"));
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(opts.application_name("flashgate"));
         Ok(Self { pool, timeout })
     }
 
@@ -126,7 +144,11 @@ impl Store {
         Ok(())
     }
 
-    async fn bounded<T>(&self, limit: Duration, fut: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(limit)),
@@ -134,26 +156,44 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(self.timeout, sqlx::query("SELECT 1").execute(&self.pool)).await.map(|_| ())
+        self.bounded(self.timeout, sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(|_| ())
     }
 
     pub async fn get_sale(&self, sale: &SaleId) -> Result<Option<SaleRow>, StoreError> {
         let sql = concat!("SELECT ", sale_columns!(), " FROM sales WHERE sale_id = $1");
-        self.bounded(self.timeout, sqlx::query_as::<_, SaleRow>(sql).bind(sale.as_str()).fetch_optional(&self.pool)).await
+        self.bounded(
+            self.timeout,
+            sqlx::query_as::<_, SaleRow>(sql)
+                .bind(sale.as_str())
+                .fetch_optional(&self.pool),
+        )
+        .await
     }
 
     pub async fn list_sales(&self) -> Result<Vec<SaleRow>, StoreError> {
         let sql = concat!("SELECT ", sale_columns!(), " FROM sales ORDER BY sale_id");
-        self.bounded(self.timeout, sqlx::query_as::<_, SaleRow>(sql).fetch_all(&self.pool)).await
+        self.bounded(
+            self.timeout,
+            sqlx::query_as::<_, SaleRow>(sql).fetch_all(&self.pool),
+        )
+        .await
     }
 
     /// The sale and every buyer's confirmed total, read in one snapshot.
     pub async fn snapshot(&self, sale: &SaleId) -> Result<Option<Snapshot>, StoreError> {
         let fut = async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
             let sql = concat!("SELECT ", sale_columns!(), " FROM sales WHERE sale_id = $1");
-            let Some(row) = sqlx::query_as::<_, SaleRow>(sql).bind(sale.as_str()).fetch_optional(&mut *tx).await? else {
+            let Some(row) = sqlx::query_as::<_, SaleRow>(sql)
+                .bind(sale.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
                 return Ok(None);
             };
             let bought: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, quantity::int8 FROM user_purchases WHERE sale_id = $1 AND quantity > 0 ORDER BY user_id")
@@ -162,24 +202,43 @@ impl Store {
                 .await?;
             tx.commit().await?;
             let sold = bought.iter().map(|(_, q)| q).sum();
-            Ok(Some(Snapshot { sale: row, bought, sold }))
+            Ok(Some(Snapshot {
+                sale: row,
+                bought,
+                sold,
+            }))
         };
         self.bounded(self.timeout * 2, fut).await
     }
 
     /// Opens the transaction of a configuration change and locks the sale's
     /// row (if any), so concurrent PUTs of one sale apply one after another.
-    pub async fn begin_configure(&self, sale: &SaleId) -> Result<(Transaction<'static, Postgres>, Option<SaleRow>), StoreError> {
+    pub async fn begin_configure(
+        &self,
+        sale: &SaleId,
+    ) -> Result<(Transaction<'static, Postgres>, Option<SaleRow>), StoreError> {
         let fut = async {
             let mut tx = self.pool.begin().await?;
-            let sql = concat!("SELECT ", sale_columns!(), " FROM sales WHERE sale_id = $1 FOR UPDATE");
-            let row = sqlx::query_as::<_, SaleRow>(sql).bind(sale.as_str()).fetch_optional(&mut *tx).await?;
+            let sql = concat!(
+                "SELECT ",
+                sale_columns!(),
+                " FROM sales WHERE sale_id = $1 FOR UPDATE"
+            );
+            let row = sqlx::query_as::<_, SaleRow>(sql)
+                .bind(sale.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
             Ok((tx, row))
         };
         self.bounded(self.timeout, fut).await
     }
 
-    pub async fn upsert_sale(&self, tx: &mut Transaction<'static, Postgres>, sale: &SaleId, cfg: &SaleConfig) -> Result<(), StoreError> {
+    pub async fn upsert_sale(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        sale: &SaleId,
+        cfg: &SaleConfig,
+    ) -> Result<(), StoreError> {
         let to_time = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
         let q = sqlx::query(
             "INSERT INTO sales (sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at)
@@ -197,13 +256,19 @@ impl Store {
         .bind(i32::try_from(cfg.max_hold_ms / 1000).unwrap_or(i32::MAX))
         .bind(to_time(cfg.starts_ms))
         .bind(to_time(cfg.ends_ms));
-        self.bounded(self.timeout, q.execute(&mut **tx)).await.map(|_| ())
+        self.bounded(self.timeout, q.execute(&mut **tx))
+            .await
+            .map(|_| ())
     }
 
     /// Records confirmed orders exactly once each (by reservation id),
     /// advancing user_purchases and sales.sold_count only for rows that were
     /// new. Bounded by `limit`. Returns how many orders were new.
-    pub async fn record_orders(&self, orders: &[Order], limit: Duration) -> Result<u64, StoreError> {
+    pub async fn record_orders(
+        &self,
+        orders: &[Order],
+        limit: Duration,
+    ) -> Result<u64, StoreError> {
         let fut = async {
             let mut tx = self.pool.begin().await?;
             let n = insert_orders(&mut tx, orders).await?;
@@ -229,7 +294,10 @@ impl Store {
     }
 }
 
-async fn insert_orders(tx: &mut Transaction<'static, Postgres>, orders: &[Order]) -> Result<u64, sqlx::Error> {
+async fn insert_orders(
+    tx: &mut Transaction<'static, Postgres>,
+    orders: &[Order],
+) -> Result<u64, sqlx::Error> {
     if orders.is_empty() {
         return Ok(0);
     }
@@ -281,13 +349,28 @@ async fn insert_orders(tx: &mut Transaction<'static, Postgres>, orders: &[Order]
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-async fn insert_movements(tx: &mut Transaction<'static, Postgres>, events: &[Event]) -> Result<u64, sqlx::Error> {
+async fn insert_movements(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[Event],
+) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
     let n = events.len();
-    let (mut sale, mut id, mut kind, mut rid, mut user, mut qty) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut sold, mut held, mut stock, mut at) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sale, mut id, mut kind, mut rid, mut user, mut qty) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut sold, mut held, mut stock, mut at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for e in events {
         sale.push(e.sale_id.as_str());
         id.push(e.event_id.as_str());

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply,
+    StreamReadOptions, StreamReadReply,
+};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +68,13 @@ impl WorkerConfig {
     pub fn new(batch: usize, max_deliveries: u64, claim_idle: Duration) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "flashgate".into());
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        Self { consumer: format!("{host}-{}-{}", std::process::id(), &tag[..8]), batch, max_deliveries, claim_idle, idle_wait: Duration::from_millis(50) }
+        Self {
+            consumer: format!("{host}-{}-{}", std::process::id(), &tag[..8]),
+            batch,
+            max_deliveries,
+            claim_idle,
+            idle_wait: Duration::from_millis(50),
+        }
     }
 }
 
@@ -86,9 +95,27 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(gate: Gate, conn: RedisConn, store: Store, cfg: WorkerConfig, status: Arc<WorkerStatus>) -> Self {
-        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
-        Self { gate, conn, store, cfg, status, grouped: HashSet::new(), own_pending: HashSet::new(), last_claim: long_ago, last_stats: long_ago }
+    pub fn new(
+        gate: Gate,
+        conn: RedisConn,
+        store: Store,
+        cfg: WorkerConfig,
+        status: Arc<WorkerStatus>,
+    ) -> Self {
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or_else(Instant::now);
+        Self {
+            gate,
+            conn,
+            store,
+            cfg,
+            status,
+            grouped: HashSet::new(),
+            own_pending: HashSet::new(),
+            last_claim: long_ago,
+            last_stats: long_ago,
+        }
     }
 
     pub fn status(&self) -> Arc<WorkerStatus> {
@@ -162,14 +189,21 @@ impl Worker {
         if claim {
             let opts = StreamAutoClaimOptions::default().count(self.cfg.batch);
             let idle = u64::try_from(self.cfg.claim_idle.as_millis()).unwrap_or(u64::MAX);
-            let reply: StreamAutoClaimReply = self.conn.xautoclaim_options(keys.events(), GROUP, &self.cfg.consumer, idle, "0-0", opts).await?;
+            let reply: StreamAutoClaimReply = self
+                .conn
+                .xautoclaim_options(keys.events(), GROUP, &self.cfg.consumer, idle, "0-0", opts)
+                .await?;
             if !reply.claimed.is_empty() {
                 tracing::info!(sale = %sale, entries = reply.claimed.len(), "claimed entries a dead consumer left pending");
                 done += self.apply(sale, &keys, reply.claimed).await?;
             }
         }
         // Our own unacknowledged entries first (after a failed batch), then new ones.
-        let start = if self.own_pending.contains(sale) { "0" } else { ">" };
+        let start = if self.own_pending.contains(sale) {
+            "0"
+        } else {
+            ">"
+        };
         let entries = match self.read(&keys, start).await {
             Err(WorkerError::Redis(GateError::Script(e))) if e.code() == Some("NOGROUP") => {
                 // The stream was lost with Redis' data and rebuilt: recreate the group.
@@ -193,13 +227,25 @@ impl Worker {
     }
 
     async fn read(&mut self, keys: &SaleKeys, start: &str) -> Result<Vec<StreamId>, WorkerError> {
-        let opts = StreamReadOptions::default().group(GROUP, &self.cfg.consumer).count(self.cfg.batch);
-        let reply: Option<StreamReadReply> = self.conn.xread_options(&[keys.events()], &[start], &opts).await?;
-        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+        let opts = StreamReadOptions::default()
+            .group(GROUP, &self.cfg.consumer)
+            .count(self.cfg.batch);
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[keys.events()], &[start], &opts)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect())
     }
 
     async fn ensure_group(&mut self, keys: &SaleKeys) -> Result<(), WorkerError> {
-        let r: Result<(), redis::RedisError> = self.conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
+        let r: Result<(), redis::RedisError> = self
+            .conn
+            .xgroup_create_mkstream(keys.events(), GROUP, "0")
+            .await;
         match r {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -210,7 +256,12 @@ impl Worker {
     /// Writes a batch and acknowledges it. Entries that cannot be parsed go
     /// straight to the dead letters; a batch Postgres rejects (not a
     /// connection problem) is retried entry by entry to isolate the culprit.
-    async fn apply(&mut self, sale: &SaleId, keys: &SaleKeys, entries: Vec<StreamId>) -> Result<usize, WorkerError> {
+    async fn apply(
+        &mut self,
+        sale: &SaleId,
+        keys: &SaleKeys,
+        entries: Vec<StreamId>,
+    ) -> Result<usize, WorkerError> {
         let n = entries.len();
         let mut events = Vec::with_capacity(n);
         let mut seen = HashSet::with_capacity(n);
@@ -238,14 +289,17 @@ impl Worker {
                 self.status.postgres_ok.store(true, Ordering::Relaxed);
                 let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
                 self.ack(keys, &ids).await?;
-                self.status.events_written.fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.status
+                    .events_written
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 tracing::debug!(sale = %sale, events = events.len(), "batch written");
                 Ok(n)
             }
             Err(e) if e.is_transient() => Err(e.into()),
             Err(e) => {
                 tracing::warn!(sale = %sale, error = %e, cause = ?std::error::Error::source(&e), "batch rejected by Postgres; applying entry by entry");
-                let by_id: HashMap<&str, &StreamId> = entries.iter().map(|s| (s.id.as_str(), s)).collect();
+                let by_id: HashMap<&str, &StreamId> =
+                    entries.iter().map(|s| (s.id.as_str(), s)).collect();
                 for event in &events {
                     match self.store.apply_events(std::slice::from_ref(event)).await {
                         Ok(_) => self.ack(keys, &[event.event_id.as_str()]).await?,
@@ -254,7 +308,13 @@ impl Worker {
                             let deliveries = self.deliveries(keys, &event.event_id).await?;
                             if deliveries >= self.cfg.max_deliveries {
                                 if let Some(entry) = by_id.get(event.event_id.as_str()) {
-                                    self.dead_letter(sale, keys, entry, &format!("{e}: {:?}", std::error::Error::source(&e))).await?;
+                                    self.dead_letter(
+                                        sale,
+                                        keys,
+                                        entry,
+                                        &format!("{e}: {:?}", std::error::Error::source(&e)),
+                                    )
+                                    .await?;
                                 }
                             }
                         }
@@ -266,8 +326,15 @@ impl Worker {
     }
 
     async fn deliveries(&mut self, keys: &SaleKeys, id: &str) -> Result<u64, WorkerError> {
-        let reply: StreamPendingCountReply = self.conn.xpending_count(keys.events(), GROUP, id, id, 1).await?;
-        Ok(reply.ids.first().map(|p| p.times_delivered as u64).unwrap_or(0))
+        let reply: StreamPendingCountReply = self
+            .conn
+            .xpending_count(keys.events(), GROUP, id, id, 1)
+            .await?;
+        Ok(reply
+            .ids
+            .first()
+            .map(|p| p.times_delivered as u64)
+            .unwrap_or(0))
     }
 
     async fn ack<S: AsRef<str>>(&mut self, keys: &SaleKeys, ids: &[S]) -> Result<(), WorkerError> {
@@ -277,21 +344,35 @@ impl Worker {
         let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         // Acknowledge and delete together: the stream only holds unwritten work.
         let mut pipe = redis::pipe();
-        pipe.atomic().xack(keys.events(), GROUP, &ids).xdel(keys.events(), &ids);
+        pipe.atomic()
+            .xack(keys.events(), GROUP, &ids)
+            .xdel(keys.events(), &ids);
         let _: () = pipe.query_async(&mut self.conn).await?;
         Ok(())
     }
 
-    async fn dead_letter(&mut self, sale: &SaleId, keys: &SaleKeys, entry: &StreamId, reason: &str) -> Result<(), WorkerError> {
+    async fn dead_letter(
+        &mut self,
+        sale: &SaleId,
+        keys: &SaleKeys,
+        entry: &StreamId,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
         tracing::error!(sale = %sale, entry = %entry.id, reason, "write-behind entry moved to the dead-letter stream");
-        let mut fields: Vec<(String, Vec<u8>)> = vec![("original_id".into(), entry.id.clone().into_bytes()), ("reason".into(), reason.as_bytes().to_vec())];
+        let mut fields: Vec<(String, Vec<u8>)> = vec![
+            ("original_id".into(), entry.id.clone().into_bytes()),
+            ("reason".into(), reason.as_bytes().to_vec()),
+        ];
         for (k, v) in &entry.map {
             if let redis::Value::BulkString(b) = v {
                 fields.push((format!("f_{k}"), b.clone()));
             }
         }
         let mut pipe = redis::pipe();
-        pipe.atomic().xadd(keys.dead_letters(), "*", &fields).xack(keys.events(), GROUP, &[&entry.id]).xdel(keys.events(), &[&entry.id]);
+        pipe.atomic()
+            .xadd(keys.dead_letters(), "*", &fields)
+            .xack(keys.events(), GROUP, &[&entry.id])
+            .xdel(keys.events(), &[&entry.id]);
         let _: () = pipe.query_async(&mut self.conn).await?;
         self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -304,11 +385,12 @@ impl Worker {
             let len: i64 = self.conn.xlen(keys.events()).await?;
             backlog += len;
             if len > 0 {
-                let summary: redis::streams::StreamPendingReply = match self.conn.xpending(keys.events(), GROUP).await {
-                    Ok(s) => s,
-                    Err(e) if e.code() == Some("NOGROUP") => continue,
-                    Err(e) => return Err(e.into()),
-                };
+                let summary: redis::streams::StreamPendingReply =
+                    match self.conn.xpending(keys.events(), GROUP).await {
+                        Ok(s) => s,
+                        Err(e) if e.code() == Some("NOGROUP") => continue,
+                        Err(e) => return Err(e.into()),
+                    };
                 pending += summary.count() as i64;
             }
         }

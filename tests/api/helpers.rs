@@ -1,0 +1,362 @@
+//! `spawn_app()`: the real service on a random port against real Redis and
+//! Postgres, isolated per test by a fresh database and a unique key prefix.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashgate::config::{ConfirmDurability, Secret, Settings};
+use flashgate::service::Service;
+use flashgate::startup::{Application, Options};
+use reqwest::{Client, Response};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+
+pub fn pg_base() -> String {
+    std::env::var("FLASHGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("FLASHGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        flashgate::telemetry::init();
+    }
+}
+
+/// A fresh, empty database for one test.
+pub async fn fresh_database() -> String {
+    let name = format!("fg_test_{}", Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&format!("{}/postgres", pg_base()))
+        .await
+        .expect("connect to Postgres (is it running? scripts/test starts it)");
+    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    format!("{}/{name}", pg_base())
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub fn test_settings(db_url: &str, prefix: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        redis_urls: vec![redis_url()],
+        database_url: Secret::new(db_url),
+        admin_token: Secret::new(ADMIN),
+        jwt_secret: Secret::new(JWT_SECRET),
+        key_prefix: prefix.to_string(),
+        http_workers: 2,
+        sweep_interval: Duration::from_millis(200),
+        worker_claim_idle: Duration::from_millis(500),
+        shutdown_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: Client,
+    pub prefix: String,
+    pub pool: PgPool,
+    pub service: Service,
+}
+
+pub struct Spawn {
+    pub settings: Settings,
+    pub opts: Options,
+}
+
+impl Spawn {
+    pub async fn new() -> Self {
+        let db = fresh_database().await;
+        Self {
+            settings: test_settings(&db, &unique_prefix()),
+            opts: Options::default(),
+        }
+    }
+    pub fn durability(mut self, d: ConfirmDurability) -> Self {
+        self.settings.confirm_durability = d;
+        self
+    }
+    pub fn no_worker(mut self) -> Self {
+        self.opts.run_worker = false;
+        self
+    }
+    pub fn no_sweeper(mut self) -> Self {
+        self.opts.run_sweeper = false;
+        self
+    }
+    pub fn with(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(&mut self.settings);
+        self
+    }
+    pub async fn start(self) -> TestApp {
+        init_logs();
+        let db_url = self.settings.database_url.expose().to_string();
+        let prefix = self.settings.key_prefix.clone();
+        let app = Application::build(self.settings, self.opts)
+            .await
+            .expect("build app");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let service = app.service.clone();
+        tokio::spawn(app.run_until_stopped());
+        let pool = PgPool::connect(&db_url).await.expect("test pool");
+        let client = Client::builder()
+            .pool_max_idle_per_host(1024)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        TestApp {
+            address,
+            client,
+            prefix,
+            pool,
+            service,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    Spawn::new().await.start().await
+}
+
+pub fn token(user: &str) -> String {
+    flashgate::auth::mint(JWT_SECRET, user, 3600).expect("mint")
+}
+
+pub fn unique_sale() -> String {
+    format!("sale-{}", &Uuid::new_v4().simple().to_string()[..10])
+}
+
+pub async fn body(r: Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    (status, v)
+}
+
+/// Asserts the contract's error body and returns its code.
+pub fn error_code(v: &Value) -> &str {
+    let e = &v["error"];
+    assert!(
+        e["message"].is_string() && e["details"].is_object(),
+        "not the contract's error body: {v}"
+    );
+    e["code"].as_str().expect("code")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn put_sale(&self, sale: &str, cfg: Value) -> (u16, Value) {
+        body(
+            self.client
+                .put(self.url(&format!("/v1/sales/{sale}")))
+                .bearer_auth(ADMIN)
+                .json(&cfg)
+                .send()
+                .await
+                .expect("put"),
+        )
+        .await
+    }
+
+    /// Creates a sale and asserts 201.
+    pub async fn sale(&self, stock: i64, limit: u32, ttl_secs: u32) -> String {
+        let id = unique_sale();
+        let (s, v) = self
+            .put_sale(
+                &id,
+                json!({ "stock": stock, "per_user_limit": limit, "hold_ttl_secs": ttl_secs }),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        id
+    }
+
+    pub async fn view(&self, sale: &str) -> Value {
+        let (s, v) = body(
+            self.client
+                .get(self.url(&format!("/v1/sales/{sale}")))
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    pub async fn reserve(
+        &self,
+        sale: &str,
+        user: &str,
+        qty: u32,
+        idem: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(self.url(&format!("/v1/sales/{sale}/reservations")))
+            .bearer_auth(token(user))
+            .json(&json!({ "quantity": qty }));
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        body(req.send().await.expect("reserve")).await
+    }
+
+    /// `action` = confirm / cancel / extend, as `user` (or the admin with None).
+    pub async fn act(
+        &self,
+        sale: &str,
+        rid: &str,
+        action: &str,
+        user: Option<&str>,
+    ) -> (u16, Value) {
+        let req = self
+            .client
+            .post(self.url(&format!("/v1/sales/{sale}/reservations/{rid}/{action}")));
+        let req = match user {
+            Some(u) => req.bearer_auth(token(u)),
+            None => req.bearer_auth(ADMIN),
+        };
+        body(req.send().await.expect("act")).await
+    }
+
+    pub async fn get_reservation(&self, sale: &str, rid: &str, user: Option<&str>) -> (u16, Value) {
+        let req = self
+            .client
+            .get(self.url(&format!("/v1/sales/{sale}/reservations/{rid}")));
+        let req = match user {
+            Some(u) => req.bearer_auth(token(u)),
+            None => req.bearer_auth(ADMIN),
+        };
+        body(req.send().await.expect("get reservation")).await
+    }
+
+    /// Deletes every Redis key of this test (what a Redis restart without
+    /// persistence does to it), without touching other tests' keys.
+    pub async fn wipe_redis(&self) {
+        let client = redis::Client::open(redis_url()).expect("redis");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis conn");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        for chunk in keys.chunks(500) {
+            let _: () = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    }
+
+    /// Waits until the write-behind worker has drained every stream.
+    pub async fn drained(&self, within: Duration) {
+        let client = redis::Client::open(redis_url()).expect("redis");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis conn");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*:events", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+            let mut total = 0i64;
+            for k in &keys {
+                let n: i64 = redis::cmd("XLEN")
+                    .arg(k)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("xlen");
+                total += n;
+            }
+            if total == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "write-behind did not drain: {total} entries left"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A TCP proxy in front of a dependency, to cut it off and bring it back
+/// (Postgres or Redis "down") without touching the shared server.
+pub struct FaultProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (up2, gen2, upstream) = (up.clone(), generation.clone(), upstream.to_string());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let cancel = gen2.lock().expect("lock").clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let mut g = self.generation.lock().expect("lock");
+        g.cancel();
+        *g = CancellationToken::new();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

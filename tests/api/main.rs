@@ -1,0 +1,10 @@
+//! Integration tests: the real service against real Redis and Postgres.
+//! One binary; every test isolates itself (fresh database, key prefix).
+
+mod helpers;
+
+mod burst;
+mod contract;
+mod durability;
+mod lifecycle;
+mod recovery;
