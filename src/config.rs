@@ -86,6 +86,9 @@ pub struct Settings {
     pub worker_claim_idle: Duration,
     /// Started with `--dev`: weak or missing secrets are allowed (loudly).
     pub dev_mode: bool,
+    pub rate: crate::limits::RateSettings,
+    /// Most holds one buyer may have at once across all sales (0 = off).
+    pub max_active_holds: u32,
 }
 
 impl Default for Settings {
@@ -115,6 +118,8 @@ impl Default for Settings {
             worker_max_deliveries: 5,
             worker_claim_idle: Duration::from_secs(30),
             dev_mode: false,
+            rate: crate::limits::RateSettings::default(),
+            max_active_holds: 10,
         }
     }
 }
@@ -192,6 +197,25 @@ impl Settings {
         }
         if let Some(v) = var("FLASHGATE_WORKER_BATCH") {
             s.worker_batch = parse("FLASHGATE_WORKER_BATCH", &v)?;
+        }
+        let num = |name: &'static str, target: &mut u32| -> Result<(), ConfigError> {
+            if let Some(v) = var(name) {
+                *target = parse(name, &v)?;
+            }
+            Ok(())
+        };
+        num("FLASHGATE_RATE_PER_USER", &mut s.rate.per_user_per_sec)?;
+        num("FLASHGATE_RATE_BURST_PER_USER", &mut s.rate.per_user_burst)?;
+        num("FLASHGATE_RATE_PER_IP", &mut s.rate.per_ip_per_sec)?;
+        num("FLASHGATE_RATE_BURST_PER_IP", &mut s.rate.per_ip_burst)?;
+        num("FLASHGATE_MAX_ACTIVE_HOLDS", &mut s.max_active_holds)?;
+        if let Some(v) = var("FLASHGATE_TRUSTED_PROXIES") {
+            s.rate.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| parse("FLASHGATE_TRUSTED_PROXIES", p))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = var("FLASHGATE_DEV") {
             s.dev_mode = parse_bool("FLASHGATE_DEV", &v)?;

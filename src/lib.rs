@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod ids;
+pub mod limits;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -23,6 +23,8 @@ pub struct Service {
     pub store: Store,
     pub durability: ConfirmDurability,
     pub confirm_timeout: Duration,
+    /// Cap on one buyer's simultaneous holds across sales (0 = off).
+    pub max_active_holds: u32,
 }
 
 impl Service {
@@ -119,8 +121,63 @@ impl Service {
         idem: Option<&IdempotencyKey>,
     ) -> Result<ReserveOutcome, ApiError> {
         let rid = Uuid::new_v4().to_string();
-        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
+        let outcome = self
+            .loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
+            .await?;
+        if let ReserveOutcome::Held {
+            rid, expires_ms, ..
+        } = &outcome
+        {
+            if self.max_active_holds > 0 {
+                self.admit(sale, user, rid, *expires_ms).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Counts a granted hold against the buyer's cap of active holds across
+    /// sales; over the cap, the hold is cancelled again and the buyer told
+    /// when the earliest of its holds ends. Admission is atomic per buyer,
+    /// so concurrent reserves cannot overshoot the cap. If Redis fails here
+    /// the hold stands (this is an abuse limit, not an invariant).
+    async fn admit(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        rid: &str,
+        expires_ms: i64,
+    ) -> Result<(), ApiError> {
+        match self
+            .gate
+            .admit_hold(user, sale, rid, expires_ms, self.max_active_holds)
             .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(earliest_ms)) => {
+                self.gate.cancel(sale, rid, Actor::Admin).await?;
+                let wait_ms = (earliest_ms - chrono::Utc::now().timestamp_millis()).max(1000);
+                Err(ApiError::RateLimited {
+                    retry_after_secs: u64::try_from(wait_ms).unwrap_or(1000).div_ceil(1000),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "could not count the hold against the buyer's active-hold cap");
+                Ok(())
+            }
+        }
+    }
+
+    /// Best effort: an ended hold stops counting for its buyer (it would
+    /// anyway at its deadline).
+    async fn forget(&self, sale: &SaleId, rid: &str, outcome: &RecordOutcome) {
+        if self.max_active_holds == 0 {
+            return;
+        }
+        if let RecordOutcome::Done(rec) = outcome {
+            if let Err(e) = self.gate.forget_hold(&rec.user, sale, rid).await {
+                tracing::debug!(error = %crate::error::chain(&e), "could not drop an ended hold from its buyer's set");
+            }
+        }
     }
 
     pub async fn lookup(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Record>, ApiError> {
@@ -141,6 +198,7 @@ impl Service {
         let outcome = self
             .loaded(sale, || self.gate.confirm(sale, &rid_s, actor))
             .await?;
+        self.forget(sale, &rid_s, &outcome).await;
         if self.durability == ConfirmDurability::Postgres {
             if let RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) = &outcome {
                 let order = Order {
@@ -172,8 +230,11 @@ impl Service {
         actor: Actor<'_>,
     ) -> Result<RecordOutcome, ApiError> {
         let rid = rid.to_string();
-        self.loaded(sale, || self.gate.cancel(sale, &rid, actor))
-            .await
+        let outcome = self
+            .loaded(sale, || self.gate.cancel(sale, &rid, actor))
+            .await?;
+        self.forget(sale, &rid, &outcome).await;
+        Ok(outcome)
     }
 
     pub async fn extend(
@@ -184,8 +245,21 @@ impl Service {
         by: Option<Duration>,
     ) -> Result<RecordOutcome, ApiError> {
         let rid = rid.to_string();
-        self.loaded(sale, || self.gate.extend(sale, &rid, actor, by))
-            .await
+        let outcome = self
+            .loaded(sale, || self.gate.extend(sale, &rid, actor, by))
+            .await?;
+        if let (RecordOutcome::Done(rec), true) = (&outcome, self.max_active_holds > 0) {
+            if let Ok(user) = UserId::parse(&rec.user) {
+                if let Err(e) = self
+                    .gate
+                    .refresh_hold(&user, sale, &rid, rec.expires_ms)
+                    .await
+                {
+                    tracing::debug!(error = %crate::error::chain(&e), "could not move an extended hold's deadline in its buyer's set");
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     /// Loads every sale Postgres knows into Redis (no-op where present).

@@ -16,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::gate::{Gate, GateOptions, RedisConn};
+use crate::limits::Limits;
 use crate::service::Service;
 use crate::store::worker::{Worker, WorkerConfig, WorkerStatus};
 use crate::store::Store;
@@ -100,6 +101,7 @@ impl Application {
             store: store.clone(),
             durability: settings.confirm_durability,
             confirm_timeout: settings.confirm_timeout,
+            max_active_holds: settings.max_active_holds,
         };
         warm_up(&service).await;
 
@@ -120,11 +122,14 @@ impl Application {
             )));
         }
 
+        let limits = Arc::new(Limits::new(&settings.rate));
+        crate::limits::spawn_pruner(limits.clone(), Duration::from_secs(60));
         let state = web::Data::new(AppState {
             service: service.clone(),
             auth: Auth::new(&settings),
             max_body_bytes: settings.max_body_bytes,
             worker: worker_status.clone(),
+            limits: limits.clone(),
         });
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();

@@ -27,6 +27,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The in-process write-behind worker, when `serve` runs one.
     pub worker: Option<Arc<WorkerStatus>>,
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

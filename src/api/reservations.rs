@@ -41,6 +41,8 @@ async fn reserve(
     req: HttpRequest,
     body: web::Json<ReserveInput>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.check_ip(&req)?;
+    state.limits.check_user(buyer.0.as_str())?;
     let sale = sale_id(&path)?;
     let qty = body.quantity;
     if !(1..=MAX_QUANTITY).contains(&qty) {
@@ -104,6 +106,16 @@ async fn reserve(
     }
 }
 
+/// The per-IP limit for everyone, the per-buyer limit for buyers (the admin
+/// acting for a payment service is not limited).
+fn limited(state: &AppState, req: &HttpRequest, caller: &Caller) -> Result<(), ApiError> {
+    state.limits.check_ip(req)?;
+    match caller {
+        Caller::Buyer(user) => state.limits.check_user(user.as_str()),
+        Caller::Admin => Ok(()),
+    }
+}
+
 fn ids(path: &(String, String)) -> Result<(SaleId, uuid::Uuid), ApiError> {
     Ok((sale_id(&path.0)?, reservation_id(&path.1)?))
 }
@@ -155,8 +167,10 @@ async fn get(
 async fn confirm(
     state: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    limited(&state, &req, &caller)?;
     let (sale, rid) = ids(&path)?;
     transition(
         &sale,
@@ -168,8 +182,10 @@ async fn confirm(
 async fn cancel(
     state: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    limited(&state, &req, &caller)?;
     let (sale, rid) = ids(&path)?;
     transition(
         &sale,
@@ -182,9 +198,11 @@ async fn cancel(
 async fn extend(
     state: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    limited(&state, &req, &caller)?;
     let (sale, rid) = ids(&path)?;
     let input: ExtendInput = if body.iter().all(u8::is_ascii_whitespace) {
         ExtendInput::default()

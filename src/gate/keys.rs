@@ -51,6 +51,12 @@ impl SaleKeys {
     }
 }
 
+/// One buyer's active holds across sales (`<prefix>:{u:<user>}:active`),
+/// under the buyer's own hash tag.
+pub fn user_holds(prefix: &str, user: &str) -> String {
+    format!("{prefix}:{{u:{user}}}:active")
+}
+
 /// The set of known sale ids (`<prefix>:sales`), for the sweeper and the
 /// worker. Written with plain commands, never from inside a sale's script.
 pub fn sales_index(prefix: &str) -> String {

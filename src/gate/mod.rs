@@ -458,6 +458,71 @@ impl Gate {
         Ok(loaded)
     }
 
+    /// Counts a granted hold against the buyer's cap of active holds across
+    /// sales. `Ok(None)` admitted, `Ok(Some(ms))` refused (the earliest of the
+    /// buyer's holds ends at `ms`).
+    pub async fn admit_hold(
+        &self,
+        user: &UserId,
+        sale: &SaleId,
+        rid: &str,
+        deadline_ms: i64,
+        cap: u32,
+    ) -> Result<Option<i64>, GateError> {
+        self.user_hold_call(user, sale, rid, deadline_ms, cap, "add")
+            .await
+    }
+
+    /// Moves an extended hold's deadline in the buyer's set.
+    pub async fn refresh_hold(
+        &self,
+        user: &UserId,
+        sale: &SaleId,
+        rid: &str,
+        deadline_ms: i64,
+    ) -> Result<(), GateError> {
+        self.user_hold_call(user, sale, rid, deadline_ms, 0, "refresh")
+            .await
+            .map(|_| ())
+    }
+
+    async fn user_hold_call(
+        &self,
+        user: &UserId,
+        sale: &SaleId,
+        rid: &str,
+        deadline_ms: i64,
+        cap: u32,
+        mode: &str,
+    ) -> Result<Option<i64>, GateError> {
+        let mut inv = self.scripts.admit.prepare_invoke();
+        inv.key(keys::user_holds(&self.opts.prefix, user.as_str()))
+            .arg(format!("{sale}|{rid}"))
+            .arg(deadline_ms)
+            .arg(cap)
+            .arg(mode);
+        let mut conn = self.conn.clone();
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let r = Reply::new("admit", v)?;
+        match r.tag()? {
+            "ok" => Ok(None),
+            "full" => Ok(Some(r.int(1)?)),
+            _ => Err(r.unexpected()),
+        }
+    }
+
+    /// A hold ended (confirmed, cancelled): it no longer counts for its buyer.
+    pub async fn forget_hold(&self, user: &str, sale: &SaleId, rid: &str) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .bounded(conn.zrem(
+                keys::user_holds(&self.opts.prefix, user),
+                format!("{sale}|{rid}"),
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Adds the sale to the index the sweeper and the worker walk.
     async fn index(&self, sale: &SaleId) -> Result<(), GateError> {
         let mut conn = self.conn.clone();

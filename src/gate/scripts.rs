@@ -27,6 +27,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("sweep", include_str!("../../lua/sweep.lua")),
     ("configure", include_str!("../../lua/configure.lua")),
     ("load", include_str!("../../lua/load.lua")),
+    ("admit", include_str!("../../lua/admit.lua")),
 ];
 
 /// The composed source of one script (`flashgate script <name>` prints it,
@@ -47,13 +48,14 @@ pub struct Scripts {
     pub sweep: Script,
     pub configure: Script,
     pub load: Script,
+    pub admit: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
         let s = |src: &str| Script::new(&compose(src));
-        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load] =
-            [0, 1, 2, 3, 4, 5, 6, 7].map(|i| s(SOURCES[i].1));
+        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load, admit] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| s(SOURCES[i].1));
         Self {
             reserve,
             confirm,
@@ -63,10 +65,11 @@ impl Scripts {
             sweep,
             configure,
             load,
+            admit,
         }
     }
 
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 9] {
         [
             &self.reserve,
             &self.confirm,
@@ -76,6 +79,7 @@ impl Scripts {
             &self.sweep,
             &self.configure,
             &self.load,
+            &self.admit,
         ]
     }
 }

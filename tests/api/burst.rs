@@ -102,9 +102,10 @@ async fn one_buyer_hammering_gets_at_most_the_cap() {
         .map(|(_, v)| v["quantity"].as_u64().expect("qty"))
         .sum();
     assert_eq!(won, 2);
-    assert!(results
-        .iter()
-        .all(|(s, v)| *s == 201 || (*s == 409 && error_code(v) == "user_limit_exceeded")));
+    assert!(results.iter().all(|(s, v)| *s == 201
+            || (*s == 409 && error_code(v) == "user_limit_exceeded")
+            // The per-buyer rate limit may answer part of the hammering.
+            || (*s == 429 && error_code(v) == "rate_limited")));
     assert_eq!(app.view(&sale).await["held"], 2);
 }
 

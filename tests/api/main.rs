@@ -7,4 +7,5 @@ mod burst;
 mod contract;
 mod durability;
 mod lifecycle;
+mod limits;
 mod recovery;
