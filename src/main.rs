@@ -31,6 +31,16 @@ enum Command {
     Worker,
     /// Apply the Postgres migrations and exit.
     Migrate,
+    /// Compare Redis with Postgres for every sale and print the drift
+    /// (exit code 1 when drift remains).
+    Reconcile {
+        /// Repair Redis from Postgres (and Postgres' totals from its orders).
+        #[arg(long)]
+        fix: bool,
+        /// Only this sale.
+        #[arg(long)]
+        sale: Option<String>,
+    },
     /// Mint a buyer token (HS256, signed with FLASHGATE_JWT_SECRET).
     Token {
         /// The buyer's user id (`sub`).
@@ -88,6 +98,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let (_, store) = startup::connect(&settings).await?;
             store.migrate().await?;
             println!("migrations applied");
+        }
+        Command::Reconcile { fix, sale } => {
+            let only = sale
+                .as_deref()
+                .map(flashgate::ids::SaleId::parse)
+                .transpose()?;
+            let service = startup::service(&settings).await?;
+            let report = flashgate::reconcile::reconcile(&service, only.as_ref(), fix).await?;
+            for d in &report.drift {
+                println!("drift    {d}");
+            }
+            for s in &report.missing {
+                let done = if report.restored.contains(s) {
+                    " (rebuilt from Postgres)"
+                } else {
+                    " (rebuilt on first use; --fix to do it now)"
+                };
+                println!("missing  {s}: no state in Redis{done}");
+            }
+            for s in &report.busy {
+                println!("busy     {s}: kept changing while repairing; run again");
+            }
+            let left = report.unresolved();
+            println!(
+                "{} sale(s) checked, {} drift, {} unresolved",
+                report.sales,
+                report.drift.len() + report.missing.len(),
+                left
+            );
+            if left > 0 {
+                std::process::exit(1);
+            }
         }
         Command::Token { sub, ttl_secs } => {
             if settings.jwt_secret.is_empty() {

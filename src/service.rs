@@ -28,6 +28,16 @@ pub struct Service {
 }
 
 impl Service {
+    pub fn new(gate: Gate, store: Store, settings: &crate::config::Settings) -> Self {
+        Self {
+            gate,
+            store,
+            durability: settings.confirm_durability,
+            confirm_timeout: settings.confirm_timeout,
+            max_active_holds: settings.max_active_holds,
+        }
+    }
+
     /// Rebuilds a sale's Redis state from Postgres. Until this succeeds the
     /// sale answers 503: it is never served as if it had full stock.
     pub async fn restore(&self, sale: &SaleId) -> Result<(), ApiError> {

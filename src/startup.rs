@@ -43,6 +43,12 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(Gate, Store)> {
     Ok((gate, store))
 }
 
+/// The service (gate + store) alone, for the admin commands.
+pub async fn service(settings: &Settings) -> anyhow::Result<Service> {
+    let (gate, store) = connect(settings).await?;
+    Ok(Service::new(gate, store, settings))
+}
+
 /// A write-behind worker on its own Redis connection (replies may take
 /// longer than the request path's bound).
 pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::Result<Worker> {
@@ -96,13 +102,7 @@ impl Application {
         if let Err(e) = store.migrate().await {
             tracing::warn!(error = %crate::error::chain(&e), "could not apply migrations at start (Postgres down?); run `flashgate migrate` when it is back");
         }
-        let service = Service {
-            gate: gate.clone(),
-            store: store.clone(),
-            durability: settings.confirm_durability,
-            confirm_timeout: settings.confirm_timeout,
-            max_active_holds: settings.max_active_holds,
-        };
+        let service = Service::new(gate.clone(), store.clone(), &settings);
         warm_up(&service).await;
 
         let shutdown = CancellationToken::new();

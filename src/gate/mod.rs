@@ -7,6 +7,7 @@ pub mod keys;
 pub mod reply;
 pub mod scripts;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +94,23 @@ pub struct SaleConfig {
     pub starts_ms: Option<i64>,
     pub ends_ms: Option<i64>,
     pub product_id: Option<String>,
+}
+
+/// A sale as Redis holds it, read in one step (see `lua/inspect.lua`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspection {
+    pub last_event_id: String,
+    pub stock: i64,
+    pub per_user_limit: i64,
+    pub sold: i64,
+    pub held: i64,
+    /// Per buyer: units bought (`b:`) and held (`u:`) as the counters say.
+    pub bought: BTreeMap<String, i64>,
+    pub held_by: BTreeMap<String, i64>,
+    /// Per buyer: units of held, unexpired reservations.
+    pub live_holds: BTreeMap<String, i64>,
+    /// (reservation id, user, qty) of confirms not yet written to Postgres.
+    pub pending_confirms: Vec<(String, String, i64)>,
 }
 
 /// Who acts on a reservation: its buyer, or the admin (payment service).
@@ -521,6 +539,87 @@ impl Gate {
             ))
             .await?;
         Ok(())
+    }
+
+    /// One consistent read of a sale, for reconciliation.
+    pub async fn inspect(&self, sale: &SaleId) -> Result<Inspection, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.inspect.prepare_invoke();
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .arg(k.base());
+        let r = self.invoke("inspect", &inv).await?;
+        if r.tag()? != "ok" {
+            return Err(r.unexpected());
+        }
+        let fields = r.strings(3)?;
+        let mut insp = Inspection {
+            last_event_id: r.str(2)?.to_string(),
+            ..Inspection::default()
+        };
+        for pair in fields.chunks(2) {
+            let [f, v] = pair else { continue };
+            let n: i64 = v.parse().unwrap_or(0);
+            match f.as_str() {
+                "sold" => insp.sold = n,
+                "held" => insp.held = n,
+                "stock" => insp.stock = n,
+                "limit" => insp.per_user_limit = n,
+                _ => {
+                    if let Some(u) = f.strip_prefix("b:") {
+                        insp.bought.insert(u.to_string(), n);
+                    } else if let Some(u) = f.strip_prefix("u:") {
+                        insp.held_by.insert(u.to_string(), n);
+                    }
+                }
+            }
+        }
+        for pair in r.strings(4)?.chunks(2) {
+            if let [u, q] = pair {
+                *insp.live_holds.entry(u.clone()).or_default() += q.parse::<i64>().unwrap_or(0);
+            }
+        }
+        for triple in r.strings(5)?.chunks(3) {
+            if let [rid, u, q] = triple {
+                insp.pending_confirms
+                    .push((rid.clone(), u.clone(), q.parse().unwrap_or(0)));
+            }
+        }
+        Ok(insp)
+    }
+
+    /// Sets a sale's counters, unless it changed since `seen` was read.
+    /// Returns false when it changed (inspect again).
+    pub async fn repair(
+        &self,
+        sale: &SaleId,
+        seen: &Inspection,
+        sold: i64,
+        held: i64,
+        bought: &BTreeMap<String, i64>,
+        held_by: &BTreeMap<String, i64>,
+    ) -> Result<bool, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.repair.prepare_invoke();
+        inv.key(k.sale()).key(k.holds()).key(k.events());
+        inv.arg(k.base())
+            .arg(&seen.last_event_id)
+            .arg(sold)
+            .arg(held)
+            .arg(bought.len());
+        for (u, q) in bought {
+            inv.arg(u.as_str()).arg(*q);
+        }
+        for (u, q) in held_by {
+            inv.arg(u.as_str()).arg(*q);
+        }
+        let r = self.invoke("repair", &inv).await?;
+        match r.tag()? {
+            "repaired" => Ok(true),
+            "changed" => Ok(false),
+            _ => Err(r.unexpected()),
+        }
     }
 
     /// Adds the sale to the index the sweeper and the worker walk.

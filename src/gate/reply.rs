@@ -180,6 +180,24 @@ impl Reply {
         }
     }
 
+    /// A nested array of strings (or integers, as strings).
+    pub fn strings(&self, i: usize) -> Result<Vec<String>, GateError> {
+        match self.items.get(i) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::BulkString(b) => {
+                        String::from_utf8(b.clone()).map_err(|_| self.bad(i, "utf-8"))
+                    }
+                    Value::SimpleString(s) => Ok(s.clone()),
+                    Value::Int(n) => Ok(n.to_string()),
+                    _ => Err(self.bad(i, "an array of strings")),
+                })
+                .collect(),
+            _ => Err(self.bad(i, "an array")),
+        }
+    }
+
     pub fn status(&self, i: usize) -> Result<Status, GateError> {
         Status::parse(self.str(i)?).ok_or_else(|| self.bad(i, "a reservation status"))
     }

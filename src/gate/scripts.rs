@@ -28,6 +28,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("configure", include_str!("../../lua/configure.lua")),
     ("load", include_str!("../../lua/load.lua")),
     ("admit", include_str!("../../lua/admit.lua")),
+    ("inspect", include_str!("../../lua/inspect.lua")),
+    ("repair", include_str!("../../lua/repair.lua")),
 ];
 
 /// The composed source of one script (`flashgate script <name>` prints it,
@@ -49,13 +51,15 @@ pub struct Scripts {
     pub configure: Script,
     pub load: Script,
     pub admit: Script,
+    pub inspect: Script,
+    pub repair: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
         let s = |src: &str| Script::new(&compose(src));
-        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load, admit] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| s(SOURCES[i].1));
+        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load, admit, inspect, repair] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map(|i| s(SOURCES[i].1));
         Self {
             reserve,
             confirm,
@@ -66,10 +70,12 @@ impl Scripts {
             configure,
             load,
             admit,
+            inspect,
+            repair,
         }
     }
 
-    pub fn all(&self) -> [&Script; 9] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.reserve,
             &self.confirm,
@@ -80,6 +86,8 @@ impl Scripts {
             &self.configure,
             &self.load,
             &self.admit,
+            &self.inspect,
+            &self.repair,
         ]
     }
 }

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod worker;
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -259,6 +260,65 @@ impl Store {
         self.bounded(self.timeout, q.execute(&mut **tx))
             .await
             .map(|_| ())
+    }
+
+    /// Per buyer: units in `orders` (the base fact) and in `user_purchases`.
+    pub async fn totals(
+        &self,
+        sale: &SaleId,
+    ) -> Result<(BTreeMap<String, i64>, BTreeMap<String, i64>, i64), StoreError> {
+        let fut = async {
+            let orders: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, sum(quantity)::int8 FROM orders WHERE sale_id = $1 GROUP BY user_id").bind(sale.as_str()).fetch_all(&self.pool).await?;
+            let purchases: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, quantity::int8 FROM user_purchases WHERE sale_id = $1 AND quantity > 0").bind(sale.as_str()).fetch_all(&self.pool).await?;
+            let sold: Option<(i64,)> =
+                sqlx::query_as("SELECT sold_count FROM sales WHERE sale_id = $1")
+                    .bind(sale.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok((
+                orders.into_iter().collect(),
+                purchases.into_iter().collect(),
+                sold.map_or(0, |s| s.0),
+            ))
+        };
+        self.bounded(self.timeout * 2, fut).await
+    }
+
+    /// Which of these reservations already have an order row.
+    pub async fn orders_present(&self, rids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        if rids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let q = sqlx::query_as::<_, (Uuid,)>(
+            "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
+        )
+        .bind(rids)
+        .fetch_all(&self.pool);
+        Ok(self
+            .bounded(self.timeout, q)
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+
+    /// Recomputes `user_purchases` and `sales.sold_count` from `orders`.
+    pub async fn rebuild_totals(&self, sale: &SaleId) -> Result<(), StoreError> {
+        let fut = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT 1 FROM sales WHERE sale_id = $1 FOR UPDATE")
+                .bind(sale.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM user_purchases WHERE sale_id = $1")
+                .bind(sale.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO user_purchases (sale_id, user_id, quantity) SELECT sale_id, user_id, sum(quantity)::int4 FROM orders WHERE sale_id = $1 GROUP BY sale_id, user_id").bind(sale.as_str()).execute(&mut *tx).await?;
+            sqlx::query("UPDATE sales SET sold_count = (SELECT coalesce(sum(quantity), 0) FROM orders WHERE sale_id = $1), updated_at = now() WHERE sale_id = $1").bind(sale.as_str()).execute(&mut *tx).await?;
+            tx.commit().await
+        };
+        self.bounded(self.timeout * 2, fut).await
     }
 
     /// Records confirmed orders exactly once each (by reservation id),

@@ -8,4 +8,5 @@ mod contract;
 mod durability;
 mod lifecycle;
 mod limits;
+mod reconcile;
 mod recovery;

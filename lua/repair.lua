@@ -1,0 +1,40 @@
+#!lua
+-- repair.lua: set a sale's counters to what `flashgate reconcile --fix`
+-- computed, only if nothing happened to the sale since it looked (every
+-- state change appends to the stream, so an unchanged last entry id means
+-- an unchanged sale).
+--
+-- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
+-- ARGV[1] base   ARGV[2] last event id seen ('' = empty stream)
+-- ARGV[3] sold   ARGV[4] held   ARGV[5] number of bought pairs n
+-- ARGV[6 .. 5+2n] pairs (user, bought)   then pairs (user, held)
+--
+-- Returns {'repaired'}, {'changed'} (look again) or {'not_loaded'}.
+assert(#KEYS == 3 and #ARGV >= 5, 'repair.lua: wrong arity')
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'not_loaded'}
+end
+local tail = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local last = ''
+if tail[1] then last = tail[1][1] end
+if last ~= ARGV[2] then
+  return {'changed'}
+end
+local fields = redis.call('HKEYS', KEYS[1])
+for _, f in ipairs(fields) do
+  local p = string.sub(f, 1, 2)
+  if p == 'b:' or p == 'u:' then
+    redis.call('HDEL', KEYS[1], f)
+  end
+end
+redis.call('HSET', KEYS[1], 'sold', ARGV[3], 'held', ARGV[4])
+local n = tonumber(ARGV[5])
+for i = 6, 5 + 2 * n, 2 do
+  redis.call('HSET', KEYS[1], 'b:' .. ARGV[i], ARGV[i + 1])
+end
+for i = 6 + 2 * n, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], 'u:' .. ARGV[i], ARGV[i + 1])
+end
+local now = now_ms()
+emit(ARGV[1], 'rebuilt', now, nil, nil, 0)
+return {'repaired'}

@@ -1,0 +1,149 @@
+//! `flashgate reconcile`: drift between Redis and Postgres is found, lag is
+//! not drift, and `--fix` repairs it.
+
+use std::process::Command;
+
+use flashgate::config::ConfirmDurability;
+use flashgate::ids::SaleId;
+use flashgate::reconcile::reconcile;
+
+use crate::helpers::*;
+
+fn rid(v: &serde_json::Value) -> String {
+    v["reservation_id"].as_str().expect("rid").to_string()
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn")
+}
+
+#[tokio::test]
+async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
+    // No worker: confirmed events stay in the stream (lag), Postgres gets the
+    // orders from the confirm path only where durability says so.
+    let app = Spawn::new()
+        .await
+        .durability(ConfirmDurability::Redis)
+        .no_worker()
+        .start()
+        .await;
+    let sale = app.sale(10, 3, 60).await;
+    let id = SaleId::parse(&sale).expect("id");
+    let (_, a) = app.reserve(&sale, "ann", 2, None).await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+    assert_eq!(app.reserve(&sale, "bob", 1, None).await.0, 201);
+    let clean = reconcile(&app.service, Some(&id), false)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        (clean.sales, clean.drift.len(), clean.unresolved()),
+        (1, 0, 0),
+        "a confirm not yet written is lag, not drift: {:?}",
+        clean.drift
+    );
+
+    // Corrupt Redis: sold, one buyer's bought total, the held counter.
+    let mut conn = redis_conn().await;
+    let key = format!("{}:{{{sale}}}:sale", app.prefix);
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("sold")
+        .arg(7)
+        .arg("b:ann")
+        .arg(0)
+        .arg("held")
+        .arg(4)
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    let found = reconcile(&app.service, Some(&id), false)
+        .await
+        .expect("reconcile");
+    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
+    for w in ["sold", "held", "bought[ann]"] {
+        assert!(what.contains(&w), "{w} drift not found in {what:?}");
+    }
+    assert!(found.unresolved() > 0);
+    let fixed = reconcile(&app.service, Some(&id), true).await.expect("fix");
+    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
+    let again = reconcile(&app.service, Some(&id), false)
+        .await
+        .expect("reconcile");
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+    let v = app.view(&sale).await;
+    assert_eq!((v["sold"].as_i64(), v["held"].as_i64()), (Some(2), Some(1)));
+    // The cap holds again for ann (bought 2 of 3).
+    let (s, v) = app.reserve(&sale, "ann", 2, None).await;
+    assert_eq!((s, error_code(&v)), (409, "user_limit_exceeded"));
+}
+
+#[tokio::test]
+async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_says_so() {
+    let spawn = Spawn::new().await;
+    let settings = spawn.settings.clone();
+    let app = spawn.start().await;
+    let sale = app.sale(5, 2, 60).await;
+    let (_, a) = app.reserve(&sale, "ann", 1, None).await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+    app.drained(std::time::Duration::from_secs(10)).await;
+    sqlx::query("UPDATE user_purchases SET quantity = 9 WHERE sale_id = $1")
+        .bind(&sale)
+        .execute(&app.pool)
+        .await
+        .expect("corrupt");
+    app.wipe_redis().await;
+
+    let run = |fix: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
+        cmd.arg("reconcile").arg("--sale").arg(&sale);
+        if fix {
+            cmd.arg("--fix");
+        }
+        cmd.env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
+            .env("FLASHGATE_REDIS_URL", redis_url())
+            .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run reconcile")
+    };
+    let out = run(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("postgres user_purchases[ann] is 9, expected 1"),
+        "{text}"
+    );
+    assert!(text.contains("missing"), "{text}");
+    let out = run(true);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (q,): (i32,) = sqlx::query_as(
+        "SELECT quantity FROM user_purchases WHERE sale_id = $1 AND user_id = 'ann'",
+    )
+    .bind(&sale)
+    .fetch_one(&app.pool)
+    .await
+    .expect("q");
+    assert_eq!(q, 1);
+}
