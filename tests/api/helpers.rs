@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashgate::config::{ConfirmDurability, Secret, Settings};
+use flashgate::gate::RedisConn;
 use flashgate::service::Service;
 use flashgate::startup::{Application, Options};
 use reqwest::{Client, Response};
@@ -25,6 +26,41 @@ pub fn pg_base() -> String {
 
 pub fn redis_url() -> String {
     std::env::var("FLASHGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `FLASHGATE_TEST_REDIS_CLUSTER=1`: `FLASHGATE_TEST_REDIS` is a comma list
+/// of Redis Cluster seeds (`scripts/cluster start` prints one) and every
+/// app the tests spawn runs in cluster mode.
+pub fn cluster_mode() -> bool {
+    matches!(
+        std::env::var("FLASHGATE_TEST_REDIS_CLUSTER").as_deref(),
+        Ok("1" | "true" | "yes")
+    )
+}
+
+/// `FLASHGATE_TEST_REDIS` split into its URLs (one outside cluster mode).
+pub fn redis_urls() -> Vec<String> {
+    split_urls(&redis_url())
+}
+
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// A test-side connection to the tests' Redis (standalone or cluster): on
+/// a cluster, keyed commands go to the slot's primary and `KEYS` / `DEL`
+/// fan out over every primary.
+pub async fn test_redis() -> RedisConn {
+    redis_conn(&redis_urls(), cluster_mode()).await
+}
+
+pub async fn redis_conn(urls: &[String], cluster: bool) -> RedisConn {
+    RedisConn::connect(urls, cluster, Duration::from_secs(5))
+        .await
+        .expect("connect to the test Redis")
 }
 
 pub fn init_logs() {
@@ -53,7 +89,8 @@ pub fn unique_prefix() -> String {
 pub fn test_settings(db_url: &str, prefix: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        redis_urls: vec![redis_url()],
+        redis_urls: redis_urls(),
+        redis_cluster: cluster_mode(),
         database_url: Secret::new(db_url),
         admin_token: Secret::new(ADMIN),
         jwt_secret: Secret::new(JWT_SECRET),
@@ -72,6 +109,9 @@ pub struct TestApp {
     pub prefix: String,
     pub pool: PgPool,
     pub service: Service,
+    /// The Redis this app uses (what `wipe_redis` and `drained` look at).
+    pub redis_urls: Vec<String>,
+    pub redis_cluster: bool,
 }
 
 pub struct Spawn {
@@ -86,6 +126,20 @@ impl Spawn {
             settings: test_settings(&db, &unique_prefix()),
             opts: Options::default(),
         }
+    }
+    /// Another instance of an existing deployment: same database, same key
+    /// prefix (several `Spawn::shared(..).start()` apps share all state).
+    pub fn shared(db_url: &str, prefix: &str) -> Self {
+        Self {
+            settings: test_settings(db_url, prefix),
+            opts: Options::default(),
+        }
+    }
+    /// Runs against another Redis (e.g. a test's own cluster).
+    pub fn redis(mut self, urls: &[String], cluster: bool) -> Self {
+        self.settings.redis_urls = urls.to_vec();
+        self.settings.redis_cluster = cluster;
+        self
     }
     pub fn durability(mut self, d: ConfirmDurability) -> Self {
         self.settings.confirm_durability = d;
@@ -107,6 +161,10 @@ impl Spawn {
         init_logs();
         let db_url = self.settings.database_url.expose().to_string();
         let prefix = self.settings.key_prefix.clone();
+        let (redis_urls, redis_cluster) = (
+            self.settings.redis_urls.clone(),
+            self.settings.redis_cluster,
+        );
         let app = Application::build(self.settings, self.opts)
             .await
             .expect("build app");
@@ -125,6 +183,8 @@ impl Spawn {
             prefix,
             pool,
             service,
+            redis_urls,
+            redis_cluster,
         }
     }
 }
@@ -250,14 +310,16 @@ impl TestApp {
         body(req.send().await.expect("get reservation")).await
     }
 
+    /// A test-side connection to this app's Redis.
+    pub async fn redis(&self) -> RedisConn {
+        redis_conn(&self.redis_urls, self.redis_cluster).await
+    }
+
     /// Deletes every Redis key of this test (what a Redis restart without
     /// persistence does to it), without touching other tests' keys.
     pub async fn wipe_redis(&self) {
-        let client = redis::Client::open(redis_url()).expect("redis");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis conn");
+        // On a cluster KEYS fans out over every primary and DEL is split by slot.
+        let mut conn = self.redis().await;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:*", self.prefix))
             .query_async(&mut conn)
@@ -274,11 +336,7 @@ impl TestApp {
 
     /// Waits until the write-behind worker has drained every stream.
     pub async fn drained(&self, within: Duration) {
-        let client = redis::Client::open(redis_url()).expect("redis");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis conn");
+        let mut conn = self.redis().await;
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let keys: Vec<String> = redis::cmd("KEYS")

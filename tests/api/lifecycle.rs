@@ -90,11 +90,7 @@ async fn the_sweeper_releases_expired_holds() {
     let sale = app.sale(3, 3, 1).await;
     assert_eq!(app.reserve(&sale, "ann", 3, None).await.0, 201);
     // Read the raw counter (not the sweeping view) until the sweeper acted.
-    let client = redis::Client::open(redis_url()).expect("redis");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = app.redis().await;
     let key = format!("{}:{{{sale}}}:sale", app.prefix);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {

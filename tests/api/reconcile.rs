@@ -13,12 +13,8 @@ fn rid(v: &serde_json::Value) -> String {
     v["reservation_id"].as_str().expect("rid").to_string()
 }
 
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn")
+async fn redis_conn() -> flashgate::gate::RedisConn {
+    test_redis().await
 }
 
 #[tokio::test]
@@ -111,6 +107,10 @@ async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_sa
         }
         cmd.env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
             .env("FLASHGATE_REDIS_URL", redis_url())
+            .env(
+                "FLASHGATE_REDIS_CLUSTER",
+                if cluster_mode() { "1" } else { "0" },
+            )
             .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
             .env("RUST_LOG", "warn")
             .output()
