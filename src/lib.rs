@@ -11,6 +11,7 @@ pub mod error;
 pub mod gate;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod reconcile;
 pub mod service;
 pub mod startup;

@@ -64,7 +64,12 @@ impl Limits {
         }
     }
 
-    fn refused(&self, not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> ApiError {
+    fn refused(
+        &self,
+        scope: &'static str,
+        not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>,
+    ) -> ApiError {
+        crate::metrics::rate_limited(scope);
         let wait = not_until.wait_time_from(self.clock.now());
         ApiError::RateLimited {
             retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
@@ -73,7 +78,9 @@ impl Limits {
 
     pub fn check_user(&self, user: &str) -> Result<(), ApiError> {
         match &self.per_user {
-            Some(l) => l.check_key(&user.to_string()).map_err(|n| self.refused(n)),
+            Some(l) => l
+                .check_key(&user.to_string())
+                .map_err(|n| self.refused("user", n)),
             None => Ok(()),
         }
     }
@@ -83,7 +90,7 @@ impl Limits {
         let Some(ip) = client_ip(req, &self.trusted) else {
             return Ok(());
         };
-        l.check_key(&ip).map_err(|n| self.refused(n))
+        l.check_key(&ip).map_err(|n| self.refused("ip", n))
     }
 
     /// Forgets idle keys so the limiters' memory stays bounded.

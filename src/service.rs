@@ -75,7 +75,9 @@ impl Service {
     }
 
     pub async fn view(&self, sale: &SaleId) -> Result<SaleState, ApiError> {
-        self.loaded(sale, || self.gate.sweep(sale)).await
+        let state = self.loaded(sale, || self.gate.sweep(sale)).await?;
+        crate::metrics::holds_expired("read", state.released);
+        Ok(state)
     }
 
     pub async fn list(&self) -> Result<Vec<(SaleId, SaleState)>, ApiError> {
@@ -165,6 +167,7 @@ impl Service {
             Ok(None) => Ok(()),
             Ok(Some(earliest_ms)) => {
                 self.gate.cancel(sale, rid, Actor::Admin).await?;
+                crate::metrics::rate_limited("active_holds");
                 let wait_ms = (earliest_ms - chrono::Utc::now().timestamp_millis()).max(1000);
                 Err(ApiError::RateLimited {
                     retry_after_secs: u64::try_from(wait_ms).unwrap_or(1000).div_ceil(1000),
@@ -223,6 +226,7 @@ impl Service {
                     .record_orders(&[order], self.confirm_timeout)
                     .await
                 {
+                    crate::metrics::postgres_write_error("confirm");
                     return Err(ApiError::unavailable(
                         "confirmed, but not yet durable in Postgres; retry the confirm",
                         e,

@@ -122,6 +122,7 @@ impl Application {
             )));
         }
 
+        crate::metrics::install();
         let limits = Arc::new(Limits::new(&settings.rate));
         crate::limits::spawn_pruner(limits.clone(), Duration::from_secs(60));
         let state = web::Data::new(AppState {
@@ -142,6 +143,7 @@ impl Application {
                         .default_handler_server(api::ensure_json_error)
                         .handler(StatusCode::NOT_FOUND, api::ensure_json_error),
                 )
+                .wrap(actix_web::middleware::from_fn(crate::metrics::middleware))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .app_data(api::json_config(limit))

@@ -37,7 +37,10 @@ pub async fn run(gate: Gate, every: Duration, batch: u32, shutdown: Cancellation
         }
         match sweep_all(&gate, batch).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(released = n, "sweeper gave back expired holds"),
+            Ok(n) => {
+                crate::metrics::holds_expired("sweeper", n);
+                tracing::debug!(released = n, "sweeper gave back expired holds");
+            }
             Err(e) => tracing::warn!(error = %crate::error::chain(&e), "sweep failed"),
         }
     }

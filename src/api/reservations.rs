@@ -64,11 +64,12 @@ async fn reserve(
         cancelled_at: None,
         expired_at: None,
     };
-    match state
+    let outcome = state
         .service
         .reserve(&sale, user, qty, idem.as_ref())
-        .await?
-    {
+        .await?;
+    crate::metrics::reserve_outcome(outcome.label());
+    match outcome {
         ReserveOutcome::Held {
             rid,
             qty,

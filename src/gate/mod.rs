@@ -182,7 +182,9 @@ impl Gate {
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<Reply, GateError> {
         let mut conn = self.conn.clone();
+        let start = std::time::Instant::now();
         let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        crate::metrics::script_latency(name, start.elapsed().as_secs_f64());
         let reply = Reply::new(name, v)?;
         if reply.tag()? == "not_loaded" {
             return Err(GateError::NotLoaded);

@@ -61,6 +61,22 @@ pub enum ReserveOutcome {
     },
 }
 
+impl ReserveOutcome {
+    /// The outcome's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Held { .. } => "held",
+            Self::Replay { .. } => "replay",
+            Self::IdempotencyMismatch { .. } => "idempotency_key_reused",
+            Self::NotStarted { .. } => "sale_not_started",
+            Self::Ended { .. } => "sale_ended",
+            Self::OverLimit { .. } => "over_limit",
+            Self::UserLimit { .. } => "user_limit_exceeded",
+            Self::SoldOut { .. } => "sold_out",
+        }
+    }
+}
+
 /// A reservation record: buyer, units, status, deadline and the time of its
 /// last transition (confirmed / cancelled / expired), 0 while held.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -144,6 +144,7 @@ impl Worker {
                     if let WorkerError::Store(_) = e {
                         self.status.postgres_ok.store(false, Ordering::Relaxed);
                         self.status.postgres_errors.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::postgres_write_error("write_behind");
                     }
                     tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), retry_in_ms = backoff.as_millis() as u64, "write-behind pass failed; retrying");
                     tokio::select! {
@@ -292,6 +293,7 @@ impl Worker {
                 self.status
                     .events_written
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
+                crate::metrics::write_behind_batch(events.len());
                 tracing::debug!(sale = %sale, events = events.len(), "batch written");
                 Ok(n)
             }
@@ -375,6 +377,7 @@ impl Worker {
             .xdel(keys.events(), &[&entry.id]);
         let _: () = pipe.query_async(&mut self.conn).await?;
         self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::dead_lettered();
         Ok(())
     }
 
@@ -396,6 +399,7 @@ impl Worker {
         }
         self.status.backlog.store(backlog, Ordering::Relaxed);
         self.status.pending.store(pending, Ordering::Relaxed);
+        crate::metrics::write_behind_lag(backlog, pending);
         if backlog > 0 {
             tracing::info!(backlog, pending, sales = sales.len(), "write-behind lag");
         }
