@@ -8,5 +8,6 @@ mod contract;
 mod durability;
 mod lifecycle;
 mod limits;
+mod observability;
 mod reconcile;
 mod recovery;
