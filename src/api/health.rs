@@ -5,23 +5,27 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::AppState;
+use super::{route, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(crate::metrics::endpoint));
+    route::<__path_healthz>(cfg, web::get().to(healthz));
+    route::<__path_readyz>(cfg, web::get().to(readyz));
+    // Not JSON: documented in README, outside the OpenAPI description.
+    cfg.route("/metrics", web::get().to(crate::metrics::endpoint));
+    cfg.route("/openapi.json", web::get().to(super::openapi::document));
 }
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "alive", body = Object)))]
 
-async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// 503 when Redis is unreachable (nothing can be decided). Postgres down is
 /// reported as `degraded` with 200: buyers keep reserving and confirming
 /// on Redis (confirms answer 503 in `postgres` durability mode until it is
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "ready, or degraded (Postgres down: buyers still served)", body = Object), (status = 503, description = "Redis unreachable", body = Object)))]
 /// back), so the instance stays in rotation.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (redis, pg) = tokio::join!(state.service.gate.ping(), state.service.store.ping());
     let worker = state.worker.as_ref().map(|w| {
         json!({

@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod reservations;
 pub mod sales;
 pub mod views;
@@ -28,6 +29,31 @@ pub struct AppState {
     /// The in-process write-behind worker, when `serve` runs one.
     pub worker: Option<Arc<WorkerStatus>>,
     pub limits: Arc<crate::limits::Limits>,
+}
+
+/// Registers a handler at the path its OpenAPI description names, so the
+/// served routes and `/openapi.json` cannot drift apart; remembers it for
+/// the test that compares the two.
+fn route<P: utoipa::Path>(cfg: &mut web::ServiceConfig, r: actix_web::Route) {
+    let path = P::path();
+    if let Ok(mut seen) = SERVED.lock() {
+        for m in P::methods() {
+            let method = serde_json::to_value(&m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_ascii_lowercase))
+                .unwrap_or_default();
+            seen.insert((method, path.clone()));
+        }
+    }
+    cfg.route(&path, r);
+}
+
+static SERVED: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// (method, path) of every documented route an app in this process serves.
+pub fn served_routes() -> std::collections::BTreeSet<(String, String)> {
+    SERVED.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

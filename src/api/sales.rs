@@ -4,8 +4,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::extract::{sale_id, Admin};
-use super::views::{SaleInput, SaleView};
-use super::AppState;
+use super::views::{ErrorBody, SaleInput, SaleList, SaleView};
+use super::{route, AppState};
 use crate::error::ApiError;
 use crate::gate::SaleConfig;
 
@@ -16,9 +16,9 @@ pub const MAX_PER_USER_LIMIT: u32 = 10_000;
 pub const MAX_HOLD_SECS: u32 = 7 * 24 * 3600;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/sales", web::get().to(list))
-        .route("/v1/sales/{sale_id}", web::put().to(configure))
-        .route("/v1/sales/{sale_id}", web::get().to(get));
+    route::<__path_list>(cfg, web::get().to(list));
+    route::<__path_configure>(cfg, web::put().to(configure));
+    route::<__path_get>(cfg, web::get().to(get));
 }
 
 fn field(field: &str, message: &str) -> ApiError {
@@ -82,8 +82,12 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     })
 }
 
+#[utoipa::path(put, path = "/v1/sales/{sale_id}", tag = "admin", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]")), request_body = SaleInput,
+    responses((status = 201, description = "created", body = SaleView), (status = 200, description = "updated", body = SaleView),
+        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 409, description = "`stock_below_committed`: stock < sold + held", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
+    security(("admin_token" = [])))]
 #[tracing::instrument(skip_all, fields(sale = %path))]
-async fn configure(
+pub(crate) async fn configure(
     state: web::Data<AppState>,
     _admin: Admin,
     path: web::Path<String>,
@@ -99,14 +103,22 @@ async fn configure(
         HttpResponse::Ok().json(view)
     })
 }
+#[utoipa::path(get, path = "/v1/sales", tag = "admin",
+    responses((status = 200, description = "every sale", body = SaleList), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
+    security(("admin_token" = [])))]
 
-async fn list(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list(
+    state: web::Data<AppState>,
+    _admin: Admin,
+) -> Result<HttpResponse, ApiError> {
     let sales = state.service.list().await?;
-    let views: Vec<SaleView> = sales.iter().map(|(id, s)| SaleView::new(id, s)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "sales": views })))
+    let sales = sales.iter().map(|(id, s)| SaleView::new(id, s)).collect();
+    Ok(HttpResponse::Ok().json(SaleList { sales }))
 }
+#[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]")),
+    responses((status = 200, description = "the sale", body = SaleView), (status = 400, description = "`invalid_request`: bad sale id", body = ErrorBody), (status = 404, description = "`sale_not_found`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)))]
 
-async fn get(
+pub(crate) async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

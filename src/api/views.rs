@@ -11,10 +11,12 @@ pub fn time(ms: i64) -> Option<DateTime<Utc>> {
 }
 
 /// `PUT /v1/sales/{sale_id}`. Unknown fields are refused.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaleInput {
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
+    #[schema(minimum = 1, maximum = 10_000)]
     pub per_user_limit: u32,
     pub hold_ttl_secs: Option<u32>,
     pub max_hold_secs: Option<u32>,
@@ -24,10 +26,11 @@ pub struct SaleInput {
 }
 
 /// `POST .../reservations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveInput {
     #[serde(default = "one")]
+    #[schema(minimum = 1, default = 1)]
     pub quantity: u32,
 }
 
@@ -36,13 +39,13 @@ fn one() -> u32 {
 }
 
 /// `POST .../extend` (the body is optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendInput {
     pub extend_secs: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStateName {
     Scheduled,
@@ -51,7 +54,7 @@ pub enum SaleStateName {
     Ended,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SaleView {
     pub sale_id: String,
     pub product_id: Option<String>,
@@ -96,7 +99,7 @@ impl SaleView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReservationView {
     pub reservation_id: String,
     pub sale_id: String,
@@ -208,4 +211,25 @@ mod tests {
             assert!(serde_json::from_str::<ReserveInput>(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// A list of sales (`GET /v1/sales`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SaleList {
+    pub sales: Vec<SaleView>,
+}
+
+/// The one error body: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// snake_case, e.g. `sold_out`, `user_limit_exceeded`, `unavailable`.
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
 }

@@ -5,7 +5,7 @@ use redis::Value;
 use super::GateError;
 
 /// What a reservation is, as the scripts report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Held,

@@ -9,5 +9,6 @@ mod durability;
 mod lifecycle;
 mod limits;
 mod observability;
+mod openapi;
 mod reconcile;
 mod recovery;
