@@ -22,7 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// The most units one request may ask for (the sale's cap applies too).
 pub const MAX_QUANTITY: u32 = 10_000;
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", tag = "buyer",
-    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]"), ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]; a retry with the same key and body returns the same reservation")),
+    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]; a retry with the same key and body returns the same reservation")),
     request_body = ReserveInput,
     responses((status = 201, description = "held", body = ReservationView), (status = 200, description = "an idempotent replay (header Idempotent-Replayed: true)", body = ReservationView),
         (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 404, description = "`sale_not_found`", body = ErrorBody), (status = 409, description = "`sold_out`, `user_limit_exceeded` or `sale_not_started`", body = ErrorBody), (status = 410, description = "`sale_ended`", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 422, description = "`idempotency_key_reused`", body = ErrorBody), (status = 429, description = "`rate_limited` (Retry-After)", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
@@ -141,7 +141,7 @@ fn transition(
         RecordOutcome::Forbidden => Err(ApiError::Forbidden),
     }
 }
-#[utoipa::path(get, path = "/v1/sales/{sale_id}/reservations/{reservation_id}", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/reservations/{reservation_id}", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
     responses((status = 200, description = "the reservation", body = ReservationView),
         (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: another buyer's", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
@@ -162,7 +162,7 @@ pub(crate) async fn get(
     }
     Ok(ok(&sale, &rid, &rec))
 }
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
     responses((status = 200, description = "confirmed (again: the same)", body = ReservationView),
         (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 409, description = "`reservation_cancelled`", body = ErrorBody), (status = 410, description = "`reservation_expired`", body = ErrorBody), (status = 429, description = "`rate_limited`", body = ErrorBody), (status = 503, description = "`unavailable`: e.g. confirmed but not yet durable in Postgres; retry", body = ErrorBody)),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
@@ -181,7 +181,7 @@ pub(crate) async fn confirm(
         state.service.confirm(&sale, &rid, caller.actor()).await?,
     )
 }
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
     responses((status = 200, description = "cancelled (again: the same)", body = ReservationView),
         (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 409, description = "`reservation_confirmed`", body = ErrorBody), (status = 410, description = "`reservation_expired`", body = ErrorBody), (status = 429, description = "`rate_limited`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
@@ -201,7 +201,7 @@ pub(crate) async fn cancel(
     )
 }
 
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/extend", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/extend", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
     request_body(content = Option<ExtendInput>, description = "optional; without it the hold is extended by the sale's hold_ttl_secs"),
     responses((status = 200, description = "the new expires_at", body = ReservationView),
         (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 409, description = "`reservation_confirmed`, `reservation_cancelled` or `hold_limit_reached`", body = ErrorBody), (status = 410, description = "`reservation_expired`", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 429, description = "`rate_limited`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),

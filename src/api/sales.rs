@@ -82,7 +82,7 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     })
 }
 
-#[utoipa::path(put, path = "/v1/sales/{sale_id}", tag = "admin", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]")), request_body = SaleInput,
+#[utoipa::path(put, path = "/v1/sales/{sale_id}", tag = "admin", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")), request_body = SaleInput,
     responses((status = 201, description = "created", body = SaleView), (status = 200, description = "updated", body = SaleView),
         (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 409, description = "`stock_below_committed`: stock < sold + held", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
     security(("admin_token" = [])))]
@@ -115,7 +115,7 @@ pub(crate) async fn list(
     let sales = sales.iter().map(|(id, s)| SaleView::new(id, s)).collect();
     Ok(HttpResponse::Ok().json(SaleList { sales }))
 }
-#[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]")),
+#[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
     responses((status = 200, description = "the sale", body = SaleView), (status = 400, description = "`invalid_request`: bad sale id", body = ErrorBody), (status = 404, description = "`sale_not_found`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)))]
 
 pub(crate) async fn get(
