@@ -180,6 +180,48 @@ mod tests {
     }
 
     #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let s = Settings {
+            admin_token: Secret::new("admin-token-0123456789abcdef0123456789"),
+            jwt_secret: Secret::new(SECRET),
+            jwt_issuer: Some("shop".into()),
+            jwt_audience: Some("flashgate".into()),
+            ..Settings::default()
+        };
+        let a = Auth::new(&s);
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .expect("mint")
+        };
+        assert!(a
+            .buyer(&sign(
+                serde_json::json!({"sub": "alice", "exp": exp, "iss": "shop", "aud": "flashgate"})
+            ))
+            .is_ok());
+        assert_eq!(
+            a.buyer(&sign(
+                serde_json::json!({"sub": "alice", "exp": exp, "iss": "other", "aud": "flashgate"})
+            )),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            a.buyer(&sign(
+                serde_json::json!({"sub": "alice", "exp": exp, "iss": "shop", "aud": "other"})
+            )),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            a.buyer(&sign(serde_json::json!({"sub": "alice", "exp": exp}))),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[test]
     fn admin_token_and_bearer_parsing() {
         let a = auth();
         assert!(a.is_admin("admin-token-0123456789abcdef0123456789"));
