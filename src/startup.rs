@@ -137,6 +137,7 @@ impl Application {
         let limit = settings.max_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(api::limit_headers))
                 .wrap(
                     ErrorHandlers::new()
                         .default_handler_client(api::ensure_json_error)
@@ -144,7 +145,7 @@ impl Application {
                         .handler(StatusCode::NOT_FOUND, api::ensure_json_error),
                 )
                 .wrap(actix_web::middleware::from_fn(crate::metrics::middleware))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<crate::telemetry::RootSpan>::new())
                 .app_data(state.clone())
                 .app_data(api::json_config(limit))
                 .app_data(api::path_config())

@@ -325,3 +325,48 @@ async fn replayed_events_change_nothing() {
     assert_eq!(m, 2);
     let _ = json!({});
 }
+
+/// Three workers (as three flashgate instances would run) drain the same
+/// streams at once: every order exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_at_once_write_each_order_once() {
+    let spawn = Spawn::new()
+        .await
+        .durability(ConfirmDurability::Redis)
+        .no_worker()
+        .with(|s| s.worker_batch = 8);
+    let settings = spawn.settings.clone();
+    let app = Arc::new(spawn.start().await);
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let w = startup::worker(&settings, &app.service.gate, &app.service.store)
+            .await
+            .expect("worker");
+        workers.push(tokio::spawn(w.run(stop.clone())));
+    }
+    let sale = app.sale(120, 1, 300).await;
+    let buyers = (0..120).map(|i| {
+        let (app, sale) = (app.clone(), sale.clone());
+        tokio::spawn(async move {
+            let user = format!("w{i}");
+            let (s, v) = app.reserve(&sale, &user, 1, None).await;
+            assert_eq!(s, 201, "{v}");
+            let r = rid(&v);
+            assert_eq!(app.act(&sale, &r, "confirm", Some(&user)).await.0, 200);
+            (user, r)
+        })
+    });
+    let mut told = Told::default();
+    for r in join_all(buyers).await {
+        let (user, r) = r.expect("buyer");
+        told.confirmed.insert(r);
+        *told.per_user.entry(user).or_default() += 1;
+    }
+    app.drained(Duration::from_secs(30)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.expect("worker stops");
+    }
+    assert_postgres_matches(&app, &sale, &told, 1, 120).await;
+}
