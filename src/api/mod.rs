@@ -10,10 +10,11 @@ pub mod views;
 
 use std::sync::Arc;
 
-use actix_web::dev::ServiceResponse;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError};
-use actix_web::http::header;
-use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
 use crate::auth::Auth;
@@ -93,6 +94,34 @@ pub fn path_config() -> web::PathConfig {
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default()
         .error_handler(|err, _req| ApiError::invalid(format!("invalid query: {err}")).into())
+}
+
+/// Most bytes of request headers the API reads (names, values, separators).
+/// actix itself accepts heads up to its 128 KiB buffer and answers a bare,
+/// bodiless 431 past that, before any of our code runs; this lower bound
+/// refuses the common oversized head in the contract's JSON shape.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// 431 with the contract's JSON body for headers over [`MAX_HEADER_BYTES`].
+pub async fn limit_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        let mut res = ApiError::InvalidRequest {
+            message: format!("request headers larger than {MAX_HEADER_BYTES} bytes"),
+            details: serde_json::json!({ "limit_bytes": MAX_HEADER_BYTES }),
+        }
+        .error_response();
+        *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Unmatched routes.
