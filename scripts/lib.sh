@@ -92,3 +92,36 @@ ensure_database() { # ensure_database <name>
   exists=$(psql "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -Atqc "select 1 from pg_database where datname = '$1'")
   [ "$exists" = 1 ] || psql "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -qc "create database \"$1\"" >/dev/null
 }
+
+# start_instance <name>: runs target/debug/flashgate on a free port against a
+# fresh database and key prefix; sets URL, INSTANCE_PID, INSTANCE_DB and the
+# FLASHGATE_* variables; stop_instance stops it and drops the database.
+start_instance() {
+  local name=$1
+  local bin=target/debug/flashgate
+  [ -x "$bin" ] || cargo build --locked -p flashgate
+  INSTANCE_DB="fg_${name}_$$"
+  ensure_database "$INSTANCE_DB"
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  export FLASHGATE_LISTEN="127.0.0.1:$port"
+  export FLASHGATE_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$INSTANCE_DB"
+  export FLASHGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  export FLASHGATE_KEY_PREFIX="${name}$$"
+  export FLASHGATE_ADMIN_TOKEN="${name}-admin-token-0123456789abcdef0123456789"
+  export FLASHGATE_JWT_SECRET="${name}-jwt-secret-0123456789abcdef0123456789"
+  export RUST_LOG="${RUST_LOG:-warn}"
+  "$bin" serve >"target/$name-server.log" 2>&1 &
+  INSTANCE_PID=$!
+  URL="http://127.0.0.1:$port"
+  export FLASHGATE_URL="$URL"
+  wait_for "flashgate" 30 curl -fsS "$URL/readyz"
+}
+
+stop_instance() {
+  [ -n "${INSTANCE_PID:-}" ] || return 0
+  kill "$INSTANCE_PID" 2>/dev/null || true
+  wait "$INSTANCE_PID" 2>/dev/null || true
+  psql "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -qc "drop database if exists \"$INSTANCE_DB\"" >/dev/null 2>&1 || true
+  INSTANCE_PID=""
+}

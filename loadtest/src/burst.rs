@@ -1,0 +1,603 @@
+//! `burst`: N buyers, one pre-opened keep-alive connection per request slot,
+//! every reserve released at one instant; then the invariant check.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::cli::{check_share, BurstArgs, Common};
+use crate::client::{
+    build_client, release_together, short_id, timed, wall_time, Answer, Api, SaleView, TokenMinter,
+};
+use crate::report::{Check, Head, Params, Report, Tally};
+
+/// How many reserve requests each buyer sends: 1, or 3 for the retrying share
+/// (the original plus two extra attempts).
+pub fn plan_attempts(buyers: u32, retry_share: f64) -> Vec<u32> {
+    let retrying = ((buyers as f64) * retry_share).round() as u32;
+    (0..buyers)
+        .map(|i| if i < retrying.min(buyers) { 3 } else { 1 })
+        .collect()
+}
+
+/// What the burst must grant, computed exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expectation {
+    /// Units asked for in total, before any cap.
+    pub requested_units: i64,
+    /// Units asked for, each buyer capped at what the per-user limit lets them hold.
+    pub capped_demand: i64,
+    /// Units that must be held after the burst.
+    pub granted_units: i64,
+}
+
+/// Every reserve asks for `quantity` units, all or nothing. A buyer can have
+/// at most `per_user_limit / quantity` requests granted, and the sale at most
+/// `available / quantity`; each refusal happens only when one of the two is
+/// exhausted, so the number of granted requests is exactly the smaller of
+/// the two totals. With `quantity = 1` this is
+/// `min(available, sum over buyers of min(per_user_limit, units requested))`.
+pub fn expected_units(
+    available: i64,
+    per_user_limit: i64,
+    quantity: u32,
+    attempts: &[u32],
+) -> Expectation {
+    let q = i64::from(quantity.max(1));
+    let per_buyer_requests = per_user_limit.max(0) / q;
+    let requested_units: i64 = attempts.iter().map(|&a| i64::from(a) * q).sum();
+    let capped_requests: i64 = attempts
+        .iter()
+        .map(|&a| i64::from(a).min(per_buyer_requests))
+        .sum();
+    let stock_requests = available.max(0) / q;
+    Expectation {
+        requested_units,
+        capped_demand: capped_requests * q,
+        granted_units: capped_requests.min(stock_requests) * q,
+    }
+}
+
+/// One reserve request of the burst and its answer.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub buyer: usize,
+    pub answer: Answer,
+}
+
+/// Everything the invariant check looks at.
+pub struct BurstFacts<'a> {
+    pub attempts: &'a [Attempt],
+    pub user_ids: &'a [String],
+    pub attempts_per_buyer: &'a [u32],
+    pub quantity: u32,
+    pub before: &'a SaleView,
+    pub after: &'a SaleView,
+}
+
+/// An answer a reserve may legitimately get during a burst.
+pub fn allowed_reserve_answer(a: &Answer) -> bool {
+    a.is(201) || a.has(409, "sold_out") || a.has(409, "user_limit_exceeded")
+}
+
+fn summarize(keys: &HashMap<String, u64>) -> String {
+    let mut v: Vec<_> = keys.iter().collect();
+    v.sort();
+    v.iter()
+        .map(|(k, n)| format!("{k} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
+    let mut checks = Vec::new();
+
+    // 1. Every answer is 201 or 409 sold_out / user_limit_exceeded.
+    let mut bad: HashMap<String, u64> = HashMap::new();
+    for a in f.attempts {
+        if !allowed_reserve_answer(&a.answer) {
+            *bad.entry(a.answer.key()).or_insert(0) += 1;
+        }
+    }
+    checks.push(if bad.is_empty() {
+        Check::new(
+            "answers",
+            true,
+            format!(
+                "all {} answers are 201 or 409 sold_out/user_limit_exceeded",
+                f.attempts.len()
+            ),
+        )
+    } else {
+        Check::new(
+            "answers",
+            false,
+            format!("unexpected answers: {}", summarize(&bad)),
+        )
+    });
+
+    // 2. Every 201 carries a well-formed hold for its buyer; ids are unique.
+    let mut granted_by_buyer: HashMap<usize, i64> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut malformed = 0u64;
+    let mut duplicates = 0u64;
+    let mut granted: i64 = 0;
+    for a in f.attempts.iter().filter(|a| a.answer.is(201)) {
+        let units = match a.answer.reservation() {
+            Some(r) => {
+                let expected_user = f.user_ids.get(a.buyer).map(String::as_str);
+                if r.quantity != i64::from(f.quantity)
+                    || r.status != "held"
+                    || Some(r.user_id.as_str()) != expected_user
+                {
+                    malformed += 1;
+                }
+                if !ids.insert(r.reservation_id.clone()) {
+                    duplicates += 1;
+                }
+                r.quantity
+            }
+            None => {
+                malformed += 1;
+                i64::from(f.quantity)
+            }
+        };
+        granted += units;
+        *granted_by_buyer.entry(a.buyer).or_insert(0) += units;
+    }
+    checks.push(Check::new(
+        "hold_bodies",
+        malformed == 0 && duplicates == 0,
+        format!(
+            "{} holds; {malformed} malformed (quantity/status/user), {duplicates} duplicate reservation ids",
+            ids.len()
+        ),
+    ));
+
+    // 3. Units held == the exact expectation.
+    let exp = expected_units(
+        f.before.available,
+        f.before.per_user_limit,
+        f.quantity,
+        f.attempts_per_buyer,
+    );
+    checks.push(Check::new(
+        "units_granted",
+        granted == exp.granted_units,
+        format!(
+            "granted {granted}, expected {} = min(available {}, capped demand {} of {} requested)",
+            exp.granted_units, f.before.available, exp.capped_demand, exp.requested_units
+        ),
+    ));
+
+    // 4. Nobody above the per-user cap.
+    let limit = f.before.per_user_limit;
+    let over: Vec<_> = granted_by_buyer
+        .iter()
+        .filter(|(_, &u)| u > limit)
+        .collect();
+    let max_user = granted_by_buyer.values().copied().max().unwrap_or(0);
+    checks.push(Check::new(
+        "per_user_cap",
+        over.is_empty(),
+        format!(
+            "{} buyers above the cap of {limit}; most held by one buyer: {max_user}",
+            over.len()
+        ),
+    ));
+
+    // 5. The sale view agrees.
+    let held_expected = f.before.held + granted;
+    checks.push(Check::new(
+        "sale_view_held",
+        f.after.held == held_expected,
+        format!(
+            "held {} (before {} + granted {granted} = {held_expected})",
+            f.after.held, f.before.held
+        ),
+    ));
+    checks.push(Check::new(
+        "sale_view_sold",
+        f.after.sold == f.before.sold,
+        format!("sold {} (before {})", f.after.sold, f.before.sold),
+    ));
+    let avail = f.after.stock - f.after.sold - f.after.held;
+    checks.push(Check::new(
+        "sale_view_available",
+        f.after.available == avail && f.after.sold + f.after.held <= f.after.stock,
+        format!(
+            "available {} vs stock {} - sold {} - held {} = {avail}",
+            f.after.available, f.after.stock, f.after.sold, f.after.held
+        ),
+    ));
+    checks
+}
+
+pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
+    check_share("retry-share", args.retry_share)?;
+    if args.buyers == 0 {
+        bail!("--buyers must be at least 1");
+    }
+    let secret = common.jwt_secret()?;
+    let timeout = Duration::from_secs(common.timeout_secs);
+    let api = Api::new(&common.url, common.admin_token.clone(), timeout)?;
+    api.check_reachable().await?;
+    let sale = common.sale.clone().unwrap_or_else(|| short_id("lt"));
+
+    let existing = api.get_sale(&sale).await?;
+    let before = match existing {
+        Some(view) if !args.configure => {
+            if view.stock != args.stock || view.per_user_limit != i64::from(args.per_user_limit) {
+                eprintln!(
+                    "note: sale {sale} exists (stock {}, per_user_limit {}); using it as is \
+                     (pass --configure to apply --stock/--per-user-limit)",
+                    view.stock, view.per_user_limit
+                );
+            }
+            view
+        }
+        _ => {
+            api.configure_sale(&sale, args.stock, args.per_user_limit, args.hold_ttl_secs)
+                .await?;
+            api.require_sale(&sale).await?
+        }
+    };
+    if args.quantity == 0 || i64::from(args.quantity) > before.per_user_limit {
+        bail!(
+            "--quantity must be between 1 and the sale's per_user_limit ({})",
+            before.per_user_limit
+        );
+    }
+
+    // Buyers, their tokens (minted up front) and their request slots.
+    let run = short_id("r");
+    let attempts = plan_attempts(args.buyers, args.retry_share);
+    let minter = TokenMinter::new(&secret);
+    let mut user_ids = Vec::with_capacity(attempts.len());
+    let mut tokens = Vec::with_capacity(attempts.len());
+    for i in 0..attempts.len() {
+        let uid = format!("{sale}-{run}-{i}");
+        tokens.push(minter.mint(&uid)?);
+        user_ids.push(uid);
+    }
+
+    let healthz = api.healthz_url();
+    let mut jobs = Vec::new();
+    let mut slot_buyer = Vec::new();
+    for (buyer, &n) in attempts.iter().enumerate() {
+        // One client per buyer, keeping one idle connection per request slot.
+        let client = build_client(n as usize, timeout)?;
+        for slot in 0..n {
+            let warm = if slot == 0 { n as usize } else { 0 };
+            let c1 = client.clone();
+            let url = healthz.clone();
+            let req = api.reserve(&client, &sale, &tokens[buyer], args.quantity, None);
+            slot_buyer.push(buyer);
+            jobs.push((
+                move || async move {
+                    if warm > 0 {
+                        crate::client::warm_up(&c1, &url, warm).await?;
+                    }
+                    Ok(())
+                },
+                move |()| timed(req),
+            ));
+        }
+    }
+    let total = jobs.len();
+    if !common.json {
+        eprintln!(
+            "burst: {} buyers, {total} requests; opening connections...",
+            attempts.len()
+        );
+    }
+    let (_released, fired) = release_together(jobs, 64).await?;
+    let wall = wall_time(&fired);
+    let after = api.require_sale(&sale).await?;
+
+    let recorded: Vec<Attempt> = fired
+        .into_iter()
+        .zip(slot_buyer)
+        .map(|(f, buyer)| Attempt {
+            buyer,
+            answer: f.value,
+        })
+        .collect();
+    let tally = Tally::from_answers(recorded.iter().map(|a| &a.answer));
+    let checks = burst_checks(&BurstFacts {
+        attempts: &recorded,
+        user_ids: &user_ids,
+        attempts_per_buyer: &attempts,
+        quantity: args.quantity,
+        before: &before,
+        after: &after,
+    });
+    let exp = expected_units(
+        before.available,
+        before.per_user_limit,
+        args.quantity,
+        &attempts,
+    );
+    let params = Params::new(vec![
+        ("buyers", json!(args.buyers)),
+        (
+            "retrying_buyers",
+            json!(attempts.iter().filter(|&&a| a > 1).count()),
+        ),
+        ("stock", json!(before.stock)),
+        ("available_before", json!(before.available)),
+        ("per_user_limit", json!(before.per_user_limit)),
+        ("quantity", json!(args.quantity)),
+        ("expected_units", json!(exp.granted_units)),
+        ("sale_after", json!(after)),
+    ]);
+    Ok(Report::new(
+        Head::new("burst", api.base(), &sale, params),
+        &tally,
+        wall,
+        vec![],
+        checks,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn view(stock: i64, sold: i64, held: i64, limit: i64) -> SaleView {
+        SaleView {
+            sale_id: "s".into(),
+            stock,
+            sold,
+            held,
+            available: stock - sold - held,
+            per_user_limit: limit,
+            hold_ttl_secs: 300,
+            state: "live".into(),
+        }
+    }
+
+    fn hold(buyer: usize, uid: &str, rid: &str, q: i64) -> Attempt {
+        Attempt {
+            buyer,
+            answer: Answer {
+                status: Some(201),
+                code: None,
+                latency: Duration::from_millis(1),
+                body: Some(json!({
+                    "reservation_id": rid, "sale_id": "s", "user_id": uid,
+                    "quantity": q, "status": "held", "expires_at": "2030-01-01T00:00:00Z"
+                })),
+            },
+        }
+    }
+
+    fn refused(buyer: usize, status: u16, code: &str) -> Attempt {
+        Attempt {
+            buyer,
+            answer: Answer {
+                status: Some(status),
+                code: Some(code.into()),
+                latency: Duration::from_millis(2),
+                body: Some(Value::Null),
+            },
+        }
+    }
+
+    fn failed(checks: &[Check]) -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn retry_share_plans_extra_attempts() {
+        let p = plan_attempts(500, 0.1);
+        assert_eq!(p.len(), 500);
+        assert_eq!(p.iter().filter(|&&a| a == 3).count(), 50);
+        assert_eq!(p.iter().map(|&a| a as u64).sum::<u64>(), 600);
+        assert!(plan_attempts(10, 0.0).iter().all(|&a| a == 1));
+        assert!(plan_attempts(10, 1.0).iter().all(|&a| a == 3));
+    }
+
+    #[test]
+    fn expectation_is_min_of_stock_and_capped_demand() {
+        // 500 buyers, 50 retrying three times, cap 2: demand 450 + 50*2 = 550.
+        let p = plan_attempts(500, 0.1);
+        let e = expected_units(10, 2, 1, &p);
+        assert_eq!(e.requested_units, 600);
+        assert_eq!(e.capped_demand, 550);
+        assert_eq!(e.granted_units, 10);
+        // Plenty of stock: demand (capped per user) is the limit.
+        assert_eq!(expected_units(10_000, 2, 1, &p).granted_units, 550);
+        // Cap 1: retries take nothing extra.
+        assert_eq!(expected_units(10_000, 1, 1, &p).granted_units, 500);
+        // Quantity 2, cap 3: each buyer gets at most one request of 2.
+        assert_eq!(expected_units(10_000, 3, 2, &[3, 1]).granted_units, 4);
+        // Quantity 2 and odd stock: the last unit cannot be granted.
+        assert_eq!(expected_units(5, 4, 2, &[3, 3]).granted_units, 4);
+        assert_eq!(expected_units(0, 2, 1, &[1, 1]).granted_units, 0);
+    }
+
+    #[test]
+    fn a_correct_burst_passes_every_check() {
+        let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
+        // Stock 3, cap 2, buyer 0 retries (3 attempts): demand 2 + 1 + 1 + 1 = 5.
+        let attempts = [
+            hold(0, "u0", "r1", 1),
+            hold(0, "u0", "r2", 1),
+            refused(0, 409, "user_limit_exceeded"),
+            hold(1, "u1", "r3", 1),
+            refused(2, 409, "sold_out"),
+            refused(3, 409, "sold_out"),
+        ];
+        let before = view(3, 0, 0, 2);
+        let after = view(3, 0, 3, 2);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[3, 1, 1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+    }
+
+    #[test]
+    fn overselling_fails() {
+        let users: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
+        let attempts = [
+            hold(0, "u0", "r1", 1),
+            hold(1, "u1", "r2", 1),
+            hold(2, "u2", "r3", 1),
+        ];
+        let before = view(2, 0, 0, 1);
+        let after = view(2, 0, 3, 1);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1, 1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        let f = failed(&checks);
+        assert!(f.contains(&"units_granted"), "{checks:?}");
+        assert!(f.contains(&"sale_view_available"), "{checks:?}");
+    }
+
+    #[test]
+    fn underselling_fails() {
+        // Stock 2 and two buyers, but one was refused sold_out.
+        let users: Vec<String> = (0..2).map(|i| format!("u{i}")).collect();
+        let attempts = [hold(0, "u0", "r1", 1), refused(1, 409, "sold_out")];
+        let before = view(2, 0, 0, 1);
+        let after = view(2, 0, 1, 1);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert_eq!(failed(&checks), vec!["units_granted"]);
+    }
+
+    #[test]
+    fn a_buyer_above_the_cap_fails() {
+        let users = vec!["u0".to_string()];
+        let attempts = [
+            hold(0, "u0", "r1", 1),
+            hold(0, "u0", "r2", 1),
+            hold(0, "u0", "r3", 1),
+        ];
+        let before = view(10, 0, 0, 2);
+        let after = view(10, 0, 3, 2);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[3],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        let f = failed(&checks);
+        assert!(f.contains(&"per_user_cap"), "{checks:?}");
+        assert!(f.contains(&"units_granted"), "{checks:?}");
+    }
+
+    #[test]
+    fn server_errors_and_transport_errors_fail() {
+        let users: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
+        let mut t = refused(2, 0, "timeout");
+        t.answer.status = None;
+        let attempts = [hold(0, "u0", "r1", 1), refused(1, 503, "unavailable"), t];
+        let before = view(1, 0, 0, 1);
+        let after = view(1, 0, 1, 1);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1, 1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert_eq!(failed(&checks), vec!["answers"]);
+        let detail = &checks[0].detail;
+        assert!(
+            detail.contains("503:unavailable") && detail.contains("error:timeout"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn rate_limited_is_a_violation() {
+        let users = vec!["u0".to_string()];
+        let attempts = [refused(0, 429, "rate_limited")];
+        let before = view(0, 0, 0, 1);
+        let after = view(0, 0, 0, 1);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert_eq!(failed(&checks), vec!["answers"]);
+    }
+
+    #[test]
+    fn a_view_that_disagrees_fails() {
+        let users: Vec<String> = (0..2).map(|i| format!("u{i}")).collect();
+        let attempts = [hold(0, "u0", "r1", 1), hold(1, "u1", "r2", 1)];
+        let before = view(5, 0, 0, 1);
+        let mut after = view(5, 0, 1, 1); // says 1 held, 2 were granted
+        after.available = 4;
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert_eq!(failed(&checks), vec!["sale_view_held"]);
+        // available must be stock - sold - held.
+        let mut after = view(5, 0, 2, 1);
+        after.available = 5;
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert_eq!(failed(&checks), vec!["sale_view_available"]);
+    }
+
+    #[test]
+    fn duplicate_or_foreign_holds_fail() {
+        let users: Vec<String> = (0..2).map(|i| format!("u{i}")).collect();
+        let attempts = [hold(0, "u0", "r1", 1), hold(1, "someone-else", "r1", 1)];
+        let before = view(5, 0, 0, 1);
+        let after = view(5, 0, 2, 1);
+        let checks = burst_checks(&BurstFacts {
+            attempts: &attempts,
+            user_ids: &users,
+            attempts_per_buyer: &[1, 1],
+            quantity: 1,
+            before: &before,
+            after: &after,
+        });
+        assert_eq!(failed(&checks), vec!["hold_bodies"]);
+    }
+}

@@ -1,0 +1,257 @@
+//! Command-line interface: common flags plus one subcommand per scenario.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashgate-loadtest",
+    version,
+    about = "Replays flash-sale bursts, reservation flows and sustained load against a running flashgate, \
+             and checks its invariants"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Common options")]
+pub struct Common {
+    /// Base URL of the flashgate instance under test.
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHGATE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// Admin bearer token (configures sales).
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Secret that signs buyer tokens (HS256).
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHGATE_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Sale id to use (default: a fresh `lt-<8 hex>`).
+    #[arg(long, global = true)]
+    pub sale: Option<String>,
+    /// Print one machine-readable JSON report on stdout instead of the table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Per-request timeout in seconds (a timeout counts as a transport error).
+    #[arg(long, global = true, default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+impl Common {
+    /// The JWT secret, required by every scenario (buyers need tokens).
+    pub fn jwt_secret(&self) -> anyhow::Result<String> {
+        self.jwt_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("a JWT secret is needed (--jwt-secret or FLASHGATE_JWT_SECRET)")
+            })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// N buyers, connections pre-opened, every request released at one instant.
+    Burst(BurstArgs),
+    /// Reserve, then confirm / cancel / let expire, then check Postgres.
+    Flow(FlowArgs),
+    /// Closed-loop load for a fixed time: throughput and latency.
+    Sustained(SustainedArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BurstArgs {
+    /// Number of buyers (one keep-alive connection each).
+    #[arg(long, default_value_t = 500)]
+    pub buyers: u32,
+    /// Units on sale (used when the sale is configured by this run).
+    #[arg(long, default_value_t = 10)]
+    pub stock: i64,
+    /// Most units one buyer may hold or buy.
+    #[arg(long, default_value_t = 2)]
+    pub per_user_limit: u32,
+    /// Units asked for by each reserve request.
+    #[arg(long, default_value_t = 1)]
+    pub quantity: u32,
+    /// Share of buyers that send two extra reserve attempts at the same instant
+    /// (no Idempotency-Key: real retries).
+    #[arg(long, default_value_t = 0.1)]
+    pub retry_share: f64,
+    /// Hold TTL of a sale this run configures.
+    #[arg(long, default_value_t = 300)]
+    pub hold_ttl_secs: u32,
+    /// (Re)configure the sale even if it exists (it is always created when missing).
+    #[arg(long)]
+    pub configure: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FlowArgs {
+    #[arg(long, default_value_t = 200)]
+    pub buyers: u32,
+    #[arg(long, default_value_t = 50)]
+    pub stock: i64,
+    #[arg(long, default_value_t = 2)]
+    pub per_user_limit: u32,
+    /// Share of the successful holds that get confirmed.
+    #[arg(long, default_value_t = 0.5)]
+    pub confirm_share: f64,
+    /// Share of the successful holds that get cancelled (the rest expire).
+    #[arg(long, default_value_t = 0.2)]
+    pub cancel_share: f64,
+    #[arg(long, default_value_t = 2)]
+    pub hold_ttl_secs: u32,
+    /// Postgres the flashgate worker writes to (read-only use).
+    #[arg(
+        long,
+        env = "FLASHGATE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/flashgate",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// How long to wait for expiries and the write-behind worker to settle.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SustainedMode {
+    /// Huge stock, every request should get a hold (201).
+    Success,
+    /// No stock left, every request should be refused as sold_out (409).
+    SoldOut,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SustainedArgs {
+    /// Requests in flight at any time (closed loop).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// How long to run, e.g. `10s`, `500ms`, `2m`, or plain seconds.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value_t = SustainedMode::Success)]
+    pub mode: SustainedMode,
+    /// Hold TTL of the sale (success mode holds pile up until they expire).
+    #[arg(long, default_value_t = 30)]
+    pub hold_ttl_secs: u32,
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" | "sec" | "secs" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("duration `{s}` must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A share flag must lie in 0..=1.
+pub fn check_share(name: &str, v: f64) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&v) {
+        anyhow::bail!("--{name} must be between 0 and 1, got {v}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "flashgate-loadtest",
+            "burst",
+            "--buyers",
+            "7",
+            "--json",
+            "--sale",
+            "s1",
+        ])
+        .expect("parses");
+        assert!(cli.common.json);
+        assert_eq!(cli.common.sale.as_deref(), Some("s1"));
+        match cli.command {
+            Command::Burst(b) => {
+                assert_eq!(b.buyers, 7);
+                assert_eq!(b.stock, 10);
+                assert!(!b.configure);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "flashgate-loadtest",
+            "sustained",
+            "--mode",
+            "sold-out",
+            "--duration",
+            "2s",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Sustained(s) => {
+                assert_eq!(s.mode, SustainedMode::SoldOut);
+                assert_eq!(s.duration, Duration::from_secs(2));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shares() {
+        assert!(check_share("x", 0.0).is_ok());
+        assert!(check_share("x", 1.0).is_ok());
+        assert!(check_share("x", 1.1).is_err());
+        assert!(check_share("x", -0.1).is_err());
+    }
+}
