@@ -42,7 +42,13 @@ local function release_hold(base, rid, status, now)
   local rkey = base .. 'r:' .. rid
   local r = redis.call('HMGET', rkey, 'status', 'user', 'qty')
   redis.call('ZREM', base .. 'holds', rid)
-  redis.call('DEL', base .. 'h:' .. rid)
+  if status ~= 'expired' then
+    -- An expired hold's key is gone by itself (same deadline). Not naming a
+    -- key that may not exist matters on Redis Cluster: while the slot
+    -- migrates, a node stops a script at such a key, and this must happen
+    -- at the HMGET above (before any write), never between two writes.
+    redis.call('DEL', base .. 'h:' .. rid)
+  end
   if r[1] ~= 'held' then
     return nil
   end

@@ -9,7 +9,8 @@
 -- ARGV[7] idempotency key ttl ms   ARGV[8] reservation record ttl ms
 --
 -- Returns one of
---   {'ok', rid, qty, expires_ms}            a new hold
+--   {'ok', rid, qty, expires_ms}            a new hold (or the one this rid
+--                                           already made: the call ran twice)
 --   {'replay', rid, qty, status, expires_ms} the key was used with this body
 --   {'idem_mismatch', original_qty}         the key was used with another body
 --   {'not_loaded'}                          the sale has no state in Redis
@@ -28,6 +29,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
 end
 local now = now_ms()
+
+-- This very call again (the cluster client sends a call again when its
+-- connection dropped, and it may have run): the hold it made, counted once.
+local again = redis.call('HMGET', KEYS[4], 'qty', 'expires')
+if again[1] then
+  return {'ok', rid, tonumber(again[1]), tonumber(again[2])}
+end
 
 if use_idem then
   local prev = redis.call('HMGET', KEYS[6], 'rid', 'qty')

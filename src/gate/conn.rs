@@ -4,12 +4,40 @@
 //! into every request, reconnecting by itself). Cluster: the cluster-aware
 //! async connection of the `redis` crate, which routes each script call by
 //! its first key's slot and follows MOVED / ASK.
+//!
+//! What the cluster client does by itself (redis 1.8), and what we add:
+//! - `EVALSHA` / `EVAL` go to the primary of the first key's slot (every key
+//!   of a script shares the sale's hash tag). `MOVED`: it retries at the
+//!   named node at once and refreshes its slot map; `ASK` (slot being
+//!   migrated): it retries once at the named node with `ASKING`.
+//! - `TRYAGAIN` (a multi-key call while the slot's keys are split between
+//!   two nodes: every reserve during a migration of its sale's slot),
+//!   `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`: it waits and retries. These
+//!   errors mean the script did not run, so a retry is always safe; the
+//!   waits are made short here (default: at least 1.28 s each, more than a
+//!   request's whole deadline), and a call still refused at its deadline
+//!   answers 503 `unavailable` with Retry-After.
+//! - A dropped connection (a primary killed): it reconnects, refreshes the
+//!   slot map and sends the call again, possibly to the promoted replica.
+//!   The call may have run before the connection dropped, so every script
+//!   must be safe to run twice with the same arguments (`reserve.lua`
+//!   replays a reservation id it already holds).
+//! - `NOSCRIPT` (a restarted node, a promoted replica: script caches are
+//!   per node and not replicated): `redis::Script` would `SCRIPT LOAD`,
+//!   which the cluster client fans out to every node it is connected to,
+//!   and which fails while any of them is down. Instead the call is sent
+//!   again as `EVAL <source>`, routed by its key to the very node that
+//!   answered NOSCRIPT, which caches the script for the next `EVALSHA`.
+//! - `SCRIPT LOAD` (the warm-up at start) reaches every primary (replicas
+//!   get scripts by the EVAL above once promoted). `PING` fans out over the
+//!   primaries the client is connected to, so `/readyz` stays 200 while one
+//!   shard fails over. `CONFIG GET` goes to one node.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Arg, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 
 #[derive(Clone)]
 pub enum RedisConn {
@@ -29,7 +57,11 @@ impl RedisConn {
             let client = redis::cluster::ClusterClient::builder(urls.to_vec())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(3)
+                .retries(6)
+                // Retry waits of 10..=250 ms (rand(min, min(max, 10 * 2^n))):
+                // six retries fit in a request's deadline.
+                .min_retry_wait(10)
+                .max_retry_wait(250)
                 .build()?;
             Ok(Self::Cluster(client.get_async_connection().await?))
         } else {
@@ -54,11 +86,47 @@ impl RedisConn {
     }
 }
 
+/// The `EVAL <source> ...` equivalent of an `EVALSHA` of one of our scripts.
+fn eval_instead(cmd: &Cmd) -> Option<Cmd> {
+    let mut args = cmd.args_iter().map(|a| match a {
+        Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    if !args.next()??.eq_ignore_ascii_case(b"EVALSHA") {
+        return None;
+    }
+    let sha = std::str::from_utf8(args.next()??).ok()?;
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(super::scripts::source_by_sha(sha)?);
+    for a in args {
+        eval.arg(a?);
+    }
+    Some(eval)
+}
+
+fn is_noscript(r: &redis::RedisResult<Value>) -> bool {
+    let noscript = Some(ServerErrorKind::NoScript);
+    match r {
+        Ok(Value::ServerError(e)) => e.kind() == noscript,
+        Err(e) => e.kind() == ErrorKind::Server(ServerErrorKind::NoScript),
+        Ok(_) => false,
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => Box::pin(async move {
+                let r = c.req_packed_command(cmd).await;
+                if is_noscript(&r) {
+                    if let Some(eval) = eval_instead(cmd) {
+                        tracing::info!("NOSCRIPT from a cluster node (restarted or promoted): sending the script with EVAL");
+                        return c.req_packed_command(&eval).await;
+                    }
+                }
+                r
+            }),
         }
     }
 

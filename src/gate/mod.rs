@@ -65,13 +65,25 @@ impl From<RedisError> for GateError {
                             | ServerErrorKind::Moved
                             | ServerErrorKind::Ask
                     )
-            );
+            )
+            || cluster_refused_mid_script(&e);
         if transient {
             Self::Unavailable(e)
         } else {
             Self::Script(e)
         }
     }
+}
+
+/// A cluster node stopped a script at a key that is not (or no longer)
+/// served here: its slot is migrating, or the cluster is down. The scripts
+/// read a key before they write it, so such a stop leaves every step it
+/// completed whole; the call is safe to retry once the slot has settled.
+fn cluster_refused_mid_script(e: &RedisError) -> bool {
+    e.detail().is_some_and(|d| {
+        d.contains("Script attempted to access a non local key")
+            || d.contains("while the cluster is down")
+    })
 }
 
 #[derive(Clone, Debug)]

@@ -41,6 +41,25 @@ pub fn source(name: &str) -> Option<String> {
         .map(|(_, src)| compose(src))
 }
 
+/// The composed source of the script whose SHA1 is `sha` (to send it with
+/// `EVAL` to a cluster node that answered NOSCRIPT).
+pub fn source_by_sha(sha: &str) -> Option<&'static str> {
+    static BY_SHA: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    BY_SHA
+        .get_or_init(|| {
+            SOURCES
+                .iter()
+                .map(|(_, src)| {
+                    let src = compose(src);
+                    (Script::new(&src).get_hash().to_string(), src)
+                })
+                .collect()
+        })
+        .iter()
+        .find(|(h, _)| h.eq_ignore_ascii_case(sha))
+        .map(|(_, src)| src.as_str())
+}
+
 pub struct Scripts {
     pub reserve: Script,
     pub confirm: Script,
@@ -127,5 +146,9 @@ mod tests {
             .expect("lookup")
             .starts_with("#!lua flags=no-writes"));
         assert!(source("nope").is_none());
+        let reserve = source("reserve").expect("reserve");
+        let sha = Script::new(&reserve).get_hash().to_string();
+        assert_eq!(source_by_sha(&sha), Some(reserve.as_str()));
+        assert_eq!(source_by_sha("0000"), None);
     }
 }
