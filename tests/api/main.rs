@@ -5,6 +5,7 @@ mod helpers;
 
 mod bad_input;
 mod burst;
+mod cluster;
 mod contract;
 mod durability;
 mod lifecycle;
