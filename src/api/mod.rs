@@ -57,10 +57,11 @@ pub fn served_routes() -> std::collections::BTreeSet<(String, String)> {
     SERVED.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
+/// In the order the router tries them: the hot buyer routes first.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    health::routes(cfg);
-    sales::routes(cfg);
     reservations::routes(cfg);
+    sales::routes(cfg);
+    health::routes(cfg);
 }
 
 /// JSON bodies: size limit and the contract's error body for every failure.
