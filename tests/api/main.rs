@@ -8,6 +8,7 @@ mod burst;
 mod cluster;
 mod contract;
 mod durability;
+mod faults;
 mod lifecycle;
 mod limits;
 mod observability;
