@@ -11,6 +11,7 @@ mod durability;
 mod faults;
 mod lifecycle;
 mod limits;
+mod model;
 mod observability;
 mod openapi;
 mod reconcile;
