@@ -118,10 +118,17 @@ impl Service {
             ConfigureOutcome::Updated => false,
         };
         self.store.upsert_sale(&mut tx, sale, cfg).await?;
+        // Read the sale while the row lock still holds back concurrent
+        // updates, so the answer shows this update, not a later one. The
+        // script has run: commit even if the read failed, and read again.
+        let state = self.view(sale).await;
         tx.commit()
             .await
             .map_err(|e| ApiError::from(crate::store::StoreError::from(e)))?;
-        let state = self.view(sale).await?;
+        let state = match state {
+            Ok(s) => s,
+            Err(_) => self.view(sale).await?,
+        };
         Ok((created && existing.is_none(), state))
     }
 
