@@ -926,3 +926,23 @@ fn random_histories_keep_the_invariants() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Found by the histories above: two restocks at once, and the first one's
+/// 200 showed the other's stock (the sale was read after the row lock was
+/// released). Each answer must show the update it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_restocks_each_answer_their_own_stock() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let sale = app.sale(10, 2, 60).await;
+    let tasks = (10..40).map(|stock| {
+        let (app, sale) = (app.clone(), sale.clone());
+        tokio::spawn(async move {
+            let cfg = json!({"stock": stock, "per_user_limit": 2, "hold_ttl_secs": 60});
+            (stock, app.put_sale(&sale, cfg).await)
+        })
+    });
+    for t in join_all(tasks).await {
+        let (stock, (s, v)) = t.expect("task");
+        assert_eq!((s, v["stock"].as_i64()), (200, Some(stock)), "{v}");
+    }
+}
