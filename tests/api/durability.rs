@@ -13,10 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
-fn rid(v: &serde_json::Value) -> String {
-    v["reservation_id"].as_str().expect("rid").to_string()
-}
-
 /// What the buyers were told: confirmed reservations and units per user.
 #[derive(Default)]
 struct Told {

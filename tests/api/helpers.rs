@@ -209,6 +209,11 @@ pub async fn body(r: Response) -> (u16, Value) {
     (status, v)
 }
 
+/// The `reservation_id` of a reservation body.
+pub fn rid(v: &Value) -> String {
+    v["reservation_id"].as_str().expect("rid").to_string()
+}
+
 /// Asserts the contract's error body and returns its code.
 pub fn error_code(v: &Value) -> &str {
     let e = &v["error"];

@@ -4,10 +4,6 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn rid(v: &serde_json::Value) -> String {
-    v["reservation_id"].as_str().expect("rid").to_string()
-}
-
 #[tokio::test]
 async fn confirm_cancel_and_double_confirm() {
     let app = spawn_app().await;

@@ -9,10 +9,6 @@ use flashgate::reconcile::reconcile;
 
 use crate::helpers::*;
 
-fn rid(v: &serde_json::Value) -> String {
-    v["reservation_id"].as_str().expect("rid").to_string()
-}
-
 async fn redis_conn() -> flashgate::gate::RedisConn {
     test_redis().await
 }

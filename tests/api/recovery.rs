@@ -7,10 +7,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-fn rid(v: &serde_json::Value) -> String {
-    v["reservation_id"].as_str().expect("rid").to_string()
-}
-
 #[tokio::test]
 async fn a_wiped_sale_is_rebuilt_with_its_sold_count_and_caps() {
     let app = spawn_app().await;
