@@ -19,6 +19,8 @@
 //!   answers 503 `unavailable` with Retry-After.
 //! - A dropped connection (a primary killed): it reconnects, refreshes the
 //!   slot map and sends the call again, possibly to the promoted replica.
+//!   A timeout does not refresh the map (a hung primary would keep its
+//!   slots forever): [`ClusterHandle`] then reconnects from the seeds.
 //!   The call may have run before the connection dropped, so every script
 //!   must be safe to run twice with the same arguments (`reserve.lua`
 //!   replays a reservation id it already holds).
@@ -33,16 +35,98 @@
 //!   primaries the client is connected to, so `/readyz` stays 200 while one
 //!   shard fails over. `CONFIG GET` goes to one node.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Arg, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterHandle),
+}
+
+/// Least time between two rebuilds of a cluster connection.
+const REBUILD_EVERY: Duration = Duration::from_secs(3);
+
+/// The cluster connection, rebuilt from the seeds when calls keep timing
+/// out or failing to connect. The `redis` crate refreshes its slot map on
+/// MOVED and on refused connections, but not on timeouts: a primary that
+/// hangs (process stopped, host unreachable without a reset) keeps its
+/// slots in the client's map after the cluster has failed it over, and
+/// every call for them times out, for good. A fresh connection asks a live
+/// node for the current map. Clones share it: a rebuild serves them all.
+#[derive(Clone)]
+pub struct ClusterHandle(Arc<ClusterShared>);
+
+struct ClusterShared {
+    client: ClusterClient,
+    conn: RwLock<ClusterConnection>,
+    /// When the last rebuild ended, and whether one is under way.
+    rebuild: Mutex<(Option<Instant>, bool)>,
+}
+
+impl ClusterHandle {
+    fn current(&self) -> ClusterConnection {
+        self.0
+            .conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Something looked wrong with the cluster: rebuild the connection in
+    /// the background (at most once per [`REBUILD_EVERY`]).
+    fn suspect(&self) {
+        {
+            let mut r = self
+                .0
+                .rebuild
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if r.1 || r.0.is_some_and(|at| at.elapsed() < REBUILD_EVERY) {
+                return;
+            }
+            r.1 = true;
+        }
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let fresh = tokio::time::timeout(
+                Duration::from_secs(10),
+                shared.client.get_async_connection(),
+            )
+            .await;
+            match fresh {
+                Ok(Ok(conn)) => {
+                    *shared.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                    tracing::warn!("Redis Cluster calls were failing: reconnected from the seed nodes (fresh slot map)");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Redis Cluster calls are failing and reconnecting from the seed nodes failed")
+                }
+                Err(_) => tracing::warn!(
+                    "Redis Cluster calls are failing and reconnecting from the seed nodes timed out"
+                ),
+            }
+            let mut r = shared
+                .rebuild
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *r = (Some(Instant::now()), false);
+        });
+    }
+}
+
+/// Errors after which the cluster connection may hold a stale slot map.
+fn suspicious(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
 }
 
 impl RedisConn {
@@ -63,7 +147,12 @@ impl RedisConn {
                 .min_retry_wait(10)
                 .max_retry_wait(250)
                 .build()?;
-            Ok(Self::Cluster(client.get_async_connection().await?))
+            let conn = client.get_async_connection().await?;
+            Ok(Self::Cluster(ClusterHandle(Arc::new(ClusterShared {
+                client,
+                conn: RwLock::new(conn),
+                rebuild: Mutex::new((None, false)),
+            }))))
         } else {
             let url = urls
                 .first()
@@ -83,6 +172,13 @@ impl RedisConn {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// A call on this connection ran out of time (see [`ClusterHandle`]).
+    pub fn timed_out(&self) {
+        if let Self::Cluster(h) = self {
+            h.suspect();
+        }
     }
 }
 
@@ -117,13 +213,17 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => Box::pin(async move {
-                let r = c.req_packed_command(cmd).await;
+            Self::Cluster(h) => Box::pin(async move {
+                let mut c = h.current();
+                let mut r = c.req_packed_command(cmd).await;
                 if is_noscript(&r) {
                     if let Some(eval) = eval_instead(cmd) {
                         tracing::info!("NOSCRIPT from a cluster node (restarted or promoted): sending the script with EVAL");
-                        return c.req_packed_command(&eval).await;
+                        r = c.req_packed_command(&eval).await;
                     }
+                }
+                if r.as_ref().is_err_and(suspicious) {
+                    h.suspect();
                 }
                 r
             }),
@@ -138,14 +238,20 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(h) => Box::pin(async move {
+                let r = h.current().req_packed_commands(cmd, offset, count).await;
+                if r.as_ref().is_err_and(suspicious) {
+                    h.suspect();
+                }
+                r
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(h) => h.current().get_db(),
         }
     }
 }

@@ -184,7 +184,11 @@ impl Gate {
     ) -> Result<T, GateError> {
         match tokio::time::timeout(self.opts.deadline, fut).await {
             Ok(r) => r.map_err(GateError::from),
-            Err(_) => Err(GateError::Timeout(self.opts.deadline)),
+            Err(_) => {
+                // On a cluster, a stale slot map (a hung primary) looks like this.
+                self.conn.timed_out();
+                Err(GateError::Timeout(self.opts.deadline))
+            }
         }
     }
 

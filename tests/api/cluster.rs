@@ -37,6 +37,8 @@ struct Node {
     addr: String,
     primary: bool,
     failed: bool,
+    /// A replica's primary.
+    primary_id: Option<String>,
     slots: Vec<(u16, u16)>,
 }
 
@@ -111,6 +113,7 @@ fn parse_node(line: &str) -> Option<Node> {
         addr,
         primary: flags.contains(&"master"),
         failed: flags.iter().any(|x| *x == "fail" || *x == "fail?"),
+        primary_id: (f[3] != "-").then(|| f[3].to_string()),
         slots,
     })
 }
@@ -191,9 +194,13 @@ impl OwnCluster {
 
     /// SIGKILL, like a crashed host: no shutdown, no last replication.
     fn kill(&self, port: u16) {
+        self.signal(port, "-KILL");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
         let pid = std::fs::read_to_string(self.dir.join(format!("{port}.pid"))).expect("pid file");
         let status = Command::new("kill")
-            .args(["-9", pid.trim()])
+            .args([signal, pid.trim()])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -954,4 +961,120 @@ async fn a_primary_killed_mid_burst_sells_no_unit_twice_and_recovers() {
         .await
         .expect("readyz");
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Reserves (a new buyer each time) until one is granted; the time it took.
+async fn reserve_until_granted(app: &TestApp, sale: &str, within: Duration) -> Duration {
+    let t0 = tokio::time::Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let (s, v) = app.reserve(sale, &format!("probe-{i}"), 1, None).await;
+        if s == 201 {
+            return t0.elapsed();
+        }
+        assert_eq!(s, 503, "{v}");
+        assert!(
+            t0.elapsed() < within,
+            "{sale}: no reserve granted within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A primary that hangs (SIGSTOP: its connections stay open, nothing
+/// answers) is failed over by the cluster; flashgate, which only sees
+/// timeouts, reconnects from the seeds and serves its sales again. Meanwhile
+/// the other primaries keep serving, even one that lost its scripts. Then a
+/// manual `CLUSTER FAILOVER` on another shard's replica: served again too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_and_a_manual_failover_are_recovered_from() {
+    if skip("a_hung_primary_and_a_manual_failover_are_recovered_from") {
+        return;
+    }
+    let cluster = OwnCluster::start(true).await;
+    let app = Spawn::new()
+        .await
+        .redis(&cluster.seeds, true)
+        .with(|s| {
+            s.redis_timeout = Duration::from_millis(500);
+            s.rate.per_user_per_sec = 0;
+        })
+        .start()
+        .await;
+    let nodes = cluster.nodes().await;
+    let mut primaries = nodes.iter().filter(|n| n.primary && !n.slots.is_empty());
+    let (victim, bystander) = (
+        primaries.next().expect("primary").clone(),
+        primaries.next().expect("primary").clone(),
+    );
+    let mut sales = Vec::new();
+    for node in [&victim, &bystander] {
+        let id = sale_id_on(node, &app.prefix).await;
+        let (s, v) = app
+            .put_sale(&id, json!({"stock": 1000, "per_user_limit": 2}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(app.reserve(&id, "warm-up", 1, None).await.0, 201);
+        sales.push(id);
+    }
+    let (hung_sale, other_sale) = (&sales[0], &sales[1]);
+
+    cluster.signal(victim.port(), "-STOP");
+    let stopped = tokio::time::Instant::now();
+    // The bystander lost its scripts (a restart): it serves at once all the
+    // same; its scripts go to it alone, not to every node (the hung one too).
+    let mut bc = node_conn(&bystander.url()).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut bc)
+        .await
+        .expect("flush");
+    let took = reserve_until_granted(&app, other_sale, Duration::from_secs(1)).await;
+    println!("a healthy primary without its scripts served in {took:?} while another hung");
+
+    let took = reserve_until_granted(&app, hung_sale, Duration::from_secs(30)).await;
+    println!(
+        "the hung primary's sale served again {:?} after the hang",
+        stopped.elapsed()
+    );
+    let _ = took;
+    let now = cluster.nodes().await;
+    assert_ne!(
+        primary_of(&now, &sale_key(&app.prefix, hung_sale))
+            .await
+            .addr,
+        victim.addr,
+        "a replica took over"
+    );
+    cluster.kill(victim.port());
+
+    // A manual failover of the bystander's shard: its replica takes over,
+    // the old primary becomes a replica (connections stay open).
+    let replica = now
+        .iter()
+        .find(|n| n.primary_id.as_deref() == Some(bystander.id.as_str()) && !n.failed)
+        .expect("the bystander's replica")
+        .clone();
+    let mut rc = node_conn(&replica.url()).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut rc)
+        .await
+        .expect("CLUSTER FAILOVER");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while primary_of(&cluster.nodes().await, &sale_key(&app.prefix, other_sale))
+        .await
+        .addr
+        != replica.addr
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no manual failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = reserve_until_granted(&app, other_sale, Duration::from_secs(10)).await;
+    println!("served {took:?} after the manual failover");
+    for sale in &sales {
+        let v = app.view(sale).await;
+        assert!(v["held"].as_i64().expect("held") >= 2, "{v}");
+    }
 }
