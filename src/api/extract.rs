@@ -113,6 +113,55 @@ impl FromRequest for Caller {
     }
 }
 
+/// A JSON object body as `T`. Unlike `web::Json<T>`, a JSON array is
+/// refused too (serde would read a struct from `[1]`): bodies are objects
+/// whose fields are all known, each once. Over `max_body_bytes`: 413.
+pub struct JsonObject<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonObject<T> {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<AppState>>()
+            .map_or(16 * 1024, |s| s.max_body_bytes);
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<actix_web::mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.subtype() == actix_web::mime::JSON || m.suffix() == Some(actix_web::mime::JSON)
+            });
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            if !json {
+                return Err(ApiError::invalid("expected Content-Type: application/json").into());
+            }
+            let body = body
+                .await
+                .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+            if body.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit }.into());
+            }
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::invalid("invalid JSON body: expected a JSON object").into());
+            }
+            serde_json::from_slice(&body)
+                .map(JsonObject)
+                .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")).into())
+        })
+    }
+}
+
+impl<T> std::ops::Deref for JsonObject<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub fn sale_id(raw: &str) -> Result<SaleId, ApiError> {
     SaleId::parse(raw).map_err(|e| ApiError::InvalidRequest {
         message: format!("invalid sale id: {}", e.reason),

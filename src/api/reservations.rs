@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::extract::{idempotency_key, reservation_id, sale_id, Buyer, Caller};
+use super::extract::{idempotency_key, reservation_id, sale_id, Buyer, Caller, JsonObject};
 use super::views::{time, ErrorBody, ExtendInput, ReservationView, ReserveInput};
 use super::{route, AppState};
 use crate::error::ApiError;
@@ -33,7 +33,7 @@ pub(crate) async fn reserve(
     buyer: Buyer,
     path: web::Path<String>,
     req: HttpRequest,
-    body: web::Json<ReserveInput>,
+    body: JsonObject<ReserveInput>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_ip(&req)?;
     state.limits.check_user(buyer.0.as_str())?;
@@ -219,7 +219,9 @@ pub(crate) async fn extend(
     let input: ExtendInput = if body.iter().all(u8::is_ascii_whitespace) {
         ExtendInput::default()
     } else {
-        serde_json::from_slice(&body)
+        // An object, never an array (serde would read a struct from `[5]`).
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+            .and_then(|m| serde_json::from_value(serde_json::Value::Object(m)))
             .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
     };
     let by = match input.extend_secs {

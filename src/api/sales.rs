@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::extract::{sale_id, Admin};
+use super::extract::{sale_id, Admin, JsonObject};
 use super::views::{ErrorBody, SaleInput, SaleList, SaleView};
 use super::{route, AppState};
 use crate::error::ApiError;
@@ -91,7 +91,7 @@ pub(crate) async fn configure(
     state: web::Data<AppState>,
     _admin: Admin,
     path: web::Path<String>,
-    body: web::Json<SaleInput>,
+    body: JsonObject<SaleInput>,
 ) -> Result<HttpResponse, ApiError> {
     let sale = sale_id(&path)?;
     let cfg = validate(&body)?;

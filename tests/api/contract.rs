@@ -487,3 +487,48 @@ async fn health_bad_input_and_json_errors_everywhere() {
     let v = app.view(&id).await;
     assert_eq!((v["held"].as_i64(), v["sold"].as_i64()), (Some(0), Some(0)));
 }
+
+/// Bodies are JSON objects: an array is not read as a struct.
+#[tokio::test]
+async fn array_bodies_are_refused() {
+    let app = spawn_app().await;
+    let sale = app.sale(5, 2, 60).await;
+    let cases = [
+        (format!("/v1/sales/{sale}/reservations"), "[1]", Some("ann")),
+        (format!("/v1/sales/{sale}"), "[5, 2]", None),
+    ];
+    for (path, raw, user) in cases {
+        let req = if user.is_some() {
+            app.client.post(app.url(&path)).bearer_auth(token("ann"))
+        } else {
+            app.client.put(app.url(&path)).bearer_auth(ADMIN)
+        };
+        let r = req
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .expect("send");
+        let (s, v) = body(r).await;
+        assert_eq!(
+            (s, error_code(&v)),
+            (400, "invalid_request"),
+            "{path} {raw}"
+        );
+    }
+    let (_, v) = app.reserve(&sale, "ann", 1, None).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/sales/{sale}/reservations/{}/extend", rid(&v))))
+        .bearer_auth(token("ann"))
+        .body("[30]")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(body(r).await.0, 400);
+    let v = app.view(&sale).await;
+    assert_eq!(
+        (v["stock"].as_i64(), v["held"].as_i64()),
+        (Some(5), Some(1))
+    );
+}
