@@ -110,3 +110,63 @@ async fn a_wiped_sale_fails_closed_while_postgres_is_unreachable() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Redis flushed after confirms: a concurrent burst on the rebuilt sale sells
+/// exactly the remaining stock, and the buyer who bought up to the cap is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_flush_a_burst_sells_exactly_the_remaining_stock() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let sale = app.sale(10, 2, 60).await;
+    for user in ["ann", "bob"] {
+        let (_, v) = app.reserve(&sale, user, 2, None).await;
+        assert_eq!(app.act(&sale, &rid(&v), "confirm", Some(user)).await.0, 200);
+    }
+    app.wipe_redis().await;
+    let buyers: Vec<String> = std::iter::once("ann".to_string())
+        .chain((0..40).map(|i| format!("late-{i}")))
+        .collect();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(buyers.len()));
+    let tasks = buyers.into_iter().map(|user| {
+        let (app, sale, barrier) = (app.clone(), sale.clone(), barrier.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            (user.clone(), app.reserve(&sale, &user, 1, None).await)
+        })
+    });
+    let mut held = 0;
+    for t in futures_util::future::join_all(tasks).await {
+        let (user, (s, v)) = t.expect("task");
+        match (user.as_str(), s) {
+            ("ann", _) => assert_eq!(
+                (s, error_code(&v)),
+                (409, "user_limit_exceeded"),
+                "ann bought her cap before the flush"
+            ),
+            (_, 201) => held += 1,
+            (_, 409) => assert_eq!(error_code(&v), "sold_out"),
+            // The first requests may find the sale being rebuilt.
+            (_, 503) => assert_eq!(error_code(&v), "unavailable"),
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    let v = app.view(&sale).await;
+    assert_eq!(
+        (
+            v["sold"].as_i64(),
+            v["held"].as_i64(),
+            v["available"].as_i64()
+        ),
+        (Some(4), Some(held), Some(6 - held))
+    );
+    // Whatever 503s the rebuild caused, the rest of the stock is still for sale.
+    let mut n = 0;
+    while app.view(&sale).await["available"].as_i64() > Some(0) {
+        assert_eq!(
+            app.reserve(&sale, &format!("later-{n}"), 1, None).await.0,
+            201
+        );
+        n += 1;
+    }
+    assert_eq!(held + n, 6, "exactly the remaining stock was sold");
+}
