@@ -230,6 +230,28 @@ async fn primary_of(nodes: &[Node], key: &str) -> Node {
         .clone()
 }
 
+/// The live primary other than `not` that serves `key`, once the cluster's
+/// view has settled (nodes learn of a failover by gossip, not all at once).
+async fn new_primary_of(cluster: &OwnCluster, key: &str, not: &str) -> Node {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = cluster.nodes().await;
+        let live = nodes.iter().find(|n| !n.failed).expect("a live node");
+        let slot = keyslot(&mut node_conn(&live.url()).await, key).await;
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| n.primary && !n.failed && n.addr != not && n.serves(slot))
+        {
+            return n.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no primary but {not} serves {key}: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn sale_key(prefix: &str, sale: &str) -> String {
     format!("{prefix}:{{{sale}}}:sale")
 }
@@ -883,7 +905,7 @@ async fn a_primary_killed_mid_burst_sells_no_unit_twice_and_recovers() {
     };
     println!("reserves succeed again {recovered:?} after the primary was killed");
     assert_ne!(
-        primary_of(&cluster.nodes().await, &sale_key(&prefix, &sale))
+        new_primary_of(&cluster, &sale_key(&prefix, &sale), &victim.addr)
             .await
             .addr,
         victim.addr,
@@ -1034,14 +1056,9 @@ async fn a_hung_primary_and_a_manual_failover_are_recovered_from() {
         "the hung primary's sale served again {:?} after the hang",
         stopped.elapsed()
     );
+    // A replica took over.
+    new_primary_of(&cluster, &sale_key(&app.prefix, hung_sale), &victim.addr).await;
     let now = cluster.nodes().await;
-    assert_ne!(
-        primary_of(&now, &sale_key(&app.prefix, hung_sale))
-            .await
-            .addr,
-        victim.addr,
-        "a replica took over"
-    );
     cluster.kill(victim.port());
 
     // A manual failover of the bystander's shard: its replica takes over,
@@ -1057,15 +1074,13 @@ async fn a_hung_primary_and_a_manual_failover_are_recovered_from() {
         .query_async(&mut rc)
         .await
         .expect("CLUSTER FAILOVER");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while primary_of(&cluster.nodes().await, &sale_key(&app.prefix, other_sale))
-        .await
-        .addr
-        != replica.addr
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no manual failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let promoted = new_primary_of(
+        &cluster,
+        &sale_key(&app.prefix, other_sale),
+        &bystander.addr,
+    )
+    .await;
+    assert_eq!(promoted.addr, replica.addr);
     let took = reserve_until_granted(&app, other_sale, Duration::from_secs(10)).await;
     println!("served {took:?} after the manual failover");
     for sale in &sales {
