@@ -89,6 +89,8 @@ pub struct Settings {
     pub rate: crate::limits::RateSettings,
     /// Most holds one buyer may have at once across all sales (0 = off).
     pub max_active_holds: u32,
+    /// Requests handled at once (the rest wait for a permit).
+    pub max_inflight: usize,
 }
 
 impl Default for Settings {
@@ -120,6 +122,7 @@ impl Default for Settings {
             dev_mode: false,
             rate: crate::limits::RateSettings::default(),
             max_active_holds: 10,
+            max_inflight: 256,
         }
     }
 }
@@ -216,6 +219,9 @@ impl Settings {
                 .filter(|p| !p.is_empty())
                 .map(|p| parse("FLASHGATE_TRUSTED_PROXIES", p))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = var("FLASHGATE_MAX_INFLIGHT") {
+            s.max_inflight = parse("FLASHGATE_MAX_INFLIGHT", &v)?;
         }
         if let Some(v) = var("FLASHGATE_DEV") {
             s.dev_mode = parse_bool("FLASHGATE_DEV", &v)?;

@@ -2,11 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// glibc's malloc was a sixth of the CPU under load (many small, short-lived
-/// allocations across worker threads); mimalloc handles that pattern better.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use flashgate::config::Settings;
 use flashgate::startup::{self, Application, Options};
 

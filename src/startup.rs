@@ -131,6 +131,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             worker: worker_status.clone(),
             limits: limits.clone(),
+            inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight)),
         });
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
@@ -146,6 +147,9 @@ impl Application {
                 )
                 .wrap(actix_web::middleware::from_fn(crate::metrics::middleware))
                 .wrap(TracingLogger::<crate::telemetry::RootSpan>::new())
+                // Outermost: a request waiting for its permit holds no span,
+                // no metrics state, no handler future.
+                .wrap(actix_web::middleware::from_fn(api::bounded))
                 .app_data(state.clone())
                 .app_data(api::json_config(limit))
                 .app_data(api::path_config())

@@ -30,6 +30,25 @@ pub struct AppState {
     /// The in-process write-behind worker, when `serve` runs one.
     pub worker: Option<Arc<WorkerStatus>>,
     pub limits: Arc<crate::limits::Limits>,
+    /// Requests being handled at once, over all workers; the rest wait
+    /// (cheaply) for a permit, so a 10,000-connection burst does not hold
+    /// 10,000 handler futures and Redis buffers at the same time.
+    pub inflight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Waits for an in-flight permit before the handler runs.
+pub async fn bounded(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let sem = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.inflight.clone());
+    let _permit = match &sem {
+        Some(s) => s.acquire().await.ok(),
+        None => None,
+    };
+    next.call(req).await
 }
 
 /// Registers a handler at the path its OpenAPI description names, so the
