@@ -93,7 +93,8 @@ impl Limits {
         l.check_key(&ip).map_err(|n| self.refused("ip", n))
     }
 
-    /// Forgets idle keys so the limiters' memory stays bounded.
+    /// Forgets keys whose quota is whole again, so the limiters' memory stays
+    /// bounded (called every 5 s: a buyer is forgotten ~4 s after its last burst).
     pub fn prune(&self) {
         if let Some(l) = &self.per_user {
             l.retain_recent();

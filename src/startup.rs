@@ -124,7 +124,7 @@ impl Application {
 
         crate::metrics::install();
         let limits = Arc::new(Limits::new(&settings.rate));
-        crate::limits::spawn_pruner(limits.clone(), Duration::from_secs(60));
+        crate::limits::spawn_pruner(limits.clone(), Duration::from_secs(5));
         let state = web::Data::new(AppState {
             service: service.clone(),
             auth: Auth::new(&settings),
