@@ -1,7 +1,8 @@
 //! One handle for standalone Redis and Redis Cluster.
 //!
 //! Standalone: a [`ConnectionManager`] (one multiplexed connection, cloned
-//! into every request, reconnecting by itself). Cluster: the cluster-aware
+//! into every request, reconnecting by itself when the connection drops;
+//! [`SingleHandle`] replaces it when calls time out). Cluster: the cluster-aware
 //! async connection of the `redis` crate, which routes each script call by
 //! its first key's slot and follows MOVED / ASK.
 //!
@@ -45,12 +46,65 @@ use redis::{Arg, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 
 #[derive(Clone)]
 pub enum RedisConn {
-    Single(ConnectionManager),
+    Single(SingleHandle),
     Cluster(ClusterHandle),
 }
 
-/// Least time between two rebuilds of a cluster connection.
+/// Least time between two rebuilds of a connection.
 const REBUILD_EVERY: Duration = Duration::from_secs(3);
+
+/// The standalone connection, replaced by a fresh one when calls time out.
+/// [`ConnectionManager`] reconnects when its connection drops or is
+/// refused, not on timeouts: a connection whose path turned into a black
+/// hole (Redis' host gone without a reset, a firewall or NAT that forgot
+/// the flow) times out every call until the kernel gives up on it, about
+/// 15 minutes later, while a new connection would work at once. The fresh
+/// manager connects lazily, on the next call; calls in flight finish on
+/// the old one. Clones share the handle: a rebuild serves them all.
+#[derive(Clone)]
+pub struct SingleHandle(Arc<SingleShared>);
+
+struct SingleShared {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    conn: RwLock<ConnectionManager>,
+    /// When the connection was last replaced.
+    replaced: Mutex<Option<Instant>>,
+}
+
+impl SingleHandle {
+    fn current(&self) -> ConnectionManager {
+        self.0
+            .conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A call timed out: replace the connection (at most once per
+    /// [`REBUILD_EVERY`]).
+    fn suspect(&self) {
+        let mut at = self
+            .0
+            .replaced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if at.is_some_and(|t| t.elapsed() < REBUILD_EVERY) {
+            return;
+        }
+        *at = Some(Instant::now());
+        match ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone())
+        {
+            Ok(fresh) => {
+                *self.0.conn.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                tracing::warn!("Redis calls are timing out: opening a fresh connection");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis calls are timing out and a fresh connection could not be set up")
+            }
+        }
+    }
+}
 
 /// The cluster connection, rebuilt from the seeds when calls keep timing
 /// out or failing to connect. The `redis` crate refreshes its slot map on
@@ -164,9 +218,13 @@ impl RedisConn {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(200));
-            Ok(Self::Single(ConnectionManager::new_lazy_with_config(
-                client, config,
-            )?))
+            let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+            Ok(Self::Single(SingleHandle(Arc::new(SingleShared {
+                client,
+                config,
+                conn: RwLock::new(conn),
+                replaced: Mutex::new(None),
+            }))))
         }
     }
 
@@ -174,10 +232,12 @@ impl RedisConn {
         matches!(self, Self::Cluster(_))
     }
 
-    /// A call on this connection ran out of time (see [`ClusterHandle`]).
+    /// A call on this connection ran out of time (see [`SingleHandle`],
+    /// [`ClusterHandle`]).
     pub fn timed_out(&self) {
-        if let Self::Cluster(h) = self {
-            h.suspect();
+        match self {
+            Self::Single(h) => h.suspect(),
+            Self::Cluster(h) => h.suspect(),
         }
     }
 }
@@ -212,7 +272,13 @@ fn is_noscript(r: &redis::RedisResult<Value>) -> bool {
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Single(h) => Box::pin(async move {
+                let r = h.current().req_packed_command(cmd).await;
+                if r.as_ref().is_err_and(redis::RedisError::is_timeout) {
+                    h.suspect();
+                }
+                r
+            }),
             Self::Cluster(h) => Box::pin(async move {
                 let mut c = h.current();
                 let mut r = c.req_packed_command(cmd).await;
@@ -237,7 +303,13 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Single(h) => Box::pin(async move {
+                let r = h.current().req_packed_commands(cmd, offset, count).await;
+                if r.as_ref().is_err_and(redis::RedisError::is_timeout) {
+                    h.suspect();
+                }
+                r
+            }),
             Self::Cluster(h) => Box::pin(async move {
                 let r = h.current().req_packed_commands(cmd, offset, count).await;
                 if r.as_ref().is_err_and(suspicious) {
@@ -250,7 +322,7 @@ impl ConnectionLike for RedisConn {
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(c) => c.get_db(),
+            Self::Single(h) => h.current().get_db(),
             Self::Cluster(h) => h.current().get_db(),
         }
     }
