@@ -14,5 +14,6 @@ mod limits;
 mod model;
 mod observability;
 mod openapi;
+mod proxy_faults;
 mod reconcile;
 mod recovery;
