@@ -102,3 +102,98 @@ async fn a_buyer_cannot_hold_more_than_the_cap_across_sales() {
     );
     assert_eq!(app.reserve(&sales[3], "scalper", 1, None).await.0, 201);
 }
+
+/// One buyer floods (100 reserves at once) inside a burst of 500 other
+/// buyers released at the same instant, with the default limits: the
+/// flood's excess gets 429 `rate_limited` with Retry-After (the per-buyer
+/// rate, then the active-hold cap), while every other buyer is served
+/// normally — none of them sees a 429 — and a refused request takes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_buyer_is_limited_while_500_others_in_the_same_burst_are_served() {
+    let app = Arc::new(spawn_app().await);
+    let defaults = flashgate::config::Settings::default();
+    let (rate, burst, cap) = (
+        defaults.rate.per_user_per_sec,
+        defaults.rate.per_user_burst,
+        defaults.max_active_holds,
+    );
+    assert!(rate > 0 && cap > 0, "the defaults limit buyers");
+    let sale = app.sale(100_000, 100, 300).await;
+    let (flood, others) = (100usize, 500usize);
+    let mut attempts: Vec<String> = (0..others).map(|i| format!("shopper-{i}")).collect();
+    attempts.extend(std::iter::repeat_n("flooder".to_string(), flood));
+    let barrier = Arc::new(tokio::sync::Barrier::new(attempts.len() + 1));
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|user| {
+            let (app, sale, barrier) = (app.clone(), sale.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let req = app
+                    .client
+                    .post(app.url(&format!("/v1/sales/{sale}/reservations")))
+                    .bearer_auth(token(&user))
+                    .json(&serde_json::json!({"quantity": 1}));
+                barrier.wait().await;
+                let r = req.send().await.expect("reserve");
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                (user, retry_after, body(r).await)
+            })
+        })
+        .collect();
+    barrier.wait().await;
+    let released = std::time::Instant::now();
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let took = released.elapsed();
+
+    let (mut flood_held, mut flood_limited, mut served) = (0u64, 0u64, 0u64);
+    for (user, retry_after, (status, v)) in &results {
+        if user == "flooder" {
+            match status {
+                201 => flood_held += 1,
+                429 => {
+                    assert_eq!(error_code(v), "rate_limited", "{v}");
+                    assert!(
+                        retry_after.is_some_and(|s| s >= 1),
+                        "Retry-After on every 429: {retry_after:?}"
+                    );
+                    flood_limited += 1;
+                }
+                s => panic!("flooder: unexpected {s} {v}"),
+            }
+        } else {
+            assert_eq!(*status, 201, "{user} was not served normally: {v}");
+            served += 1;
+        }
+    }
+    assert_eq!(served, others as u64, "every other buyer got its unit");
+    assert_eq!(flood_held + flood_limited, flood as u64);
+    assert!(
+        flood_held <= u64::from(cap),
+        "at most the active-hold cap ({cap}) of holds: {flood_held}"
+    );
+    // The rate limiter let through at most its burst plus what refilled
+    // while the burst lasted; everything else was refused.
+    let refilled = (took.as_secs_f64() * f64::from(rate)).ceil() as u64;
+    assert!(
+        flood_limited >= flood as u64 - u64::from(burst) - refilled,
+        "{flood_limited} refused in {took:?}"
+    );
+    let v = app.view(&sale).await;
+    assert_eq!(
+        v["held"].as_u64(),
+        Some(served + flood_held),
+        "a 429 takes nothing: {v}"
+    );
+    eprintln!(
+        "flood: {flood_held} held, {flood_limited} refused with 429; {served} other buyers served; burst answered in {took:?}"
+    );
+}
