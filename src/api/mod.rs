@@ -2,6 +2,8 @@
 //! contract. A handler reads: authenticate, validate, one call, map.
 
 pub mod extract;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod health;
 pub mod openapi;
 pub mod reservations;
