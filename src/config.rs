@@ -84,7 +84,7 @@ pub struct Settings {
     pub worker_batch: usize,
     pub worker_max_deliveries: u64,
     pub worker_claim_idle: Duration,
-    /// Started with `--dev`: weak or missing secrets are allowed (loudly).
+    /// Started with `--dev`: short secrets are allowed (loudly); missing ones never.
     pub dev_mode: bool,
     pub rate: crate::limits::RateSettings,
     /// Most holds one buyer may have at once across all sales (0 = off).

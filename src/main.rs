@@ -70,7 +70,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 settings.dev_mode = true;
             }
             if settings.dev_mode {
-                tracing::warn!("DEV MODE: weak or missing secrets are accepted. Never run like this in production.");
+                tracing::warn!(
+                    "DEV MODE: short secrets are accepted. Never run like this in production."
+                );
             }
             let app = Application::build(
                 settings,

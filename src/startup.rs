@@ -186,9 +186,10 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGINT / SIGTERM (or `handle().stop()`): stops accepting,
-    /// lets in-flight requests finish (bounded by the shutdown timeout), then
-    /// stops the worker (which never acks uncommitted work) and the sweeper.
+    /// Serves until SIGTERM (or `handle().stop(true)`): stops accepting, lets
+    /// in-flight requests finish (bounded by the shutdown timeout), then stops
+    /// the worker (which never acks uncommitted work) and the sweeper. SIGINT
+    /// and SIGQUIT stop the server at once (actix), the rest as above.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.shutdown.cancel();
