@@ -151,9 +151,7 @@ impl Application {
                 // no metrics state, no handler future.
                 .wrap(actix_web::middleware::from_fn(api::bounded))
                 .app_data(state.clone())
-                .app_data(api::json_config(limit))
                 .app_data(api::path_config())
-                .app_data(api::query_config())
                 .app_data(web::PayloadConfig::new(limit))
                 .configure(api::routes)
                 .default_service(web::to(api::not_found))

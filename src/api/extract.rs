@@ -3,6 +3,7 @@
 use std::future::{ready, Ready};
 
 use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use uuid::Uuid;
@@ -139,18 +140,11 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonObject<T> {
             if !json {
                 return Err(ApiError::invalid("expected Content-Type: application/json").into());
             }
-            let body = body
-                .await
-                .map_err(|_| ApiError::PayloadTooLarge { limit })?;
-            if body.len() > limit {
-                return Err(ApiError::PayloadTooLarge { limit }.into());
-            }
-            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                return Err(ApiError::invalid("invalid JSON body: expected a JSON object").into());
-            }
-            serde_json::from_slice(&body)
-                .map(JsonObject)
-                .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")).into())
+            let body = body.await.map_err(|e| match e.as_error::<PayloadError>() {
+                Some(PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
+                _ => ApiError::invalid("could not read the request body"),
+            })?;
+            parse_object(&body).map(JsonObject).map_err(Into::into)
         })
     }
 }
@@ -160,6 +154,17 @@ impl<T> std::ops::Deref for JsonObject<T> {
     fn deref(&self) -> &T {
         &self.0
     }
+}
+
+/// A JSON object as `T`: arrays are refused (serde would read a struct
+/// from `[1]`), and unknown or duplicate fields by `T`'s own rules.
+pub fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid(
+            "invalid JSON body: expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
 pub fn sale_id(raw: &str) -> Result<SaleId, ApiError> {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, PathError};
+use actix_web::error::PathError;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -85,37 +85,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     health::routes(cfg);
 }
 
-/// JSON bodies: size limit and the contract's error body for every failure.
-pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(move |err, _req| {
-            match err {
-                JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::OverflowKnownLength { .. } => {
-                    ApiError::PayloadTooLarge { limit }
-                }
-                JsonPayloadError::ContentType => {
-                    ApiError::invalid("expected Content-Type: application/json")
-                }
-                JsonPayloadError::Deserialize(e) => {
-                    ApiError::invalid(format!("invalid JSON body: {e}"))
-                }
-                other => ApiError::invalid(format!("invalid request body: {other}")),
-            }
-            .into()
-        })
-}
-
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err: PathError, _req| {
         ApiError::invalid(format!("invalid path: {err}")).into()
     })
-}
-
-pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default()
-        .error_handler(|err, _req| ApiError::invalid(format!("invalid query: {err}")).into())
 }
 
 /// Most bytes of request headers the API reads (names, values, separators).
@@ -175,7 +148,12 @@ pub fn ensure_json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorH
         400 => ApiError::invalid("bad request"),
         404 => ApiError::NotFound,
         405 => ApiError::MethodNotAllowed,
-        413 => ApiError::PayloadTooLarge { limit: 0 },
+        413 => ApiError::PayloadTooLarge {
+            limit: res
+                .request()
+                .app_data::<web::Data<AppState>>()
+                .map_or(0, |s| s.max_body_bytes),
+        },
         431 => ApiError::invalid("request headers too large"),
         401 => ApiError::Unauthorized("unauthorized"),
         503 => ApiError::Unavailable {

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::extract::{idempotency_key, reservation_id, sale_id, Buyer, Caller, JsonObject};
+use super::extract::{
+    idempotency_key, parse_object, reservation_id, sale_id, Buyer, Caller, JsonObject,
+};
 use super::views::{time, ErrorBody, ExtendInput, ReservationView, ReserveInput};
 use super::{route, AppState};
 use crate::error::ApiError;
@@ -219,10 +221,7 @@ pub(crate) async fn extend(
     let input: ExtendInput = if body.iter().all(u8::is_ascii_whitespace) {
         ExtendInput::default()
     } else {
-        // An object, never an array (serde would read a struct from `[5]`).
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-            .and_then(|m| serde_json::from_value(serde_json::Value::Object(m)))
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+        parse_object(&body)?
     };
     let by = match input.extend_secs {
         Some(0) => {

@@ -526,6 +526,19 @@ async fn array_bodies_are_refused() {
         .await
         .expect("send");
     assert_eq!(body(r).await.0, 400);
+    // extend reads its optional body itself: still 413, with the real limit.
+    let pad = format!("{{\"pad\": \"{}\"}}", "x".repeat(64 * 1024));
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/sales/{sale}/reservations/{}/extend", rid(&v))))
+        .bearer_auth(token("ann"))
+        .body(pad)
+        .send()
+        .await
+        .expect("send");
+    let (s, big) = body(r).await;
+    assert_eq!((s, error_code(&big)), (413, "payload_too_large"));
+    assert_eq!(big["error"]["details"]["limit_bytes"], 16 * 1024);
     let v = app.view(&sale).await;
     assert_eq!(
         (v["stock"].as_i64(), v["held"].as_i64()),
