@@ -14,7 +14,10 @@
 --                             expires max_until at)
 --   <base>h:<rid>     string  the live hold, expiring by PX at its deadline
 --   <base>idem:<user>:<key>  hash  Idempotency-Key -> rid, qty
--- where <base> = "<prefix>:{<sale_id>}:" is passed as ARGV[1].
+-- where <base> = "<prefix>:{<sale_id>}:" is passed as ARGV[1]. A buyer's
+-- active holds across sales (the anti-scalping cap) live under the buyer's
+-- own hash tag:
+--   <prefix>:{u:<user>}:active  zset  '<sale>|<rid>' -> hold deadline (ms)
 
 -- Integer to string without Lua's float formatting (13-digit ms timestamps).
 local function s(n)
@@ -27,9 +30,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Appends one event to the sale's stream, with the counters after the event.
-local function emit(base, kind, now, rid, user, qty)
-  local c = redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock')
+-- Appends one event to the sale's stream, with the counters after the event:
+-- `c` = {id, sold, held, stock} when the caller knows them, else read here.
+local function emit(base, kind, now, rid, user, qty, c)
+  c = c or redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock')
   redis.call('XADD', base .. 'events', '*',
     'kind', kind, 'sale', c[1], 'rid', rid or '', 'user', user or '',
     'qty', s(qty or 0), 'at', s(now),
@@ -94,4 +98,40 @@ local function load_rec(base, rid, now)
     r[6] = 'lapsed'
   end
   return r
+end
+
+-- The buyer's active-hold set `key` (see above) has room for one more hold
+-- under `cap`: returns nil, n (n: members before the new one, maybe some
+-- past their deadline); full: the earliest deadline of its live holds.
+-- Holds past their deadline are dropped once the set looks full.
+local function holds_full(key, now, cap)
+  local n = redis.call('ZCARD', key)
+  if n >= cap then
+    n = n - redis.call('ZREMRANGEBYSCORE', key, '-inf', s(now))
+    if n >= cap then
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      return tonumber(first[2]), n
+    end
+  end
+  return nil, n
+end
+
+-- Counts (`flag` nil, `n` members before) or re-dates (`flag` 'XX') `member`
+-- in the buyer's active-hold set until `deadline`. The set lives as long as
+-- its latest hold: a new set gets that TTL, a set that has one (every set
+-- gets one when created) only ever a longer one (GT, Redis 7).
+local function hold_counted(key, member, deadline, now, flag, n)
+  if flag then
+    redis.call('ZADD', key, flag, s(deadline), member)
+  else
+    redis.call('ZADD', key, s(deadline), member)
+  end
+  local ttl = deadline - now
+  if ttl > 0 then
+    if n == 0 then
+      redis.call('PEXPIRE', key, s(ttl))
+    else
+      redis.call('PEXPIRE', key, s(ttl), 'GT')
+    end
+  end
 end

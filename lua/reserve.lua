@@ -4,9 +4,14 @@
 -- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
 -- KEYS[4] <base>r:<rid>   KEYS[5] <base>h:<rid>
 -- KEYS[6] <base>idem:<user>:<key>  (any key of the sale when ARGV[6] == '0')
+-- KEYS[7] <prefix>:{u:<user>}:active, the buyer's active holds across sales
+--         (any key of the sale when ARGV[9] == '0': on Redis Cluster it sits
+--         in another slot, and the caller runs admit.lua after this script)
 -- ARGV[1] base   ARGV[2] rid (fresh, made by the caller)   ARGV[3] user
 -- ARGV[4] qty    ARGV[5] sweep limit   ARGV[6] '1' to use the idempotency key
 -- ARGV[7] idempotency key ttl ms   ARGV[8] reservation record ttl ms
+-- ARGV[9] the buyer's cap of active holds across sales, '0' for none
+-- ARGV[10] the hold's member in KEYS[7]: '<sale>|<rid>'
 --
 -- Returns one of
 --   {'ok', rid, qty, expires_ms}            a new hold (or the one this rid
@@ -18,14 +23,20 @@
 --   {'over_limit', per_user_limit}          qty alone exceeds the cap
 --   {'user_limit', per_user_limit, held_by_user, bought_by_user}
 --   {'sold_out', available}
+--   {'busy', earliest_deadline_ms}          the buyer holds ARGV[9] units of
+--                                           sales already (the earliest ends then)
 -- Everything is checked before the first write: a refusal changes nothing
--- but the bounded sweep of expired holds.
-assert(#KEYS == 6 and #ARGV == 8, 'reserve.lua: wrong arity')
+-- but the bounded sweep of expired holds (of the sale and of the buyer).
+assert(#KEYS == 7 and #ARGV == 10, 'reserve.lua: wrong arity')
 local base, rid, user = ARGV[1], ARGV[2], ARGV[3]
 local qty = tonumber(ARGV[4])
 local use_idem = ARGV[6] == '1'
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- The sale's config and counters (and the buyer's units), read once: also
+-- the check that the sale has state here at all.
+local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
+  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id')
+if not c[1] then
   return {'not_loaded'}
 end
 local now = now_ms()
@@ -53,10 +64,12 @@ if use_idem then
   end
 end
 
-sweep(base, now, tonumber(ARGV[5]))
+if sweep(base, now, tonumber(ARGV[5])) > 0 then
+  -- Units came back: read the counters again.
+  local after = redis.call('HMGET', KEYS[1], 'sold', 'held', 'u:' .. user)
+  c[7], c[8], c[9] = after[1], after[2], after[3]
+end
 
-local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
-  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user)
 local stock, limit, ttl, max_hold = tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
 if c[5] ~= '' and now < tonumber(c[5]) then
   return {'not_started', tonumber(c[5])}
@@ -75,10 +88,17 @@ end
 if sold + held + qty > stock then
   return {'sold_out', math.max(stock - sold - held, 0)}
 end
+local cap = tonumber(ARGV[9])
+local earliest, counted
+if cap > 0 then
+  earliest, counted = holds_full(KEYS[7], now, cap)
+  if earliest then
+    return {'busy', earliest}
+  end
+end
 
 local expires = now + ttl
-redis.call('HINCRBY', KEYS[1], 'held', qty)
-redis.call('HINCRBY', KEYS[1], 'u:' .. user, qty)
+redis.call('HSET', KEYS[1], 'held', s(held + qty), 'u:' .. user, s(uheld + qty))
 redis.call('HSET', KEYS[4], 'user', user, 'qty', s(qty), 'status', 'held',
   'created', s(now), 'expires', s(expires), 'max_until', s(now + max_hold))
 redis.call('PEXPIRE', KEYS[4], ARGV[8])
@@ -88,5 +108,8 @@ if use_idem then
   redis.call('HSET', KEYS[6], 'rid', rid, 'qty', s(qty))
   redis.call('PEXPIRE', KEYS[6], ARGV[7])
 end
-emit(base, 'reserved', now, rid, user, qty)
+if cap > 0 then
+  hold_counted(KEYS[7], ARGV[10], expires, now, nil, counted)
+end
+emit(base, 'reserved', now, rid, user, qty, {c[11], c[7], s(held + qty), c[1]})
 return {'ok', rid, qty, expires}

@@ -233,11 +233,25 @@ impl Gate {
         user: &UserId,
         qty: u32,
         idem: Option<&IdempotencyKey>,
+        active_cap: u32,
     ) -> Result<ReserveOutcome, GateError> {
         let k = self.keys(sale);
         let idem_key = match idem {
             Some(key) => k.idempotency(user.as_str(), key.as_str()),
             None => k.sale(),
+        };
+        // The buyer's active-hold cap is counted in the same script where
+        // the buyer's key can be named next to the sale's (one Redis); on a
+        // cluster it is another slot, and the caller runs `admit_hold`.
+        let active_cap = if self.counts_holds_in_reserve() {
+            active_cap
+        } else {
+            0
+        };
+        let active_key = if active_cap > 0 {
+            keys::user_holds(&self.opts.prefix, user.as_str())
+        } else {
+            k.sale()
         };
         let mut inv = self.scripts.reserve.prepare_invoke();
         inv.key(k.sale())
@@ -245,7 +259,8 @@ impl Gate {
             .key(k.events())
             .key(k.reservation(rid))
             .key(k.hold(rid))
-            .key(idem_key);
+            .key(idem_key)
+            .key(active_key);
         inv.arg(k.base())
             .arg(rid)
             .arg(user.as_str())
@@ -253,7 +268,9 @@ impl Gate {
             .arg(self.opts.sweep_batch)
             .arg(if idem.is_some() { "1" } else { "0" })
             .arg(ms(self.opts.idempotency_ttl))
-            .arg(ms(self.opts.record_ttl));
+            .arg(ms(self.opts.record_ttl))
+            .arg(active_cap)
+            .arg(format!("{sale}|{rid}"));
         let r = self.invoke("reserve", &inv).await?;
         Ok(match r.tag()? {
             "ok" => ReserveOutcome::Held {
@@ -283,8 +300,18 @@ impl Gate {
             "sold_out" => ReserveOutcome::SoldOut {
                 available: r.int(1)?,
             },
+            "busy" => ReserveOutcome::ActiveHoldsFull {
+                earliest_ms: r.int(1)?,
+            },
             _ => return Err(r.unexpected()),
         })
+    }
+
+    /// Whether `reserve` counts a hold against its buyer's active-hold cap
+    /// itself (one Redis), or the caller must run `admit_hold` after it
+    /// (Redis Cluster: the buyer's key is in another slot than the sale's).
+    pub fn counts_holds_in_reserve(&self) -> bool {
+        !self.conn.is_cluster()
     }
 
     async fn transition(

@@ -59,6 +59,11 @@ pub enum ReserveOutcome {
     SoldOut {
         available: i64,
     },
+    /// The buyer already has its cap of active holds across sales; the
+    /// earliest of them ends at `earliest_ms`.
+    ActiveHoldsFull {
+        earliest_ms: i64,
+    },
 }
 
 impl ReserveOutcome {
@@ -73,6 +78,7 @@ impl ReserveOutcome {
             Self::OverLimit { .. } => "over_limit",
             Self::UserLimit { .. } => "user_limit_exceeded",
             Self::SoldOut { .. } => "sold_out",
+            Self::ActiveHoldsFull { .. } => "active_holds",
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashgate::gate::ReserveOutcome;
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
@@ -511,15 +512,26 @@ async fn a_reserve_call_run_twice_holds_once() {
     let user = flashgate::ids::UserId::parse("ann").expect("user");
     let rid = uuid::Uuid::new_v4().to_string();
     let gate = &app.service.gate;
+    // With an active-hold cap of 2 across sales (counted by this very
+    // script on one Redis; on a cluster the caller counts it after).
     let first = gate
-        .reserve(&id, &rid, &user, 2, None)
+        .reserve(&id, &rid, &user, 2, None, 2)
         .await
         .expect("reserve");
     let again = gate
-        .reserve(&id, &rid, &user, 2, None)
+        .reserve(&id, &rid, &user, 2, None, 2)
         .await
         .expect("again");
     assert_eq!(format!("{first:?}"), format!("{again:?}"));
+    assert!(matches!(first, ReserveOutcome::Held { .. }), "{first:?}");
+    // The buyer's active holds count it once: one more hold elsewhere fits.
+    let other = flashgate::ids::SaleId::parse(&app.sale(5, 2, 60).await).expect("sale id");
+    let elsewhere = uuid::Uuid::new_v4().to_string();
+    let second = gate
+        .reserve(&other, &elsewhere, &user, 1, None, 2)
+        .await
+        .expect("reserve elsewhere");
+    assert!(matches!(second, ReserveOutcome::Held { .. }), "{second:?}");
     let v = app.view(&sale).await;
     assert_eq!(
         (v["held"].as_i64(), v["available"].as_i64()),
