@@ -11,6 +11,7 @@ use crate::cli::{check_share, BurstArgs, Common};
 use crate::client::{
     build_client, release_together, short_id, timed, wall_time, Answer, Api, SaleView, TokenMinter,
 };
+use crate::raw::{Conn, Target};
 use crate::report::{Check, Head, Params, Report, Tally};
 
 /// How many reserve requests each buyer sends: 1, or 3 for the retrying share
@@ -263,37 +264,58 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
         user_ids.push(uid);
     }
 
-    let healthz = api.healthz_url();
-    let mut jobs = Vec::new();
     let mut slot_buyer = Vec::new();
-    for (buyer, &n) in attempts.iter().enumerate() {
-        // One client per buyer, keeping one idle connection per request slot.
-        let client = build_client(n as usize, timeout)?;
-        for slot in 0..n {
-            let warm = if slot == 0 { n as usize } else { 0 };
-            let c1 = client.clone();
-            let url = healthz.clone();
-            let req = api.reserve(&client, &sale, &tokens[buyer], args.quantity, None);
-            slot_buyer.push(buyer);
-            jobs.push((
-                move || async move {
-                    if warm > 0 {
-                        crate::client::warm_up(&c1, &url, warm).await?;
-                    }
-                    Ok(())
-                },
-                move |()| timed(req),
-            ));
-        }
-    }
-    let total = jobs.len();
+    let total: usize = attempts.iter().map(|&n| n as usize).sum();
     if !common.json {
         eprintln!(
             "burst: {} buyers, {total} requests; opening connections...",
             attempts.len()
         );
     }
-    let (_released, fired) = release_together(jobs, 64).await?;
+    // One connection per request slot, opened (and served a GET /healthz)
+    // before the release; each request is ready as bytes.
+    let fired = match Target::from_base(api.base())? {
+        Some(target) => {
+            let mut jobs = Vec::with_capacity(total);
+            for (buyer, &n) in attempts.iter().enumerate() {
+                for _ in 0..n {
+                    let target = target.clone();
+                    let req = target.reserve(&sale, &tokens[buyer], args.quantity);
+                    slot_buyer.push(buyer);
+                    jobs.push((
+                        move || async move { Conn::open(&target, timeout).await },
+                        move |mut conn: Conn| async move { conn.timed(&req).await },
+                    ));
+                }
+            }
+            release_together(jobs, 64).await?.1
+        }
+        None => {
+            let healthz = api.healthz_url();
+            let mut jobs = Vec::with_capacity(total);
+            for (buyer, &n) in attempts.iter().enumerate() {
+                // One client per buyer, keeping one idle connection per request slot.
+                let client = build_client(n as usize, timeout)?;
+                for slot in 0..n {
+                    let warm = if slot == 0 { n as usize } else { 0 };
+                    let c1 = client.clone();
+                    let url = healthz.clone();
+                    let req = api.reserve(&client, &sale, &tokens[buyer], args.quantity, None);
+                    slot_buyer.push(buyer);
+                    jobs.push((
+                        move || async move {
+                            if warm > 0 {
+                                crate::client::warm_up(&c1, &url, warm).await?;
+                            }
+                            Ok(())
+                        },
+                        move |()| timed(req),
+                    ));
+                }
+            }
+            release_together(jobs, 64).await?.1
+        }
+    };
     let wall = wall_time(&fired);
     let after = api.require_sale(&sale).await?;
 

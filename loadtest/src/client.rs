@@ -158,32 +158,40 @@ pub async fn timed(req: reqwest::RequestBuilder) -> Answer {
     .await;
     let latency = start.elapsed();
     match result {
-        Ok((status, bytes)) => {
-            let body: Option<Value> = serde_json::from_slice(&bytes).ok();
-            let code = if status >= 300 {
-                Some(
-                    body.as_ref()
-                        .and_then(|b| b.pointer("/error/code"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("unparsed")
-                        .to_string(),
-                )
-            } else {
-                None
-            };
-            Answer {
-                status: Some(status),
-                code,
-                latency,
-                body,
-            }
-        }
-        Err(e) => Answer {
-            status: None,
-            code: Some(transport_kind(&e).to_string()),
-            latency,
-            body: Some(Value::String(e.to_string())),
-        },
+        Ok((status, bytes)) => answer_from(status, &bytes, latency),
+        Err(e) => transport_answer(transport_kind(&e), e.to_string(), latency),
+    }
+}
+
+/// The answer to a request that got an HTTP response.
+pub fn answer_from(status: u16, bytes: &[u8], latency: Duration) -> Answer {
+    let body: Option<Value> = serde_json::from_slice(bytes).ok();
+    let code = if status >= 300 {
+        Some(
+            body.as_ref()
+                .and_then(|b| b.pointer("/error/code"))
+                .and_then(Value::as_str)
+                .unwrap_or("unparsed")
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    Answer {
+        status: Some(status),
+        code,
+        latency,
+        body,
+    }
+}
+
+/// The answer to a request that failed below HTTP (`kind`: timeout, connect, ...).
+pub fn transport_answer(kind: &str, message: String, latency: Duration) -> Answer {
+    Answer {
+        status: None,
+        code: Some(kind.to_string()),
+        latency,
+        body: Some(Value::String(message)),
     }
 }
 

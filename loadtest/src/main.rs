@@ -7,6 +7,7 @@ mod burst;
 mod cli;
 mod client;
 mod flow;
+mod raw;
 mod report;
 mod sustained;
 

@@ -13,6 +13,7 @@ use tokio::sync::Barrier;
 
 use crate::cli::{Common, SustainedArgs, SustainedMode};
 use crate::client::{build_client, short_id, timed, warm_up, Api, SaleView, TokenMinter};
+use crate::raw::{Conn, Target};
 use crate::report::{Check, Head, Params, Report, Tally};
 
 /// Largest stock flashgate accepts: "huge" for the success mode.
@@ -135,15 +136,29 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
     };
 
     let n = args.concurrency as usize;
-    let client = build_client(n, timeout)?;
-    warm_up(&client, &api.healthz_url(), n).await?;
+    let target = Target::from_base(api.base())?;
+    let client = build_client(if target.is_some() { 1 } else { n }, timeout)?;
+    // One connection per task: opened and served once before the clock starts.
+    let mut conns = Vec::with_capacity(n);
+    match &target {
+        Some(t) => {
+            for _ in 0..n {
+                conns.push(Some(Conn::open(t, timeout).await?));
+            }
+        }
+        None => {
+            warm_up(&client, &api.healthz_url(), n).await?;
+            conns.resize_with(n, || None);
+        }
+    }
 
     let run = short_id("r");
     let counter = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(n + 1));
     let mut handles = Vec::with_capacity(n);
-    for task in 0..n {
+    for (task, mut conn) in conns.into_iter().enumerate() {
         let client = client.clone();
+        let target = target.clone();
         let api = api.clone();
         let minter = minter.clone();
         let sale = sale.clone();
@@ -161,7 +176,12 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
                 let uid = format!("{sale}-{run}-{task}-{seq}");
                 seq += 1;
                 let token = minter.mint(&uid)?;
-                let answer = timed(api.reserve(&client, &sale, &token, 1, None)).await;
+                let answer = match (&mut conn, &target) {
+                    (Some(conn), Some(target)) => {
+                        conn.timed(&target.reserve(&sale, &token, 1)).await
+                    }
+                    _ => timed(api.reserve(&client, &sale, &token, 1, None)).await,
+                };
                 tally.record_answer(&answer);
                 counter.fetch_add(1, Ordering::Relaxed);
                 last = Instant::now();
