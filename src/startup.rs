@@ -137,6 +137,15 @@ impl Application {
         let port = listener.local_addr()?.port();
         let limit = settings.max_body_bytes;
         let mut server = HttpServer::new(move || {
+            // Runs on each worker thread: its Redis calls get a connection
+            // of their own, opened now rather than by the first request.
+            crate::gate::conn::own_connection_per_thread();
+            let gate = state.service.gate.clone();
+            actix_web::rt::spawn(async move {
+                if let Err(e) = gate.ping().await {
+                    tracing::debug!(error = %crate::error::chain(&e), "HTTP worker could not reach Redis yet");
+                }
+            });
             App::new()
                 .wrap(actix_web::middleware::from_fn(api::limit_headers))
                 .wrap(

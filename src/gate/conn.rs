@@ -36,6 +36,8 @@
 //!   primaries the client is connected to, so `/readyz` stays 200 while one
 //!   shard fails over. `CONFIG GET` goes to one node.
 
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,28 @@ pub enum RedisConn {
 /// Least time between two rebuilds of a connection.
 const REBUILD_EVERY: Duration = Duration::from_secs(3);
 
+/// Handles' ids, to find a handle's manager among a thread's own.
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Set on HTTP worker threads (see [`own_connection_per_thread`]).
+    static OWN_CONNECTION: Cell<bool> = const { Cell::new(false) };
+    /// This thread's managers: (handle id, handle generation, manager).
+    static THREAD_MANAGERS: RefCell<Vec<(u64, u64, ConnectionManager)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Called on each HTTP worker thread: standalone Redis calls made on this
+/// thread go over a connection of its own, whose I/O task runs on this
+/// thread's runtime. A call then never crosses threads (no wake-up of
+/// another thread to write the command, none to hand back the answer),
+/// and each worker parses its own answers; each worker's calls are still
+/// pipelined on its connection. Other threads share the handle's one
+/// connection.
+pub fn own_connection_per_thread() {
+    OWN_CONNECTION.with(|c| c.set(true));
+}
+
 /// The standalone connection, replaced by a fresh one when calls time out.
 /// [`ConnectionManager`] reconnects when its connection drops or is
 /// refused, not on timeouts: a connection whose path turned into a black
@@ -65,6 +89,10 @@ const REBUILD_EVERY: Duration = Duration::from_secs(3);
 pub struct SingleHandle(Arc<SingleShared>);
 
 struct SingleShared {
+    id: u64,
+    /// Bumped when the connection is replaced: threads' own managers of an
+    /// older generation are replaced too.
+    generation: AtomicU64,
     client: redis::Client,
     config: ConnectionManagerConfig,
     conn: RwLock<ConnectionManager>,
@@ -74,11 +102,36 @@ struct SingleShared {
 
 impl SingleHandle {
     fn current(&self) -> ConnectionManager {
+        if OWN_CONNECTION.with(Cell::get) {
+            if let Some(m) = self.thread_manager() {
+                return m;
+            }
+        }
         self.0
             .conn
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// This thread's own manager for this handle (connecting lazily, on
+    /// its first call, from this thread's runtime).
+    fn thread_manager(&self) -> Option<ConnectionManager> {
+        let (id, generation) = (self.0.id, self.0.generation.load(Ordering::Acquire));
+        THREAD_MANAGERS.with(|ms| {
+            let mut ms = ms.borrow_mut();
+            if let Some((_, _, m)) = ms.iter().find(|(i, g, _)| *i == id && *g == generation) {
+                return Some(m.clone());
+            }
+            let m = ConnectionManager::new_lazy_with_config(
+                self.0.client.clone(),
+                self.0.config.clone(),
+            )
+            .ok()?;
+            ms.retain(|(i, _, _)| *i != id);
+            ms.push((id, generation, m.clone()));
+            Some(m)
+        })
     }
 
     /// A call timed out: replace the connection (at most once per
@@ -97,6 +150,7 @@ impl SingleHandle {
         {
             Ok(fresh) => {
                 *self.0.conn.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                self.0.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::warn!("Redis calls are timing out: opening a fresh connection");
             }
             Err(e) => {
@@ -220,6 +274,8 @@ impl RedisConn {
                 .set_max_delay(Duration::from_millis(200));
             let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
             Ok(Self::Single(SingleHandle(Arc::new(SingleShared {
+                id: NEXT_HANDLE.fetch_add(1, Ordering::Relaxed),
+                generation: AtomicU64::new(0),
                 client,
                 config,
                 conn: RwLock::new(conn),
