@@ -123,6 +123,7 @@ impl Application {
         }
 
         crate::metrics::install();
+        crate::metrics::spawn_upkeep(Duration::from_secs(5));
         let limits = Arc::new(Limits::new(&settings.rate));
         crate::limits::spawn_pruner(limits.clone(), Duration::from_secs(5));
         let state = web::Data::new(AppState {
