@@ -9,7 +9,8 @@ use serde_json::json;
 
 use crate::cli::{check_share, BurstArgs, Common};
 use crate::client::{
-    build_client, release_together, short_id, timed, wall_time, Answer, Api, SaleView, TokenMinter,
+    build_client, release_together, short_id, timed, wall_time, Answer, Api, Fired, SaleView,
+    TokenMinter,
 };
 use crate::raw::{Conn, Target};
 use crate::report::{Check, Head, Params, Report, Tally};
@@ -273,7 +274,10 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
         );
     }
     // One connection per request slot, opened (and served a GET /healthz)
-    // before the release; each request is ready as bytes.
+    // before the release; each request is ready as bytes. The connections
+    // stay open until every answer is in (`_open`): a buyer's browser keeps
+    // its connection, and no connection teardown runs inside the burst.
+    let mut _open = Vec::new();
     let fired = match Target::from_base(api.base())? {
         Some(target) => {
             let mut jobs = Vec::with_capacity(total);
@@ -284,11 +288,24 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
                     slot_buyer.push(buyer);
                     jobs.push((
                         move || async move { Conn::open(&target, timeout).await },
-                        move |mut conn: Conn| async move { conn.timed(&req).await },
+                        move |mut conn: Conn| async move { (conn.timed(&req).await, conn) },
                     ));
                 }
             }
-            release_together(jobs, 64).await?.1
+            let fired = release_together(jobs, 64).await?.1;
+            _open.reserve(fired.len());
+            fired
+                .into_iter()
+                .map(|f| {
+                    let (answer, conn) = f.value;
+                    _open.push(conn);
+                    Fired {
+                        start: f.start,
+                        end: f.end,
+                        value: answer,
+                    }
+                })
+                .collect()
         }
         None => {
             let healthz = api.healthz_url();
