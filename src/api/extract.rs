@@ -181,8 +181,13 @@ pub fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// Looked up by a ready name: by `&str`, every request would parse (and,
+/// for a non-standard header, allocate) the name again.
+const IDEMPOTENCY_KEY: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("idempotency-key");
+
 pub fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(v) = req.headers().get("Idempotency-Key") else {
+    let Some(v) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let bad = |reason: &str| ApiError::InvalidRequest {
