@@ -141,50 +141,8 @@ impl Service {
     ) -> Result<ReserveOutcome, ApiError> {
         let rid = Uuid::new_v4().to_string();
         let cap = self.max_active_holds;
-        let outcome = self
-            .loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem, cap))
-            .await?;
-        if let ReserveOutcome::Held {
-            rid, expires_ms, ..
-        } = &outcome
-        {
-            if cap > 0 && !self.gate.counts_holds_in_reserve() {
-                if let Some(earliest_ms) = self.admit(sale, user, rid, *expires_ms).await? {
-                    return Ok(ReserveOutcome::ActiveHoldsFull { earliest_ms });
-                }
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// Redis Cluster only (one Redis counts the hold in `reserve.lua`):
-    /// counts a granted hold against the buyer's cap of active holds across
-    /// sales; over the cap, the hold is cancelled again and `Some(when the
-    /// earliest of the buyer's holds ends)` returned. Admission is atomic per
-    /// buyer, so concurrent reserves cannot overshoot the cap. If Redis fails
-    /// here the hold stands (this is an abuse limit, not an invariant).
-    async fn admit(
-        &self,
-        sale: &SaleId,
-        user: &UserId,
-        rid: &str,
-        expires_ms: i64,
-    ) -> Result<Option<i64>, ApiError> {
-        match self
-            .gate
-            .admit_hold(user, sale, rid, expires_ms, self.max_active_holds)
+        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem, cap))
             .await
-        {
-            Ok(None) => Ok(None),
-            Ok(Some(earliest_ms)) => {
-                self.gate.cancel(sale, rid, Actor::Admin).await?;
-                Ok(Some(earliest_ms))
-            }
-            Err(e) => {
-                tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "could not count the hold against the buyer's active-hold cap");
-                Ok(None)
-            }
-        }
     }
 
     /// Best effort: an ended hold stops counting for its buyer (it would

@@ -57,6 +57,11 @@ pub fn user_holds(prefix: &str, user: &str) -> String {
     format!("{prefix}:{{u:{user}}}:active")
 }
 
+/// A hold's member in its buyer's active-hold set: `<sale>|<rid>`.
+pub fn user_hold_member(sale: &str, rid: &str) -> String {
+    format!("{sale}|{rid}")
+}
+
 /// The set of known sale ids (`<prefix>:sales`), for the sweeper and the
 /// worker. Written with plain commands, never from inside a sale's script.
 pub fn sales_index(prefix: &str) -> String {

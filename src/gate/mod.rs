@@ -226,7 +226,52 @@ impl Gate {
         Ok(())
     }
 
+    /// Holds `qty` units for `user`, counting the hold against the buyer's
+    /// cap of `active_cap` simultaneous holds across sales (0: no cap). On
+    /// one Redis the reserve script counts it itself, before its first
+    /// write. On Redis Cluster the buyer's set is in another slot than the
+    /// sale's keys: `admit.lua` counts the granted hold there, and a hold
+    /// over the cap is cancelled again. Either way the answer over the cap
+    /// is [`ReserveOutcome::ActiveHoldsFull`].
     pub async fn reserve(
+        &self,
+        sale: &SaleId,
+        rid: &str,
+        user: &UserId,
+        qty: u32,
+        idem: Option<&IdempotencyKey>,
+        active_cap: u32,
+    ) -> Result<ReserveOutcome, GateError> {
+        if !self.conn.is_cluster() {
+            return self
+                .reserve_script(sale, rid, user, qty, idem, active_cap)
+                .await;
+        }
+        let outcome = self.reserve_script(sale, rid, user, qty, idem, 0).await?;
+        if let ReserveOutcome::Held { expires_ms, .. } = outcome {
+            if active_cap > 0 {
+                match self
+                    .admit_hold(user, sale, rid, expires_ms, active_cap)
+                    .await
+                {
+                    Ok(None) => {}
+                    Ok(Some(earliest_ms)) => {
+                        self.cancel(sale, rid, Actor::Admin).await?;
+                        return Ok(ReserveOutcome::ActiveHoldsFull { earliest_ms });
+                    }
+                    // An abuse limit, not an invariant: the hold stands.
+                    Err(e) => {
+                        tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "could not count the hold against the buyer's active-hold cap");
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// `reserve.lua`; `active_cap` > 0 names the buyer's active-hold set
+    /// next to the sale's keys (one Redis only).
+    async fn reserve_script(
         &self,
         sale: &SaleId,
         rid: &str,
@@ -240,18 +285,13 @@ impl Gate {
             Some(key) => k.idempotency(user.as_str(), key.as_str()),
             None => k.sale(),
         };
-        // The buyer's active-hold cap is counted in the same script where
-        // the buyer's key can be named next to the sale's (one Redis); on a
-        // cluster it is another slot, and the caller runs `admit_hold`.
-        let active_cap = if self.counts_holds_in_reserve() {
-            active_cap
+        let (active_key, member) = if active_cap > 0 {
+            (
+                keys::user_holds(&self.opts.prefix, user.as_str()),
+                keys::user_hold_member(sale.as_str(), rid),
+            )
         } else {
-            0
-        };
-        let active_key = if active_cap > 0 {
-            keys::user_holds(&self.opts.prefix, user.as_str())
-        } else {
-            k.sale()
+            (k.sale(), String::new())
         };
         let mut inv = self.scripts.reserve.prepare_invoke();
         inv.key(k.sale())
@@ -270,7 +310,7 @@ impl Gate {
             .arg(ms(self.opts.idempotency_ttl))
             .arg(ms(self.opts.record_ttl))
             .arg(active_cap)
-            .arg(format!("{sale}|{rid}"));
+            .arg(member);
         let r = self.invoke("reserve", &inv).await?;
         Ok(match r.tag()? {
             "ok" => ReserveOutcome::Held {
@@ -305,13 +345,6 @@ impl Gate {
             },
             _ => return Err(r.unexpected()),
         })
-    }
-
-    /// Whether `reserve` counts a hold against its buyer's active-hold cap
-    /// itself (one Redis), or the caller must run `admit_hold` after it
-    /// (Redis Cluster: the buyer's key is in another slot than the sale's).
-    pub fn counts_holds_in_reserve(&self) -> bool {
-        !self.conn.is_cluster()
     }
 
     async fn transition(
@@ -522,9 +555,9 @@ impl Gate {
     }
 
     /// Counts a granted hold against the buyer's cap of active holds across
-    /// sales. `Ok(None)` admitted, `Ok(Some(ms))` refused (the earliest of the
-    /// buyer's holds ends at `ms`).
-    pub async fn admit_hold(
+    /// sales (Redis Cluster; see [`Self::reserve`]). `Ok(None)` admitted,
+    /// `Ok(Some(ms))` refused (the earliest of the buyer's holds ends at `ms`).
+    async fn admit_hold(
         &self,
         user: &UserId,
         sale: &SaleId,
@@ -560,7 +593,7 @@ impl Gate {
     ) -> Result<Option<i64>, GateError> {
         let mut inv = self.scripts.admit.prepare_invoke();
         inv.key(keys::user_holds(&self.opts.prefix, user.as_str()))
-            .arg(format!("{sale}|{rid}"))
+            .arg(keys::user_hold_member(sale.as_str(), rid))
             .arg(deadline_ms)
             .arg(cap)
             .arg(mode);
@@ -580,7 +613,7 @@ impl Gate {
         let _: i64 = self
             .bounded(conn.zrem(
                 keys::user_holds(&self.opts.prefix, user),
-                format!("{sale}|{rid}"),
+                keys::user_hold_member(sale.as_str(), rid),
             ))
             .await?;
         Ok(())

@@ -512,8 +512,8 @@ async fn a_reserve_call_run_twice_holds_once() {
     let user = flashgate::ids::UserId::parse("ann").expect("user");
     let rid = uuid::Uuid::new_v4().to_string();
     let gate = &app.service.gate;
-    // With an active-hold cap of 2 across sales (counted by this very
-    // script on one Redis; on a cluster the caller counts it after).
+    // With an active-hold cap of 2 across sales (counted by the reserve
+    // script on one Redis, by admit.lua after it on a cluster).
     let first = gate
         .reserve(&id, &rid, &user, 2, None, 2)
         .await
