@@ -275,9 +275,9 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     }
     // One connection per request slot, opened (and served a GET /healthz)
     // before the release; each request is ready as bytes. The connections
-    // stay open until every answer is in (`_open`): a buyer's browser keeps
-    // its connection, and no connection teardown runs inside the burst.
-    let mut _open = Vec::new();
+    // stay open until every answer is in (`keep_open`): a buyer's browser
+    // keeps its connection, and no connection teardown runs inside the burst.
+    let mut keep_open = Vec::new();
     let fired = match Target::from_base(api.base())? {
         Some(target) => {
             let mut jobs = Vec::with_capacity(total);
@@ -293,12 +293,12 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
                 }
             }
             let fired = release_together(jobs, 64).await?.1;
-            _open.reserve(fired.len());
+            keep_open.reserve(fired.len());
             fired
                 .into_iter()
                 .map(|f| {
                     let (answer, conn) = f.value;
-                    _open.push(conn);
+                    keep_open.push(conn);
                     Fired {
                         start: f.start,
                         end: f.end,
@@ -335,6 +335,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     };
     let wall = wall_time(&fired);
     let after = api.require_sale(&sale).await?;
+    drop(keep_open);
 
     let recorded: Vec<Attempt> = fired
         .into_iter()

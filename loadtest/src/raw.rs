@@ -105,36 +105,31 @@ impl Conn {
         Ok(conn)
     }
 
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// Sends `request` and reads its answer, timed from just before the send
     /// to the last byte of the body. A transport error is an answer too.
     pub async fn timed(&mut self, request: &[u8]) -> Answer {
         let start = Instant::now();
-        let result = self.exchange(request).await;
+        let result = tokio::time::timeout(self.timeout, self.exchange_inner(request)).await;
         let latency = start.elapsed();
-        match result {
-            Ok((status, body)) => answer_from(status, &body, latency),
-            Err(e) => {
-                // The connection's state is unknown: start over next time.
-                self.stream = None;
-                let kind = if e.to_string().contains("timed out") {
-                    "timeout"
-                } else {
-                    "transport"
-                };
-                transport_answer(kind, e.to_string(), latency)
-            }
-        }
+        let (kind, message) = match result {
+            Ok(Ok((status, body))) => return answer_from(status, &body, latency),
+            Ok(Err(e)) => ("transport", e.to_string()),
+            Err(_) => ("timeout", format!("no answer within {:?}", self.timeout)),
+        };
+        // The connection's state is unknown: start over next time.
+        self.stream = None;
+        transport_answer(kind, message, latency)
     }
 
+    /// [`Self::timed`] for the set-up requests: any failure is an error.
     async fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
-        let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.exchange_inner(request)).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.stream = None;
-                Err(anyhow!("request timed out after {timeout:?}"))
-            }
-        }
+        tokio::time::timeout(self.timeout, self.exchange_inner(request))
+            .await
+            .map_err(|_| anyhow!("no answer within {:?}", self.timeout))?
     }
 
     async fn exchange_inner(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {

@@ -113,6 +113,13 @@ async fn sold_out_sale(
     Ok(view)
 }
 
+/// How one task sends its requests: its own connection (`http://`), or
+/// reqwest's pool (`https://`).
+enum Sender {
+    Raw(Conn),
+    Pooled(reqwest::Client),
+}
+
 pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
@@ -136,19 +143,18 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
     };
 
     let n = args.concurrency as usize;
-    let target = Target::from_base(api.base())?;
-    let client = build_client(if target.is_some() { 1 } else { n }, timeout)?;
     // One connection per task: opened and served once before the clock starts.
-    let mut conns = Vec::with_capacity(n);
-    match &target {
+    let mut senders = Vec::with_capacity(n);
+    match Target::from_base(api.base())? {
         Some(t) => {
             for _ in 0..n {
-                conns.push(Some(Conn::open(t, timeout).await?));
+                senders.push(Sender::Raw(Conn::open(&t, timeout).await?));
             }
         }
         None => {
+            let client = build_client(n, timeout)?;
             warm_up(&client, &api.healthz_url(), n).await?;
-            conns.resize_with(n, || None);
+            senders.resize_with(n, || Sender::Pooled(client.clone()));
         }
     }
 
@@ -156,9 +162,7 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
     let counter = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(n + 1));
     let mut handles = Vec::with_capacity(n);
-    for (task, mut conn) in conns.into_iter().enumerate() {
-        let client = client.clone();
-        let target = target.clone();
+    for (task, mut sender) in senders.into_iter().enumerate() {
         let api = api.clone();
         let minter = minter.clone();
         let sale = sale.clone();
@@ -176,11 +180,11 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
                 let uid = format!("{sale}-{run}-{task}-{seq}");
                 seq += 1;
                 let token = minter.mint(&uid)?;
-                let answer = match (&mut conn, &target) {
-                    (Some(conn), Some(target)) => {
-                        conn.timed(&target.reserve(&sale, &token, 1)).await
+                let answer = match &mut sender {
+                    Sender::Raw(conn) => conn.timed(&conn.target().reserve(&sale, &token, 1)).await,
+                    Sender::Pooled(client) => {
+                        timed(api.reserve(client, &sale, &token, 1, None)).await
                     }
-                    _ => timed(api.reserve(&client, &sale, &token, 1, None)).await,
                 };
                 tally.record_answer(&answer);
                 counter.fetch_add(1, Ordering::Relaxed);
