@@ -92,28 +92,8 @@ pub fn mint(secret: &str, sub: &str, ttl_secs: u64) -> Result<String, jsonwebtok
 mod tests {
     use super::*;
     use crate::config::Secret;
-    use base64_engine::encode_b64;
-
-    mod base64_engine {
-        /// Unpadded URL-safe base64, enough to forge test tokens.
-        pub fn encode_b64(data: &[u8]) -> String {
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut out = String::new();
-            for chunk in data.chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..=chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
-    }
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
@@ -148,8 +128,9 @@ mod tests {
         )
         .expect("mint");
         assert_eq!(a.buyer(&expired), Err(AuthError::Invalid));
-        let header = encode_b64(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = encode_b64(format!(r#"{{"sub":"alice","exp":{}}}"#, exp + 1000).as_bytes());
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body =
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"alice","exp":{}}}"#, exp + 1000).as_bytes());
         assert_eq!(
             a.buyer(&format!("{header}.{body}.")),
             Err(AuthError::Invalid)

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -167,24 +169,6 @@ fn counters(v: &Value) -> (i64, i64, i64, i64) {
     (n("stock"), n("sold"), n("held"), n("available"))
 }
 
-/// Unpadded URL-safe base64, to forge tokens.
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 fn jwt(alg: jsonwebtoken::Algorithm, secret: &str, claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(alg),
@@ -232,8 +216,9 @@ fn bad_tokens() -> Vec<(&'static str, Option<String>)> {
             "alg none",
             Some(format!(
                 "Bearer {}.{}.",
-                b64(br#"{"alg":"none","typ":"JWT"}"#),
-                b64(format!(r#"{{"sub":"ann","exp":{}}}"#, now + 600).as_bytes())
+                URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+                URL_SAFE_NO_PAD
+                    .encode(format!(r#"{{"sub":"ann","exp":{}}}"#, now + 600).as_bytes())
             )),
         ),
         (
