@@ -408,19 +408,7 @@ async fn black_holed_redis_503s_in_bounded_time_and_retries_take_one_unit() {
     if cluster_mode() {
         return;
     }
-    let rounds = reserves_through_a_redis_fault(ProxyMode::Drop).await;
-    for r in &rounds[PER_GROUP..] {
-        assert_eq!(
-            r.first.status, 503,
-            "sent into the black hole: {}",
-            r.first.body
-        );
-        assert_eq!(
-            r.retry.status, 201,
-            "nothing had reached Redis: {}",
-            r.retry.body
-        );
-    }
+    each_refused_then_granted(ProxyMode::Drop, "sent into the black hole").await;
 }
 
 /// Redis connections reset (RST), new ones too: quick 503s; flashgate
@@ -430,13 +418,15 @@ async fn reset_redis_connections_503_and_retries_take_one_unit() {
     if cluster_mode() {
         return;
     }
-    let rounds = reserves_through_a_redis_fault(ProxyMode::Reset).await;
+    each_refused_then_granted(ProxyMode::Reset, "sent while Redis resets").await;
+}
+
+/// Every reserve sent during a Redis fault that loses what it was sent
+/// answers 503, and its retry is a new hold (201): nothing reached Redis.
+async fn each_refused_then_granted(mode: ProxyMode, during: &str) {
+    let rounds = reserves_through_a_redis_fault(mode).await;
     for r in &rounds[PER_GROUP..] {
-        assert_eq!(
-            r.first.status, 503,
-            "sent while Redis resets: {}",
-            r.first.body
-        );
+        assert_eq!(r.first.status, 503, "{during}: {}", r.first.body);
         assert_eq!(
             r.retry.status, 201,
             "nothing had reached Redis: {}",
