@@ -164,11 +164,6 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, Vec<u8>) {
     (s, r.bytes().await.expect("body").to_vec())
 }
 
-fn counters(v: &Value) -> (i64, i64, i64, i64) {
-    let n = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
-    (n("stock"), n("sold"), n("held"), n("available"))
-}
-
 fn jwt(alg: jsonwebtoken::Algorithm, secret: &str, claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(alg),

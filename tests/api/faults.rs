@@ -175,51 +175,11 @@ async fn app_on(redis: &RedisServer, redis_timeout: Duration) -> TestApp {
         .await
 }
 
-/// One answered request: status, JSON body, time taken.
-#[derive(Debug, Clone)]
-struct Answer {
-    what: &'static str,
-    status: u16,
-    body: Value,
-    took: Duration,
-}
-
-/// Sends and times a request; panics on a client-side failure (timeout,
-/// connection error) or a non-JSON body: the service must always answer.
-async fn timed(what: &'static str, req: reqwest::RequestBuilder) -> Answer {
-    let t = Instant::now();
-    let r = req
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: no answer after {:?}: {e}", t.elapsed()));
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{what}: {status} with a non-JSON body {text:?}"));
-    Answer {
-        what,
-        status,
-        body,
-        took: t.elapsed(),
-    }
-}
-
 fn reserve_req(app: &TestApp, sale: &str, user: &str) -> reqwest::RequestBuilder {
     app.client
         .post(app.url(&format!("/v1/sales/{sale}/reservations")))
         .bearer_auth(token(user))
         .json(&json!({"quantity": 1}))
-}
-
-fn confirm_req(app: &TestApp, sale: &str, rid: &str, user: &str) -> reqwest::RequestBuilder {
-    app.client
-        .post(app.url(&format!("/v1/sales/{sale}/reservations/{rid}/confirm")))
-        .bearer_auth(token(user))
-}
-
-fn counters(v: &Value) -> (i64, i64, i64, i64) {
-    let n = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
-    (n("stock"), n("sold"), n("held"), n("available"))
 }
 
 /// A 503 must be the contract's `unavailable` with Retry-After semantics

@@ -566,3 +566,60 @@ async fn pump(
     };
     tokio::join!(read, write);
 }
+
+/// One answered request: what it was, status, JSON body, the headers the
+/// fault tests read, and the time it took.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub what: String,
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<u64>,
+    pub replayed: bool,
+    pub took: Duration,
+}
+
+/// Sends and times a request; panics if it is not answered (the client's
+/// timeout, a dropped connection) or not with a JSON body: the service
+/// must always answer, and in the contract's shape.
+pub async fn timed(what: &str, req: reqwest::RequestBuilder) -> Answer {
+    let t = std::time::Instant::now();
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: no answer after {:?}: {e}", t.elapsed()));
+    let status = r.status().as_u16();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let text = r.text().await.expect("body");
+    let took = t.elapsed();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{what}: {status} with a non-JSON body {text:?}"));
+    Answer {
+        what: what.to_string(),
+        status,
+        body,
+        retry_after,
+        replayed,
+        took,
+    }
+}
+
+/// `POST .../confirm` by the reservation's buyer.
+pub fn confirm_req(app: &TestApp, sale: &str, rid: &str, user: &str) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url(&format!("/v1/sales/{sale}/reservations/{rid}/confirm")))
+        .bearer_auth(token(user))
+}
+
+/// (stock, sold, held, available) of a sale view.
+pub fn counters(v: &Value) -> (i64, i64, i64, i64) {
+    let n = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
+    (n("stock"), n("sold"), n("held"), n("available"))
+}

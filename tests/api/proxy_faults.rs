@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use flashgate::ids::SaleId;
 use futures_util::future::join_all;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 
 use crate::faults::RedisServer;
@@ -53,46 +53,6 @@ fn settle(mode: ProxyMode) -> Duration {
     }
 }
 
-/// One answered request: status, JSON body, the headers that matter, time.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    body: Value,
-    retry_after: Option<u64>,
-    replayed: bool,
-    took: Duration,
-}
-
-/// Sends and times a request; panics if it is not answered (the client's
-/// 30 s timeout, a dropped connection) or not with a JSON body.
-async fn send(what: &str, req: reqwest::RequestBuilder) -> Answer {
-    let t = Instant::now();
-    let r = req
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: no answer after {:?}: {e}", t.elapsed()));
-    let status = r.status().as_u16();
-    let header = |name: &str| {
-        r.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
-    let replayed = header("idempotent-replayed").as_deref() == Some("true");
-    let text = r.text().await.expect("body");
-    let took = t.elapsed();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{what}: {status} with a non-JSON body {text:?}"));
-    Answer {
-        status,
-        body,
-        retry_after,
-        replayed,
-        took,
-    }
-}
-
 /// A success in `ok`, or 503 `unavailable` with Retry-After (or 429
 /// `rate_limited` with Retry-After, when `ok` allows it), within `bound`.
 fn check(what: &str, a: &Answer, ok: &[u16], bound: Duration) {
@@ -115,11 +75,6 @@ fn check(what: &str, a: &Answer, ok: &[u16], bound: Duration) {
     }
 }
 
-fn counters(v: &Value) -> (i64, i64, i64, i64) {
-    let n = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
-    (n("stock"), n("sold"), n("held"), n("available"))
-}
-
 fn key(user: &str) -> String {
     format!("cart:{user}")
 }
@@ -130,12 +85,6 @@ fn reserve_req(app: &TestApp, sale: &str, user: &str) -> reqwest::RequestBuilder
         .bearer_auth(token(user))
         .header("Idempotency-Key", key(user))
         .json(&json!({"quantity": 1}))
-}
-
-fn confirm_req(app: &TestApp, sale: &str, rid: &str, user: &str) -> reqwest::RequestBuilder {
-    app.client
-        .post(app.url(&format!("/v1/sales/{sale}/reservations/{rid}/confirm")))
-        .bearer_auth(token(user))
 }
 
 /// Sends `make()` until it is answered with something other than 503 or
@@ -151,7 +100,7 @@ async fn until_answered(
     let mut allowed = ok.to_vec();
     allowed.push(429);
     loop {
-        let a = send(what, make()).await;
+        let a = timed(what, make()).await;
         check(what, &a, &allowed, bound);
         let wait = match a.status {
             503 => Duration::from_millis(100),
@@ -247,7 +196,7 @@ async fn reserves_through_a_redis_fault(mode: ProxyMode) -> Vec<Round> {
     let user = |i: usize| format!("buyer-{i}");
     let first = around_the_fault(&rig.proxy, mode, |i| {
         let (app, sale) = (app.clone(), sale.clone());
-        async move { send("reserve", reserve_req(&app, &sale, &user(i))).await }
+        async move { timed("reserve", reserve_req(&app, &sale, &user(i))).await }
     })
     .await;
     for (i, a) in first.iter().enumerate() {
@@ -449,14 +398,14 @@ async fn a_silently_dead_redis_connection_is_replaced() {
     let rig = redis_rig().await;
     let app = rig.app.clone();
     let sale = app.sale(1000, 10, 300).await;
-    let warm = send("reserve", reserve_req(&app, &sale, "warm")).await;
+    let warm = timed("reserve", reserve_req(&app, &sale, "warm")).await;
     assert_eq!(warm.status, 201, "{}", warm.body);
     rig.proxy.set(ProxyMode::Stale);
     let start = Instant::now();
     let mut tries = Vec::new();
     loop {
         let u = format!("buyer-{}", tries.len());
-        let a = send("reserve", reserve_req(&app, &sale, &u)).await;
+        let a = timed("reserve", reserve_req(&app, &sale, &u)).await;
         check(&format!("reserve {u}, stale"), &a, &[201], redis_bound());
         let done = a.status == 201;
         tries.push((u, a));
@@ -564,7 +513,7 @@ async fn confirms_through_a_postgres_fault(mode: ProxyMode) -> Vec<Answer> {
             let mut out = Vec::new();
             for i in 0..PER_GROUP {
                 out.push(
-                    send(
+                    timed(
                         "late reserve",
                         reserve_req(&app, &sale, &format!("late-{i}")),
                     )
@@ -576,7 +525,7 @@ async fn confirms_through_a_postgres_fault(mode: ProxyMode) -> Vec<Answer> {
     };
     let first = around_the_fault(&rig.proxy, mode, |i| {
         let (app, sale, rids) = (app.clone(), sale.clone(), rids.clone());
-        async move { send("confirm", confirm_req(&app, &sale, &rids[i], &user(i))).await }
+        async move { timed("confirm", confirm_req(&app, &sale, &rids[i], &user(i))).await }
     })
     .await;
     for (i, a) in first.iter().enumerate() {
