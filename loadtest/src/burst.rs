@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::cli::{check_share, BurstArgs, Common};
 use crate::client::{
-    build_client, release_together, short_id, timed, wall_time, Answer, Api, Fired, SaleView,
-    TokenMinter,
+    build_client, release_together, short_id, timed, unix_ms, wall_time, Answer, Api, Fired,
+    SaleView, TokenMinter,
 };
 use crate::raw::{Conn, Target};
 use crate::report::{Check, Head, Params, Report, Tally};
@@ -278,7 +278,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     // stay open until every answer is in (`keep_open`): a buyer's browser
     // keeps its connection, and no connection teardown runs inside the burst.
     let mut keep_open = Vec::new();
-    let fired = match Target::from_base(api.base())? {
+    let (released, fired) = match Target::from_base(api.base())? {
         Some(target) => {
             let mut jobs = Vec::with_capacity(total);
             for (buyer, &n) in attempts.iter().enumerate() {
@@ -292,9 +292,9 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
                     ));
                 }
             }
-            let fired = release_together(jobs, 64).await?.1;
+            let (released, fired) = release_together(jobs, 64).await?;
             keep_open.reserve(fired.len());
-            fired
+            let fired = fired
                 .into_iter()
                 .map(|f| {
                     let (answer, conn) = f.value;
@@ -305,7 +305,8 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
                         value: answer,
                     }
                 })
-                .collect()
+                .collect();
+            (released, fired)
         }
         None => {
             let healthz = api.healthz_url();
@@ -330,9 +331,10 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
                     ));
                 }
             }
-            release_together(jobs, 64).await?.1
+            release_together(jobs, 64).await?
         }
     };
+    let released_at = unix_ms(released);
     let wall = wall_time(&fired);
     let after = api.require_sale(&sale).await?;
     drop(keep_open);
@@ -372,6 +374,10 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
         ("quantity", json!(args.quantity)),
         ("expected_units", json!(exp.granted_units)),
         ("sale_after", json!(after)),
+        // When the requests went out (Unix ms): a process watching the
+        // server (e.g. `loadtest/bench` sampling its memory) can tell the
+        // connections-open phase from the burst itself.
+        ("released_at_unix_ms", json!(released_at)),
     ]);
     Ok(Report::new(
         Head::new("burst", api.base(), &sale, params),

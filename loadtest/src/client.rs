@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use jsonwebtoken::{encode, EncodingKey, Header};
@@ -429,6 +429,15 @@ where
     Ok((released, out))
 }
 
+/// An instant of this process as Unix time in milliseconds (0 if the clock
+/// reads before 1970).
+pub fn unix_ms(at: Instant) -> u64 {
+    SystemTime::now()
+        .checked_sub(at.elapsed())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Wall time from the first send to the last answer.
 pub fn wall_time<T>(fired: &[Fired<T>]) -> Duration {
     let first = fired.iter().map(|f| f.start).min();
@@ -503,6 +512,21 @@ mod tests {
         let first = fired.iter().map(|f| f.start).min().expect("some");
         let last = fired.iter().map(|f| f.start).max().expect("some");
         assert!(last.duration_since(first) < Duration::from_millis(15));
+    }
+
+    #[test]
+    fn unix_ms_places_an_instant_on_the_wall_clock() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis();
+        let at = Instant::now() - Duration::from_millis(1500);
+        let ms = u128::from(unix_ms(at));
+        // 1.5 s before the call, give or take the time the test takes.
+        assert!(
+            ms + 1550 >= before && ms + 1500 <= before + 1000,
+            "{ms} vs {before}"
+        );
     }
 
     #[tokio::test]
