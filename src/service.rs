@@ -67,7 +67,10 @@ impl Service {
     {
         match op().await {
             Err(GateError::NotLoaded) => {
-                self.restore(sale).await?;
+                // Boxed: the rebuild (a Postgres read, then a load script)
+                // is a rare path whose future is several KiB; inline, every
+                // request's future would carry that room.
+                Box::pin(self.restore(sale)).await?;
                 Ok(op().await?)
             }
             other => Ok(other?),
