@@ -68,6 +68,14 @@ impl ApiError {
         }
     }
 
+    /// 429 `rate_limited`: retry after `wait`, rounded up to whole seconds
+    /// (the `Retry-After` header counts seconds).
+    pub fn retry_after(wait: std::time::Duration) -> Self {
+        Self::RateLimited {
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        }
+    }
+
     pub fn unavailable(
         message: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
@@ -235,6 +243,18 @@ mod tests {
             .try_into_bytes()
             .expect("bytes");
         serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let secs = |ms| match ApiError::retry_after(std::time::Duration::from_millis(ms)) {
+            ApiError::RateLimited { retry_after_secs } => retry_after_secs,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            [secs(0), secs(1), secs(1000), secs(1001), secs(2999)],
+            [0, 1, 1, 2, 3]
+        );
     }
 
     #[test]

@@ -70,10 +70,7 @@ impl Limits {
         not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>,
     ) -> ApiError {
         crate::metrics::rate_limited(scope);
-        let wait = not_until.wait_time_from(self.clock.now());
-        ApiError::RateLimited {
-            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-        }
+        ApiError::retry_after(not_until.wait_time_from(self.clock.now()))
     }
 
     pub fn check_user(&self, user: &str) -> Result<(), ApiError> {

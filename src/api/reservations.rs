@@ -104,9 +104,9 @@ pub(crate) async fn reserve(
             // Retry once the earliest of the buyer's holds has ended.
             crate::metrics::rate_limited("active_holds");
             let wait_ms = (earliest_ms - chrono::Utc::now().timestamp_millis()).max(1000);
-            Err(ApiError::RateLimited {
-                retry_after_secs: u64::try_from(wait_ms).unwrap_or(1000).div_ceil(1000),
-            })
+            Err(ApiError::retry_after(Duration::from_millis(
+                u64::try_from(wait_ms).unwrap_or(1000),
+            )))
         }
     }
 }
