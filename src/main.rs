@@ -5,6 +5,15 @@ use clap::{Parser, Subcommand};
 use flashgate::config::Settings;
 use flashgate::startup::{self, Application, Options};
 
+/// jemalloc, not glibc's malloc: a request makes about a hundred small
+/// allocations, and glibc spent a fifth of flashgate's CPU on them (perf,
+/// sustained sold-out load). jemalloc measured 16-21 % less CPU per request
+/// on the same load, with peak RSS under a 10,000-connection burst within a
+/// few MiB of glibc's (mimalloc was as fast but added ~100 MiB there).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flashgate",
