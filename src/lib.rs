@@ -4,6 +4,7 @@
 //! `service` (a request across Redis and Postgres) → `api` (HTTP) →
 //! `store` (Postgres and the write-behind worker) → `startup`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;

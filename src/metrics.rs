@@ -181,6 +181,11 @@ pub fn holds_expired(via: &'static str, n: i64) {
     }
 }
 
+/// A request whose wait for an admission permit ran out (read uncounted).
+pub fn admission_wait_expired() {
+    counter!("flashgate_admission_wait_expired_total").increment(1);
+}
+
 pub fn rate_limited(scope: &'static str) {
     counter!("flashgate_rate_limited_total", "scope" => scope).increment(1);
 }

@@ -1,17 +1,22 @@
 //! Wiring: connections, shared state, background tasks and the HTTP server.
 
-use std::net::TcpListener;
+use std::future::ready;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, Protocol};
+use actix_service::{fn_service, map_config, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server};
 use actix_web::http::StatusCode;
 use actix_web::middleware::ErrorHandlers;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
+use crate::admission::Admission;
 use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -72,9 +77,28 @@ pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::
     ))
 }
 
+/// The listening socket, with room for a burst of new connections: the
+/// kernel holds up to 4096 not yet accepted (capped by `net.core.somaxconn`)
+/// where `TcpListener::bind` leaves 128, and a full queue drops SYNs, which
+/// clients resend only after a second.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)?.into_std()
+}
+
+/// actix-web's defaults, spelled out: admission waits end before them.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Application {
     port: u16,
     server: Server,
+    admission: Admission,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     pub service: Service,
@@ -134,50 +158,76 @@ impl Application {
             limits: limits.clone(),
             inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight)),
         });
-        let listener = TcpListener::bind(settings.listen)?;
-        let port = listener.local_addr()?.port();
+        let listener = listen(settings.listen)?;
+        let addr = listener.local_addr()?;
+        let port = addr.port();
         let limit = settings.max_body_bytes;
-        let mut server = HttpServer::new(move || {
-            // Runs on each worker thread: its Redis calls get a connection
-            // of their own, opened now rather than by the first request.
-            crate::gate::conn::own_connection_per_thread();
-            let gate = state.service.gate.clone();
-            actix_web::rt::spawn(async move {
-                if let Err(e) = gate.ping().await {
-                    tracing::debug!(error = %crate::error::chain(&e), "HTTP worker could not reach Redis yet");
-                }
-            });
-            App::new()
-                .wrap(actix_web::middleware::from_fn(api::limit_headers))
-                .wrap(
-                    ErrorHandlers::new()
-                        .default_handler_client(api::ensure_json_error)
-                        .default_handler_server(api::ensure_json_error)
-                        .handler(StatusCode::NOT_FOUND, api::ensure_json_error),
+        let admission =
+            Admission::new(settings.max_inflight, KEEP_ALIVE.min(FIRST_REQUEST_TIMEOUT));
+        // actix-web's `HttpServer`, assembled by hand so that each accepted
+        // connection is wrapped in `AdmittedStream` (see `admission`).
+        let mut builder = actix_server::Server::build();
+        let shutdown_signal = builder.graceful_shutdown_signal();
+        let conns = admission.clone();
+        builder = builder
+            .listen("flashgate-http", listener, move || {
+                // Runs on each worker thread: its Redis calls get a connection
+                // of their own, opened now rather than by the first request.
+                crate::gate::conn::own_connection_per_thread();
+                let gate = state.service.gate.clone();
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = gate.ping().await {
+                        tracing::debug!(error = %crate::error::chain(&e), "HTTP worker could not reach Redis yet");
+                    }
+                });
+                let app = App::new()
+                    .wrap(actix_web::middleware::from_fn(api::limit_headers))
+                    .wrap(
+                        ErrorHandlers::new()
+                            .default_handler_client(api::ensure_json_error)
+                            .default_handler_server(api::ensure_json_error)
+                            .handler(StatusCode::NOT_FOUND, api::ensure_json_error),
+                    )
+                    .wrap(actix_web::middleware::from_fn(crate::metrics::middleware))
+                    .wrap(TracingLogger::<crate::telemetry::RootSpan>::new())
+                    // Outermost: a request waiting for its permit holds no span,
+                    // no metrics state, no handler future.
+                    .wrap(actix_web::middleware::from_fn(api::bounded))
+                    .app_data(state.clone())
+                    .app_data(api::path_config())
+                    .app_data(web::PayloadConfig::new(limit))
+                    .configure(api::routes)
+                    .default_service(web::to(api::not_found));
+                let conns = conns.clone();
+                let signal = shutdown_signal.clone();
+                fn_service(move |io: tokio::net::TcpStream| {
+                    let io = conns.admit(io);
+                    let peer = io.peer_addr().ok();
+                    ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
+                })
+                .and_then(
+                    HttpService::build()
+                        .keep_alive(KEEP_ALIVE)
+                        .client_request_timeout(FIRST_REQUEST_TIMEOUT)
+                        .client_disconnect_timeout(Duration::from_secs(1))
+                        .local_addr(addr)
+                        .graceful_shutdown_signal(move || {
+                            let signal = signal.clone();
+                            async move { signal.notified().await }
+                        })
+                        .finish(map_config(app, |_| AppConfig::default())),
                 )
-                .wrap(actix_web::middleware::from_fn(crate::metrics::middleware))
-                .wrap(TracingLogger::<crate::telemetry::RootSpan>::new())
-                // Outermost: a request waiting for its permit holds no span,
-                // no metrics state, no handler future.
-                .wrap(actix_web::middleware::from_fn(api::bounded))
-                .app_data(state.clone())
-                .app_data(api::path_config())
-                .app_data(web::PayloadConfig::new(limit))
-                .configure(api::routes)
-                .default_service(web::to(api::not_found))
-        })
-        .listen(listener)?
-        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
-        .max_connection_rate(1024)
-        .backlog(4096);
+            })?
+            .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
         if settings.http_workers > 0 {
-            server = server.workers(settings.http_workers);
+            builder = builder.workers(settings.http_workers);
         }
-        let server = server.run();
+        let server = builder.run();
         tracing::info!(port, worker = opts.run_worker, durability = ?settings.confirm_durability, "flashgate listening");
         Ok(Self {
             port,
             server,
+            admission,
             shutdown,
             tasks,
             service,
@@ -187,6 +237,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The socket-level admission of this server (its counters, for tests).
+    pub fn admission(&self) -> Admission {
+        self.admission.clone()
     }
 
     /// A handle that stops the server gracefully (tests, signals).

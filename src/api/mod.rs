@@ -32,9 +32,10 @@ pub struct AppState {
     /// The in-process write-behind worker, when `serve` runs one.
     pub worker: Option<Arc<WorkerStatus>>,
     pub limits: Arc<crate::limits::Limits>,
-    /// Requests being handled at once, over all workers; the rest wait
-    /// (cheaply) for a permit, so a 10,000-connection burst does not hold
-    /// 10,000 handler futures and Redis buffers at the same time.
+    /// Requests being handled at once, over all workers. The socket-level
+    /// admission (`crate::admission`) already reads no more than this many
+    /// requests at once; this bound also holds for the requests it lets
+    /// through uncounted when their wait ran out.
     pub inflight: Arc<tokio::sync::Semaphore>,
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashgate::admission::Admission;
 use flashgate::config::{ConfirmDurability, Secret, Settings};
 use flashgate::gate::RedisConn;
 use flashgate::service::Service;
@@ -109,6 +110,8 @@ pub struct TestApp {
     pub prefix: String,
     pub pool: PgPool,
     pub service: Service,
+    /// The server's socket-level admission (its counters).
+    pub admission: Admission,
     /// The Redis this app uses (what `wipe_redis` and `drained` look at).
     pub redis_urls: Vec<String>,
     pub redis_cluster: bool,
@@ -170,6 +173,7 @@ impl Spawn {
             .expect("build app");
         let address = format!("http://127.0.0.1:{}", app.port());
         let service = app.service.clone();
+        let admission = app.admission();
         tokio::spawn(app.run_until_stopped());
         let pool = PgPool::connect(&db_url).await.expect("test pool");
         let client = Client::builder()
@@ -183,6 +187,7 @@ impl Spawn {
             prefix,
             pool,
             service,
+            admission,
             redis_urls,
             redis_cluster,
         }

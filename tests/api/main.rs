@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admission;
 mod bad_input;
 mod burst;
 mod cluster;

@@ -1,0 +1,242 @@
+//! Admission at the socket: at most `FLASHGATE_MAX_INFLIGHT` requests are
+//! read off their connections at once; the others stay in the kernel's
+//! socket buffers until one is answered.
+//!
+//! Why at the socket: actix-http builds a request's head (a header map sized
+//! for 16 headers, ~6.5 KiB) and the request objects as soon as it has read
+//! the bytes, before any middleware runs. When 10,000 buyers press "buy" at
+//! once, a permit taken in a middleware still left 10,000 heads in memory
+//! (~70 MiB, measured with valgrind's massif). Read the request only once it
+//! holds a permit, and memory follows the permits instead.
+//!
+//! The rules, per connection:
+//! - an idle keep-alive connection holds no permit: it waits for bytes
+//!   first, and asks for a permit only when a request has arrived;
+//! - the permit is given back when the answer has been written and flushed;
+//! - a wait for a permit is bounded ([`MAX_WAIT`], and never past the HTTP
+//!   layer's own idle / first-request timeout). When it runs out the request
+//!   is read anyway, uncounted, until its answer is flushed: a slow client
+//!   that sits on a permit, or a burst larger than the permits can drain in
+//!   that time, delays requests, never drops them.
+//!
+//! Pipelined requests that arrive in one read are answered under the first
+//! one's permit (actix-http caps them at 16 per connection).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::PollSemaphore;
+
+/// Longest a request waits for a permit before it is read uncounted.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// A wait ends this long before the HTTP layer would close the connection
+/// as idle (its timer runs from the last answer, or from the accept).
+const TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
+/// The permits, shared by every connection of the process.
+#[derive(Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    size: usize,
+    idle_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    peak: AtomicUsize,
+    waited: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl Admission {
+    /// `size` requests at once; `idle_timeout` is the HTTP layer's shortest
+    /// of keep-alive and first-request timeout.
+    pub fn new(size: usize, idle_timeout: Duration) -> Self {
+        let size = size.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            idle_timeout,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Wraps an accepted connection.
+    pub fn admit(&self, io: TcpStream) -> AdmittedStream {
+        AdmittedStream {
+            io,
+            permits: PollSemaphore::new(self.permits.clone()),
+            admission: self.clone(),
+            permit: None,
+            uncounted: false,
+            wrote: false,
+            idle_since: Instant::now(),
+            wait: None,
+        }
+    }
+
+    /// Requests read and not yet answered (counted ones).
+    pub fn in_use(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+
+    /// The most requests counted at once since start.
+    pub fn peak(&self) -> usize {
+        self.stats.peak.load(Ordering::Relaxed)
+    }
+
+    /// Requests that had to wait for a permit.
+    pub fn waited(&self) -> u64 {
+        self.stats.waited.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose wait ran out, read uncounted.
+    pub fn expired(&self) -> u64 {
+        self.stats.expired.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection that reads a request only while it holds a permit.
+pub struct AdmittedStream {
+    io: TcpStream,
+    permits: PollSemaphore,
+    admission: Admission,
+    permit: Option<OwnedSemaphorePermit>,
+    /// The wait ran out: read without a permit until the answer is flushed.
+    uncounted: bool,
+    /// Bytes of an answer written since the last flush.
+    wrote: bool,
+    /// Last answer flushed (or accepted): where the HTTP layer's idle timer starts.
+    idle_since: Instant,
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl AdmittedStream {
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.io.peer_addr()
+    }
+
+    /// Ready once the connection may read: it holds a permit, or its wait
+    /// ran out.
+    fn poll_admitted(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.permits.poll_acquire(cx) {
+            Poll::Ready(Some(p)) => {
+                self.permit = Some(p);
+                self.wait = None;
+                let in_use = self.admission.in_use();
+                self.admission
+                    .stats
+                    .peak
+                    .fetch_max(in_use, Ordering::Relaxed);
+                Poll::Ready(())
+            }
+            // The semaphore is never closed; if it were, do not block.
+            Poll::Ready(None) => {
+                self.uncounted = true;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                if self.wait.is_none() {
+                    self.admission.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    let by_layer = (self.idle_since + self.admission.idle_timeout)
+                        .checked_sub(TIMEOUT_MARGIN)
+                        .unwrap_or(self.idle_since);
+                    let deadline = (Instant::now() + MAX_WAIT).min(by_layer);
+                    self.wait = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                }
+                if let Some(wait) = self.wait.as_mut() {
+                    ready!(wait.as_mut().poll(cx));
+                }
+                self.wait = None;
+                self.uncounted = true;
+                // Drop the queued acquire: a permit handed to it later would
+                // otherwise sit here unused until this connection closes.
+                self.permits = PollSemaphore::new(self.permits.clone_inner());
+                self.admission.stats.expired.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::admission_wait_expired();
+                Poll::Ready(())
+            }
+        }
+    }
+
+    fn answered(&mut self) {
+        self.wrote = false;
+        self.permit = None;
+        self.uncounted = false;
+        self.idle_since = Instant::now();
+    }
+}
+
+impl AsyncRead for AdmittedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.permit.is_none() && !this.uncounted {
+            // Nothing to read yet: wait for bytes holding nothing.
+            ready!(this.io.poll_read_ready(cx))?;
+            ready!(this.poll_admitted(cx));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AdmittedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.wrote = true;
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.wrote = true;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) && this.wrote {
+            this.answered();
+        }
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.permit = None;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
