@@ -185,12 +185,20 @@ impl AsyncRead for AdmittedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.permit.is_none() && !this.uncounted {
+        let admitted_now = this.permit.is_none() && !this.uncounted;
+        if admitted_now {
             // Nothing to read yet: wait for bytes holding nothing.
             ready!(this.io.poll_read_ready(cx))?;
             ready!(this.poll_admitted(cx));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if admitted_now && r.is_pending() {
+            // The readiness was stale: there was nothing to read after all,
+            // so the connection is idle again and holds nothing.
+            this.permit = None;
+            this.uncounted = false;
+        }
+        r
     }
 }
 
