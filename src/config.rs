@@ -259,6 +259,10 @@ impl Settings {
         if self.max_body_bytes < 256 {
             return Err(err("FLASHGATE_MAX_BODY_BYTES", "must be at least 256"));
         }
+        if self.max_inflight == 0 {
+            // No permit would ever be free: every request would wait for ever.
+            return Err(err("FLASHGATE_MAX_INFLIGHT", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -358,6 +362,8 @@ mod tests {
         let e = Settings::from_lookup(lookup(&[("FLASHGATE_REDIS_URL", "redis://a,redis://b")]))
             .unwrap_err();
         assert_eq!(e.name, "FLASHGATE_REDIS_URL");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_MAX_INFLIGHT", "0")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_MAX_INFLIGHT");
     }
 
     #[test]
