@@ -134,11 +134,12 @@ impl AdmittedStream {
             Poll::Ready(Some(p)) => {
                 self.permit = Some(p);
                 self.wait = None;
+                // Written only when it rises: no shared write per request.
                 let in_use = self.admission.in_use();
-                self.admission
-                    .stats
-                    .peak
-                    .fetch_max(in_use, Ordering::Relaxed);
+                let peak = &self.admission.stats.peak;
+                if in_use > peak.load(Ordering::Relaxed) {
+                    peak.fetch_max(in_use, Ordering::Relaxed);
+                }
                 Poll::Ready(())
             }
             // The semaphore is never closed; if it were, do not block.
