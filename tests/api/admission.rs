@@ -90,13 +90,13 @@ async fn idle_keep_alive_connections_hold_no_permit() {
         .with(|s| s.max_inflight = 2)
         .start()
         .await;
-    let addr = app.address.trim_start_matches("http://").to_string();
+    let addr = app.socket_addr();
     // Ten connections, two permits. Connections that have sent nothing yet
     // (and, below, connections idle between requests) must hold none: the
     // last one opened is served at once, not after a wait that runs out.
     let mut conns = Vec::new();
     for _ in 0..10 {
-        conns.push(TcpStream::connect(&addr).await.expect("connect"));
+        conns.push(TcpStream::connect(addr).await.expect("connect"));
     }
     for _ in 0..2 {
         for c in conns.iter_mut().rev() {
@@ -120,10 +120,10 @@ async fn a_client_sitting_on_the_only_permit_delays_others_but_never_blocks_them
         .with(|s| s.max_inflight = 1)
         .start()
         .await;
-    let addr = app.address.trim_start_matches("http://").to_string();
+    let addr = app.socket_addr();
 
     // Half a request: its bytes take the only permit, and it never finishes.
-    let mut slow = TcpStream::connect(&addr).await.expect("connect");
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: fl")
         .await
         .expect("write");
@@ -132,7 +132,7 @@ async fn a_client_sitting_on_the_only_permit_delays_others_but_never_blocks_them
 
     // Another buyer is still answered: its wait runs out and it is read
     // uncounted.
-    let mut other = TcpStream::connect(&addr).await.expect("connect");
+    let mut other = TcpStream::connect(addr).await.expect("connect");
     assert_eq!(exchange(&mut other, HEALTHZ).await, "HTTP/1.1 200 OK");
     assert_eq!(app.admission.expired(), 1);
     assert_eq!(app.admission.in_use(), 1, "the slow client still holds it");

@@ -35,7 +35,7 @@ async fn raw(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    let addr = app.address.trim_start_matches("http://");
+    let addr = app.socket_addr();
     let mut req = Vec::new();
     req.extend_from_slice(method.as_bytes());
     req.push(b' ');

@@ -234,6 +234,11 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// `host:port`, for tests that speak HTTP over a raw socket.
+    pub fn socket_addr(&self) -> &str {
+        self.address.trim_start_matches("http://")
+    }
+
     pub async fn put_sale(&self, sale: &str, cfg: Value) -> (u16, Value) {
         body(
             self.client
