@@ -149,6 +149,29 @@ async fn public_sale_view_and_404() {
     assert_eq!((s, error_code(&v)), (400, "invalid_request"));
 }
 
+/// A buyer id may hold `:` and so may an Idempotency-Key: buyer `victim:b`
+/// with key `cart1` and buyer `victim` with key `b:cart1` are two buyers'
+/// two keys, never one (the attack replayed the other buyer's hold,
+/// relabelled as the attacker's).
+#[tokio::test]
+async fn idempotency_keys_never_cross_buyers_whatever_their_colons() {
+    let app = spawn_app().await;
+    let id = app.sale(10, 2, 60).await;
+    let (s, first) = app.reserve(&id, "victim:b", 1, Some("cart1")).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, other) = app.reserve(&id, "victim", 1, Some("b:cart1")).await;
+    assert_eq!(s, 201, "another buyer's key must not replay: {other}");
+    assert_ne!(rid(&other), rid(&first));
+    assert_eq!(other["user_id"], "victim");
+    // Each buyer still replays its own.
+    let (s, again) = app.reserve(&id, "victim", 1, Some("b:cart1")).await;
+    assert_eq!((s, rid(&again)), (200, rid(&other)));
+    let (s, again) = app.reserve(&id, "victim:b", 1, Some("cart1")).await;
+    assert_eq!((s, rid(&again)), (200, rid(&first)));
+    let (st, sold, held, _) = counters(&app.view(&id).await);
+    assert_eq!((st, sold, held), (10, 0, 2));
+}
+
 #[tokio::test]
 async fn reserve_error_codes() {
     let app = spawn_app().await;
