@@ -37,6 +37,9 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = 5;
+        // A token not valid yet (`nbf` in the future, beyond the same
+        // leeway as `exp`) is refused.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(iss) = &settings.jwt_issuer {
             validation.set_issuer(&[iss]);
@@ -61,10 +64,22 @@ impl Auth {
     }
 
     pub fn buyer(&self, token: &str) -> Result<UserId, AuthError> {
+        if names_critical_extensions(token) {
+            return Err(AuthError::Invalid);
+        }
         let data =
             decode::<Claims>(token, &self.key, &self.validation).map_err(|_| AuthError::Invalid)?;
         UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
     }
+}
+
+/// True when the token's header carries `crit` (or cannot be read, which
+/// `decode` refuses anyway). RFC 7515 4.1.11: a recipient that does not
+/// understand every extension `crit` names must refuse the token, and
+/// flashgate understands none; `jsonwebtoken` parses the field but does
+/// not act on it.
+fn names_critical_extensions(token: &str) -> bool {
+    jsonwebtoken::decode_header(token).map_or(true, |h| h.crit.is_some())
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
@@ -143,6 +158,45 @@ mod tests {
         .expect("mint");
         assert_eq!(a.buyer(&hs512), Err(AuthError::Invalid));
         assert_eq!(a.buyer("garbage"), Err(AuthError::Invalid));
+    }
+
+    fn sign_with_header(header: jsonwebtoken::Header, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("mint")
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_beyond_the_leeway() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let sign = |nbf: u64| {
+            sign_with_header(
+                jsonwebtoken::Header::new(Algorithm::HS256),
+                serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": nbf}),
+            )
+        };
+        assert_eq!(auth().buyer(&sign(now + 120)), Err(AuthError::Invalid));
+        assert!(auth().buyer(&sign(now + 2)).is_ok(), "within the leeway");
+        assert!(auth().buyer(&sign(now - 60)).is_ok());
+    }
+
+    #[test]
+    fn a_token_naming_critical_extensions_is_refused() {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = serde_json::json!({"sub": "alice", "exp": exp, "b64": false});
+        let plain = sign_with_header(jsonwebtoken::Header::new(Algorithm::HS256), claims.clone());
+        assert!(auth().buyer(&plain).is_ok(), "the same token without crit");
+        for crit in [vec!["b64".to_string()], vec!["x-unknown".into()], vec![]] {
+            let header = jsonwebtoken::Header {
+                crit: Some(crit.clone()),
+                ..jsonwebtoken::Header::new(Algorithm::HS256)
+            };
+            let t = sign_with_header(header, claims.clone());
+            assert_eq!(auth().buyer(&t), Err(AuthError::Invalid), "crit {crit:?}");
+        }
     }
 
     #[test]

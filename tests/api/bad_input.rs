@@ -266,6 +266,32 @@ fn bad_tokens() -> Vec<(&'static str, Option<String>)> {
                 jwt(hs256, JWT_SECRET, json!({"sub": 42, "exp": now + 600}))
             )),
         ),
+        (
+            "not valid yet (nbf in a minute)",
+            Some(format!(
+                "Bearer {}",
+                jwt(
+                    hs256,
+                    JWT_SECRET,
+                    json!({"sub": "ann", "exp": now + 600, "nbf": now + 60})
+                )
+            )),
+        ),
+        (
+            "an unknown critical header extension",
+            Some(format!(
+                "Bearer {}",
+                jsonwebtoken::encode(
+                    &jsonwebtoken::Header {
+                        crit: Some(vec!["x-unknown".into()]),
+                        ..jsonwebtoken::Header::new(hs256)
+                    },
+                    &json!({"sub": "ann", "exp": now + 600, "x-unknown": true}),
+                    &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+                )
+                .expect("mint")
+            )),
+        ),
         ("the admin token", Some(format!("Bearer {ADMIN}"))),
         (
             "an 8 KiB token",
