@@ -9,11 +9,12 @@
 -- KEYS[1] <prefix>:{u:<user>}:active   zset: '<sale>|<rid>' -> deadline ms
 -- ARGV[1] member   ARGV[2] deadline ms   ARGV[3] cap   ARGV[4] 'add' | 'refresh'
 --
--- Returns {'ok'} or {'full', earliest_deadline_ms}.
+-- Returns {'ok'} or {'full', earliest_deadline_ms}. Adding a member that is
+-- already counted (a replayed hold, a call run twice) only re-dates it.
 assert(#KEYS == 1 and #ARGV == 4, 'admit.lua: wrong arity')
 local now = now_ms()
 local deadline = tonumber(ARGV[2])
-if ARGV[4] == 'refresh' then
+if ARGV[4] == 'refresh' or redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   hold_counted(KEYS[1], ARGV[1], deadline, now, 'XX')
 else
   local earliest, n = holds_full(KEYS[1], now, tonumber(ARGV[3]))

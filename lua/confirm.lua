@@ -6,17 +6,20 @@
 -- ARGV[1] base   ARGV[2] rid   ARGV[3] acting user ('' for the admin)
 -- ARGV[4] reservation record ttl ms (kept this long after the confirm)
 --
--- Returns {outcome, user, qty, status, expires_ms, at_ms} with outcome
+-- Returns {outcome, user, qty, status, expires_ms, at_ms, epoch} with outcome
 --   'ok'          confirmed now (at_ms = confirmation time)
 --   'replay'      it was already confirmed (same reply, idempotent)
+-- (epoch: the sale's, which the order is recorded under; see lib.lua)
 --   'conflict'    it is cancelled or expired (status says which); a hold
 --                 past its deadline is expired here and its units given back
 --   'not_found' / 'forbidden' / 'not_loaded'
 assert(#KEYS == 5 and #ARGV == 4, 'confirm.lua: wrong arity')
 local base, rid, actor = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local epoch = redis.call('HMGET', KEYS[1], 'id', 'epoch')
+if not epoch[1] then
   return {'not_loaded'}
 end
+epoch = epoch[2]
 local now = now_ms()
 local r = load_rec(base, rid, now)
 if not r then
@@ -32,7 +35,7 @@ if r[6] then
   return rec_reply('conflict', r, 'expired')
 end
 if r[3] == 'confirmed' then
-  return rec_reply('replay', r)
+  return rec_reply('replay', r, nil, epoch)
 end
 if r[3] ~= 'held' then
   return rec_reply('conflict', r)
@@ -51,4 +54,4 @@ redis.call('ZREM', KEYS[2], rid)
 redis.call('DEL', KEYS[5])
 emit(base, 'confirmed', now, rid, user, qty)
 r[5] = s(now)
-return rec_reply('ok', r, 'confirmed')
+return rec_reply('ok', r, 'confirmed', epoch)

@@ -8,8 +8,8 @@
 --   {'ok', now_ms, last_event_id, sale_fields, live_holds, pending_confirms}
 -- sale_fields: the sale hash as a flat list (field, value, ...)
 -- live_holds: flat list (user, qty) of held, unexpired reservations
--- pending_confirms: flat list (rid, user, qty) of `confirmed` events still in
---   the stream (not yet written to Postgres and acknowledged)
+-- pending_confirms: flat list (rid, user, qty, at_ms, epoch) of `confirmed`
+--   events still in the stream (not yet written to Postgres and acknowledged)
 assert(#KEYS == 3 and #ARGV == 1, 'inspect.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
@@ -36,6 +36,8 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do
     pending[#pending + 1] = f['rid']
     pending[#pending + 1] = f['user']
     pending[#pending + 1] = f['qty']
+    pending[#pending + 1] = f['at'] or '0'
+    pending[#pending + 1] = f['epoch'] or '0'
   end
 end
 local tail = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)

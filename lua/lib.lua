@@ -6,14 +6,17 @@
 -- script touches one Redis Cluster slot):
 --   <base>sale        hash    config (id stock limit ttl_ms max_hold_ms starts
 --                             ends product created updated), counters (sold
---                             held), per buyer `u:<user>` (held) and
---                             `b:<user>` (bought)
+--                             held), the epoch this state was created or
+--                             rebuilt in (`epoch`, see migrations/0002), per
+--                             buyer `u:<user>` (held) and `b:<user>` (bought)
 --   <base>holds       zset    reservation id -> hold deadline (ms, Redis clock)
 --   <base>events      stream  one entry per state change, for the worker
 --   <base>r:<rid>     hash    reservation record (user qty status created
 --                             expires max_until at)
 --   <base>h:<rid>     string  the live hold, expiring by PX at its deadline
---   <base>idem:<user>:<key>  hash  Idempotency-Key -> rid, qty
+--   <base>idem:<len(user)>:<user>:<key>  hash  Idempotency-Key -> rid, qty
+--                             (the length keeps buyers `a:b` + key `k` and
+--                             `a` + key `b:k` apart)
 -- where <base> = "<prefix>:{<sale_id>}:" is passed as ARGV[1]. A buyer's
 -- active holds across sales (the anti-scalping cap) live under the buyer's
 -- own hash tag:
@@ -30,14 +33,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Appends one event to the sale's stream, with the counters after the event:
--- `c` = {id, sold, held, stock} when the caller knows them, else read here.
+-- Appends one event to the sale's stream, with the counters after the event
+-- and the sale's epoch (an order is recorded only in its epoch):
+-- `c` = {id, sold, held, stock, epoch} when the caller knows them, else read here.
 local function emit(base, kind, now, rid, user, qty, c)
-  c = c or redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock')
+  c = c or redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock', 'epoch')
   redis.call('XADD', base .. 'events', '*',
     'kind', kind, 'sale', c[1], 'rid', rid or '', 'user', user or '',
     'qty', s(qty or 0), 'at', s(now),
-    'sold', c[2] or '0', 'held', c[3] or '0', 'stock', c[4] or '0')
+    'sold', c[2] or '0', 'held', c[3] or '0', 'stock', c[4] or '0',
+    'epoch', c[5] or '0')
 end
 
 -- Ends a held reservation as `status` (expired / cancelled) and gives its
@@ -81,10 +86,11 @@ local function sweep(base, now, limit)
 end
 
 -- The reply shared by the reservation scripts:
--- {outcome, user, qty, status, expires_ms, at_ms}
-local function rec_reply(outcome, r, status)
+-- {outcome, user, qty, status, expires_ms, at_ms, epoch}
+-- (epoch: the sale's, where the caller records an order; else 0)
+local function rec_reply(outcome, r, status, epoch)
   return {outcome, r[1] or '', tonumber(r[2] or '0'), status or r[3] or '',
-    tonumber(r[4] or '0'), tonumber(r[5] or '0')}
+    tonumber(r[4] or '0'), tonumber(r[5] or '0'), tonumber(epoch or '0')}
 end
 
 -- Loads a reservation record as {user, qty, status, expires, at}; the status of

@@ -3,7 +3,8 @@
 --
 -- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
 -- KEYS[4] <base>r:<rid>   KEYS[5] <base>h:<rid>
--- KEYS[6] <base>idem:<user>:<key>  (any key of the sale when ARGV[6] == '0')
+-- KEYS[6] <base>idem:<len(user)>:<user>:<key>  (any key of the sale when
+--         ARGV[6] == '0')
 -- KEYS[7] <prefix>:{u:<user>}:active, the buyer's active holds across sales
 --         (any key of the sale when ARGV[9] == '0': on Redis Cluster it sits
 --         in another slot, and the caller runs admit.lua after this script)
@@ -35,7 +36,7 @@ local use_idem = ARGV[6] == '1'
 -- The sale's config and counters (and the buyer's units), read once: also
 -- the check that the sale has state here at all.
 local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
-  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id')
+  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id', 'epoch')
 if not c[1] then
   return {'not_loaded'}
 end
@@ -111,5 +112,5 @@ end
 if cap > 0 then
   hold_counted(KEYS[7], ARGV[10], expires, now, nil, counted)
 end
-emit(base, 'reserved', now, rid, user, qty, {c[11], c[7], s(held + qty), c[1]})
+emit(base, 'reserved', now, rid, user, qty, {c[11], c[7], s(held + qty), c[1], c[12]})
 return {'ok', rid, qty, expires}

@@ -91,6 +91,9 @@ pub struct Settings {
     pub max_active_holds: u32,
     /// Requests handled at once (the rest wait for a permit).
     pub max_inflight: usize,
+    /// A background task (write-behind, sweeper) failing this long is
+    /// stalled: `/readyz` says `degraded`, with the reason.
+    pub stall_after: Duration,
 }
 
 impl Default for Settings {
@@ -123,6 +126,7 @@ impl Default for Settings {
             rate: crate::limits::RateSettings::default(),
             max_active_holds: 10,
             max_inflight: 256,
+            stall_after: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +196,7 @@ impl Settings {
         ms("FLASHGATE_SWEEP_INTERVAL_MS", &mut s.sweep_interval)?;
         ms("FLASHGATE_SHUTDOWN_TIMEOUT_MS", &mut s.shutdown_timeout)?;
         ms("FLASHGATE_WORKER_CLAIM_IDLE_MS", &mut s.worker_claim_idle)?;
+        ms("FLASHGATE_STALL_AFTER_MS", &mut s.stall_after)?;
         if let Some(v) = var("FLASHGATE_HTTP_WORKERS") {
             s.http_workers = parse("FLASHGATE_HTTP_WORKERS", &v)?;
         }

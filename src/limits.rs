@@ -11,6 +11,7 @@ use actix_web::HttpRequest;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 
@@ -133,14 +134,14 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
 }
 
 /// Prunes the limiters every `every` until the process ends.
-pub fn spawn_pruner(limits: Arc<Limits>, every: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            limits.prune();
+pub async fn prune(limits: Arc<Limits>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => limits.prune(),
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ enum Command {
     /// Apply the Postgres migrations and exit.
     Migrate,
     /// Compare Redis with Postgres for every sale and print the drift
-    /// (exit code 1 when drift remains).
+    /// (exit code 1 when drift remains, 2 on an incident: an invariant broken).
     Reconcile {
         /// Repair Redis from Postgres (and Postgres' totals from its orders).
         #[arg(long)]
@@ -49,6 +49,10 @@ enum Command {
         /// Only this sale.
         #[arg(long)]
         sale: Option<String>,
+        /// A confirm this many seconds in a sale's stream but not yet in
+        /// Postgres is drift (the write-behind is behind or stalled), not lag.
+        #[arg(long, default_value_t = 60)]
+        max_lag_secs: u64,
     },
     /// Mint a buyer token (HS256, signed with FLASHGATE_JWT_SECRET).
     Token {
@@ -110,13 +114,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             store.migrate().await?;
             println!("migrations applied");
         }
-        Command::Reconcile { fix, sale } => {
+        Command::Reconcile {
+            fix,
+            sale,
+            max_lag_secs,
+        } => {
             let only = sale
                 .as_deref()
                 .map(flashgate::ids::SaleId::parse)
                 .transpose()?;
             let service = startup::service(&settings).await?;
-            let report = flashgate::reconcile::reconcile(&service, only.as_ref(), fix).await?;
+            let opts = flashgate::reconcile::Options {
+                fix,
+                max_lag: std::time::Duration::from_secs(max_lag_secs),
+            };
+            let report = flashgate::reconcile::reconcile(&service, only.as_ref(), &opts).await?;
+            for i in &report.incidents {
+                println!("INCIDENT {i}");
+            }
             for d in &report.drift {
                 println!("drift    {d}");
             }
@@ -133,11 +148,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let left = report.unresolved();
             println!(
-                "{} sale(s) checked, {} drift, {} unresolved",
+                "{} sale(s) checked, {} drift, {} unresolved, {} incident(s)",
                 report.sales,
                 report.drift.len() + report.missing.len(),
-                left
+                left,
+                report.incidents.len()
             );
+            if !report.incidents.is_empty() {
+                eprintln!("INCIDENT: an invariant is broken (oversold, or a buyer over the cap); nothing that would keep it broken was written. Investigate before the sale goes on.");
+                std::process::exit(2);
+            }
             if left > 0 {
                 std::process::exit(1);
             }

@@ -45,15 +45,14 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// it too; without it the raw samples pile up between scrapes, and for
 /// ever where nothing scrapes `/metrics` (measured: tens of MiB after a few
 /// million requests).
-pub fn spawn_upkeep(every: std::time::Duration) {
-    if let Some(h) = install() {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                h.run_upkeep();
-            }
-        });
+pub async fn upkeep(every: std::time::Duration, shutdown: tokio_util::sync::CancellationToken) {
+    let Some(h) = install() else { return };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => h.run_upkeep(),
+        }
     }
 }
 
@@ -202,6 +201,22 @@ pub fn write_behind_lag(backlog: i64, pending: i64) {
 
 pub fn postgres_write_error(path: &'static str) {
     counter!("flashgate_postgres_write_errors_total", "path" => path).increment(1);
+}
+
+/// Orders refused because their confirm ran in a sale state that was lost
+/// and rebuilt before the write (`path`: `confirm`, `write_behind`).
+pub fn stale_orders(path: &'static str, n: usize) {
+    counter!("flashgate_stale_orders_total", "path" => path).increment(n as u64);
+}
+
+/// A background task (`write-behind`, `sweeper`) that has been failing for
+/// longer than `FLASHGATE_STALL_AFTER_MS` (1), or not (0).
+pub fn task_stalled(task: &'static str, stalled: bool) {
+    metrics::gauge!("flashgate_background_stalled", "task" => task).set(if stalled {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 pub fn dead_lettered() {

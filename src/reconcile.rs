@@ -3,18 +3,26 @@
 //! what was sold) and Postgres' derived totals from its `orders`.
 //!
 //! Confirms still in the stream (not yet written by the worker) count as
-//! sold: they are not drift, only lag.
+//! sold: they are lag, not drift, while they are young. One older than
+//! `max_lag` means the write-behind is not doing its job: that is drift,
+//! and `--fix` writes the order itself.
+//!
+//! A sale that breaks an invariant (more sold than its stock, a buyer over
+//! the cap), in Postgres or in Redis, is an incident: reported loudly, and
+//! `--fix` never writes a state that breaks an invariant.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
+use chrono::DateTime;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::gate::{GateError, Inspection};
+use crate::gate::{GateError, Inspection, PendingConfirm};
 use crate::ids::SaleId;
 use crate::service::Service;
-use crate::store::SaleRow;
+use crate::store::{Order, SaleRow};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
@@ -41,10 +49,25 @@ impl fmt::Display for Drift {
     }
 }
 
+/// An invariant broken (`sold + held <= stock`, a buyer within the cap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    pub sale: String,
+    pub what: String,
+}
+
+impl fmt::Display for Incident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.sale, self.what)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub sales: usize,
     pub drift: Vec<Drift>,
+    /// Invariants broken: nothing was repaired for these sales' counters.
+    pub incidents: Vec<Incident>,
     /// Sales whose Redis state is missing (rebuilt on first use, or by --fix).
     pub missing: Vec<String>,
     /// Missing sales that --fix rebuilt.
@@ -98,26 +121,34 @@ struct Expected {
     bought: BTreeMap<String, i64>,
     held: i64,
     held_by: BTreeMap<String, i64>,
+    /// Confirms in the stream, not in Postgres, older than `max_lag`.
+    overdue: Vec<PendingConfirm>,
 }
 
 async fn expected(
     service: &Service,
     insp: &Inspection,
     orders: &BTreeMap<String, i64>,
+    max_lag: Duration,
 ) -> Result<Expected, ApiError> {
     let mut bought = orders.clone();
     let rids: Vec<Uuid> = insp
         .pending_confirms
         .iter()
-        .filter_map(|(r, _, _)| Uuid::parse_str(r).ok())
+        .filter_map(|p| Uuid::parse_str(&p.rid).ok())
         .collect();
     let present = service.store.orders_present(&rids).await?;
-    for (rid, user, qty) in &insp.pending_confirms {
-        if Uuid::parse_str(rid)
+    let max_lag_ms = i64::try_from(max_lag.as_millis()).unwrap_or(i64::MAX);
+    let mut overdue = Vec::new();
+    for p in &insp.pending_confirms {
+        if Uuid::parse_str(&p.rid)
             .map(|r| !present.contains(&r))
             .unwrap_or(true)
         {
-            *bought.entry(user.clone()).or_default() += qty;
+            *bought.entry(p.user.clone()).or_default() += p.qty;
+            if insp.now_ms - p.at_ms > max_lag_ms {
+                overdue.push(p.clone());
+            }
         }
     }
     bought.retain(|_, q| *q != 0);
@@ -126,7 +157,42 @@ async fn expected(
         bought,
         held: insp.live_holds.values().sum(),
         held_by: insp.live_holds.clone(),
+        overdue,
     })
+}
+
+/// Every way `sold`, `held` and the buyers' units break the invariants.
+fn broken(
+    stock: i64,
+    limit: i64,
+    sold: i64,
+    held: i64,
+    per_buyer: &BTreeMap<String, i64>,
+    whose: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if sold + held > stock {
+        out.push(format!(
+            "{whose}: {sold} sold + {held} held > stock {stock} (oversold)"
+        ));
+    }
+    for (user, n) in per_buyer {
+        if *n > limit {
+            out.push(format!(
+                "{whose}: buyer {user} has {n} units > per_user_limit {limit}"
+            ));
+        }
+    }
+    out
+}
+
+/// A buyer's units: bought plus held.
+fn units(bought: &BTreeMap<String, i64>, held: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let mut all = bought.clone();
+    for (u, q) in held {
+        *all.entry(u.clone()).or_default() += q;
+    }
+    all
 }
 
 async fn sweep_fully(service: &Service, sale: &SaleId) -> Result<(), GateError> {
@@ -141,14 +207,33 @@ async fn sweep_fully(service: &Service, sale: &SaleId) -> Result<(), GateError> 
 async fn check_sale(
     service: &Service,
     row: &SaleRow,
-    fix: bool,
+    opts: &Options,
     report: &mut Report,
 ) -> Result<(), ApiError> {
+    let fix = opts.fix;
     let Ok(sale) = SaleId::parse(&row.sale_id) else {
         return Ok(());
     };
     let id = sale.as_str();
+    let limit = i64::from(row.per_user_limit);
+    let incident = |report: &mut Report, what: String| {
+        tracing::error!(sale = id, %what, "INCIDENT: an invariant is broken");
+        report.incidents.push(Incident {
+            sale: id.to_string(),
+            what,
+        });
+    };
     let (orders, purchases, sold_count) = service.store.totals(&sale).await?;
+    for what in broken(
+        row.stock_limit,
+        limit,
+        orders.values().sum(),
+        0,
+        &orders,
+        "Postgres orders",
+    ) {
+        incident(report, what);
+    }
     // Postgres' own derived totals against its orders.
     let mut pg_drift = Vec::new();
     diff_maps(
@@ -184,8 +269,43 @@ async fn check_sale(
     }
     for attempt in 0..5 {
         let insp = service.gate.inspect(&sale).await?;
-        let want = expected(service, &insp, &orders).await?;
+        let want = expected(service, &insp, &orders, opts.max_lag).await?;
+        let redis_broken = broken(
+            insp.stock,
+            insp.per_user_limit,
+            insp.sold,
+            insp.held,
+            &units(&insp.bought, &insp.held_by),
+            "Redis",
+        );
+        let want_broken = broken(
+            insp.stock,
+            insp.per_user_limit,
+            want.sold,
+            want.held,
+            &units(&want.bought, &want.held_by),
+            "Redis repaired from Postgres",
+        );
         let mut drift = Vec::new();
+        for p in &want.overdue {
+            let mut d = Drift {
+                sale: id.to_string(),
+                what: format!(
+                    "confirm {} of {} ({} unit(s), {} s old) not in Postgres: the write-behind is behind or stalled",
+                    p.rid,
+                    p.user,
+                    p.qty,
+                    (insp.now_ms - p.at_ms) / 1000
+                ),
+                found: 0,
+                expected: p.qty,
+                fixed: false,
+            };
+            if fix {
+                d.fixed = record_overdue(service, &sale, p).await?;
+            }
+            drift.push(d);
+        }
         diff(&mut drift, id, "stock".into(), insp.stock, row.stock_limit);
         diff(
             &mut drift,
@@ -199,8 +319,11 @@ async fn check_sale(
         diff_maps(&mut drift, id, "bought", &insp.bought, &want.bought);
         diff_maps(&mut drift, id, "held_by", &insp.held_by, &want.held_by);
         let is_config = |d: &Drift| d.what == "stock" || d.what == "per_user_limit";
-        let counters_drift = drift.iter().any(|d| !is_config(d));
-        if !fix || !counters_drift {
+        let counters_drift = drift.iter().any(|d| !is_config(d) && !d.fixed);
+        if !fix || !counters_drift || !want_broken.is_empty() {
+            for what in redis_broken.into_iter().chain(want_broken) {
+                incident(report, what);
+            }
             report.drift.extend(drift);
             return Ok(());
         }
@@ -216,9 +339,13 @@ async fn check_sale(
             )
             .await?
         {
+            // Repaired, but an oversell that Redis showed still happened.
+            for what in redis_broken {
+                incident(report, what);
+            }
             drift
                 .iter_mut()
-                .filter(|d| !is_config(d))
+                .filter(|d| !is_config(d) && !d.what.starts_with("confirm "))
                 .for_each(|d| d.fixed = true);
             report.drift.extend(drift);
             return Ok(());
@@ -233,11 +360,54 @@ async fn check_sale(
     Ok(())
 }
 
+/// Writes an overdue confirm's order (idempotent, in its epoch). True when
+/// it is recorded now (or was already).
+async fn record_overdue(
+    service: &Service,
+    sale: &SaleId,
+    p: &PendingConfirm,
+) -> Result<bool, ApiError> {
+    let Ok(rid) = Uuid::parse_str(&p.rid) else {
+        return Ok(false);
+    };
+    let order = Order {
+        reservation_id: rid,
+        sale_id: sale.as_str().to_string(),
+        user_id: p.user.clone(),
+        quantity: i32::try_from(p.qty).unwrap_or(0),
+        confirmed_at: DateTime::from_timestamp_millis(p.at_ms).unwrap_or_default(),
+        epoch: p.epoch,
+    };
+    let recorded = service
+        .store
+        .record_orders(&[order], service.confirm_timeout)
+        .await?;
+    Ok(recorded.stale.is_empty())
+}
+
+/// What `flashgate reconcile` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Repair Redis from Postgres and Postgres' totals from its orders.
+    pub fix: bool,
+    /// A confirm this long in the stream but not in Postgres is drift.
+    pub max_lag: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            fix: false,
+            max_lag: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Reconciles every sale Postgres knows (or just `only`).
 pub async fn reconcile(
     service: &Service,
     only: Option<&SaleId>,
-    fix: bool,
+    opts: &Options,
 ) -> Result<Report, ApiError> {
     let mut report = Report::default();
     for row in service.store.list_sales().await? {
@@ -245,7 +415,7 @@ pub async fn reconcile(
             continue;
         }
         report.sales += 1;
-        check_sale(service, &row, fix, &mut report).await?;
+        check_sale(service, &row, opts, &mut report).await?;
     }
     // Config drift (stock, limit) is reported, never "fixed" behind the admin's back.
     Ok(report)

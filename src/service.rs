@@ -12,7 +12,7 @@ use crate::config::ConfirmDurability;
 use crate::error::ApiError;
 use crate::gate::{
     Actor, ConfigureOutcome, Gate, GateError, Record, RecordOutcome, ReserveOutcome, SaleConfig,
-    SaleState,
+    SaleState, Status,
 };
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 use crate::store::{Order, Store};
@@ -40,21 +40,46 @@ impl Service {
 
     /// Rebuilds a sale's Redis state from Postgres. Until this succeeds the
     /// sale answers 503: it is never served as if it had full stock.
+    ///
+    /// The sale's row stays locked from the read of what was sold until the
+    /// new epoch is committed, so no order write of the lost state can slip
+    /// in between (see `migrations/0002_sale_epoch.sql`). A rebuild Postgres
+    /// did not commit is taken back from Redis.
     pub async fn restore(&self, sale: &SaleId) -> Result<(), ApiError> {
-        let snap =
-            self.store.snapshot(sale).await.map_err(|e| {
-                ApiError::unavailable("the sale's state is being rebuilt; retry", e)
-            })?;
-        let Some(snap) = snap else {
+        let rebuilding = |e| ApiError::unavailable("the sale's state is being rebuilt; retry", e);
+        let Some(rebuild) = self.store.begin_rebuild(sale).await.map_err(rebuilding)? else {
             return Err(ApiError::SaleNotFound);
         };
-        if self
+        let snap = &rebuild.snapshot;
+        let (sold, buyers, epoch) = (snap.sold, snap.bought.len(), snap.sale.epoch + 1);
+        let loaded = match self
             .gate
-            .load(sale, &snap.sale.config(), snap.sold, &snap.bought)
-            .await?
+            .load(sale, &snap.sale.config(), snap.sold, &snap.bought, epoch)
+            .await
         {
-            tracing::warn!(sale = %sale, sold = snap.sold, buyers = snap.bought.len(), "sale state was missing in Redis: rebuilt from Postgres");
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.store.abandon_rebuild(rebuild).await;
+                return Err(e.into());
+            }
+        };
+        if !loaded {
+            // Another instance rebuilt it first (it held the lock before us).
+            self.store.abandon_rebuild(rebuild).await;
+            return Ok(());
         }
+        if let Err(e) = self.store.commit_rebuild(rebuild, sale, epoch).await {
+            match self.gate.unload(sale, epoch).await {
+                Ok(_) => {
+                    tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "rebuilt a sale in Redis but could not commit its epoch: taken back, rebuilt on the next request")
+                }
+                Err(u) => {
+                    tracing::error!(sale = %sale, error = %crate::error::chain(&e), unload_error = %crate::error::chain(&u), "rebuilt a sale in Redis but could neither commit its epoch nor take the rebuild back: its confirms are refused until `flashgate reconcile --fix`")
+                }
+            }
+            return Err(rebuilding(e));
+        }
+        tracing::warn!(sale = %sale, sold, buyers, epoch, "sale state was missing in Redis: rebuilt from Postgres");
         Ok(())
     }
 
@@ -83,17 +108,24 @@ impl Service {
         Ok(state)
     }
 
-    pub async fn list(&self) -> Result<Vec<(SaleId, SaleState)>, ApiError> {
+    /// Every sale Postgres knows, as Redis has it; a sale whose Redis is
+    /// unavailable (its node away, on Redis Cluster) is named in the second
+    /// list instead of failing the whole listing.
+    pub async fn list(&self) -> Result<(Vec<(SaleId, SaleState)>, Vec<SaleId>), ApiError> {
         let rows = self.store.list_sales().await?;
         let mut out = Vec::with_capacity(rows.len());
+        let mut unavailable = Vec::new();
         for row in rows {
             let Ok(id) = SaleId::parse(&row.sale_id) else {
                 continue;
             };
-            let state = self.view(&id).await?;
-            out.push((id, state));
+            match self.view(&id).await {
+                Ok(state) => out.push((id, state)),
+                Err(ApiError::Unavailable { .. }) => unavailable.push(id),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        Ok((out, unavailable))
     }
 
     /// Creates or updates a sale in Postgres and Redis together: the row is
@@ -104,23 +136,30 @@ impl Service {
         sale: &SaleId,
         cfg: &SaleConfig,
     ) -> Result<(bool, SaleState), ApiError> {
-        let (mut tx, existing) = self.store.begin_configure(sale).await?;
-        if existing.is_some() {
-            // Known to Postgres: its Redis state must be there (or be rebuilt)
-            // before it changes, or the update would reset what was sold.
-            if let Err(GateError::NotLoaded) = self.gate.sweep(sale).await {
-                self.restore(sale).await?;
+        // A sale known to Postgres whose Redis state was lost is rebuilt
+        // before it changes, or the update would reset what was sold. Before
+        // the configuration's own lock: the rebuild locks the row itself.
+        if let Err(GateError::NotLoaded) = self.gate.sweep(sale).await {
+            match self.restore(sale).await {
+                Ok(()) | Err(ApiError::SaleNotFound) => {}
+                Err(e) => return Err(e),
             }
         }
-        let outcome = self.gate.configure(sale, cfg, existing.is_some()).await?;
-        let created = match outcome {
+        let (mut tx, existing) = self.store.begin_configure(sale).await?;
+        // Lost again since: the script answers not_loaded (503, retry).
+        let epoch = existing.as_ref().map_or(0, |row| row.epoch);
+        let outcome = self
+            .gate
+            .configure(sale, cfg, existing.is_some(), epoch)
+            .await?;
+        let (created, epoch) = match outcome {
             ConfigureOutcome::BelowCommitted { sold, held } => {
                 return Err(ApiError::StockBelowCommitted { sold, held })
             }
-            ConfigureOutcome::Created => true,
-            ConfigureOutcome::Updated => false,
+            ConfigureOutcome::Created { epoch } => (true, epoch),
+            ConfigureOutcome::Updated { epoch } => (false, epoch),
         };
-        self.store.upsert_sale(&mut tx, sale, cfg).await?;
+        self.store.upsert_sale(&mut tx, sale, cfg, epoch).await?;
         // Read the sale while the row lock still holds back concurrent
         // updates, so the answer shows this update, not a later one. The
         // script has run: commit even if the read failed, and read again.
@@ -161,14 +200,68 @@ impl Service {
         }
     }
 
+    /// A reservation Redis does not know may still have its order in
+    /// Postgres (its record was lost with Redis' data, or has expired from
+    /// Redis): then it is confirmed. Ownership is checked as in the scripts.
+    async fn recorded(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+    ) -> Result<Option<Record>, ApiError> {
+        let Some(order) = self.store.order(sale, rid).await? else {
+            return Ok(None);
+        };
+        if let Actor::Buyer(user) = actor {
+            if user.as_str() != order.user_id {
+                return Err(ApiError::Forbidden);
+            }
+        }
+        let at_ms = order.confirmed_at.timestamp_millis();
+        Ok(Some(Record {
+            user: order.user_id,
+            qty: u32::try_from(order.quantity).unwrap_or(0),
+            status: Status::Confirmed,
+            expires_ms: at_ms,
+            at_ms,
+            epoch: 0,
+        }))
+    }
+
+    /// Redis' `not_found`, or the order Postgres recorded (see [`Self::recorded`]),
+    /// as the transition's outcome for a confirmed reservation.
+    async fn or_recorded(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+        outcome: RecordOutcome,
+        confirmed: fn(Record) -> RecordOutcome,
+    ) -> Result<RecordOutcome, ApiError> {
+        if outcome != RecordOutcome::NotFound {
+            return Ok(outcome);
+        }
+        Ok(self
+            .recorded(sale, rid, actor)
+            .await?
+            .map_or(RecordOutcome::NotFound, confirmed))
+    }
+
+    /// Reads a reservation; the caller checks who may see it.
     pub async fn lookup(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Record>, ApiError> {
-        let rid = rid.to_string();
-        self.loaded(sale, || self.gate.lookup(sale, &rid)).await
+        let rid_s = rid.to_string();
+        match self.loaded(sale, || self.gate.lookup(sale, &rid_s)).await? {
+            Some(rec) => Ok(Some(rec)),
+            None => self.recorded(sale, rid, Actor::Admin).await,
+        }
     }
 
     /// Confirms in Redis; with `postgres` durability (the default) answers
     /// only once the order row is committed. A replay persists again
-    /// (idempotent), so a client retrying after a 503 gets its 200.
+    /// (idempotent), so a client retrying after a 503 gets its 200. A
+    /// confirm whose order Postgres refuses as stale (the sale's Redis state
+    /// was lost and rebuilt before the write) answers 410: its unit was
+    /// offered again and this reservation will never be recorded.
     pub async fn confirm(
         &self,
         sale: &SaleId,
@@ -179,6 +272,11 @@ impl Service {
         let outcome = self
             .loaded(sale, || self.gate.confirm(sale, &rid_s, actor))
             .await?;
+        if outcome == RecordOutcome::NotFound {
+            return self
+                .or_recorded(sale, rid, actor, outcome, RecordOutcome::Replay)
+                .await;
+        }
         self.forget(sale, &rid_s, &outcome).await;
         if self.durability == ConfirmDurability::Postgres {
             if let RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) = &outcome {
@@ -188,17 +286,26 @@ impl Service {
                     user_id: rec.user.clone(),
                     quantity: i32::try_from(rec.qty).unwrap_or(i32::MAX),
                     confirmed_at: DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default(),
+                    epoch: rec.epoch,
                 };
-                if let Err(e) = self
+                match self
                     .store
                     .record_orders(&[order], self.confirm_timeout)
                     .await
                 {
-                    crate::metrics::postgres_write_error("confirm");
-                    return Err(ApiError::unavailable(
-                        "confirmed, but not yet durable in Postgres; retry the confirm",
-                        e,
-                    ));
+                    Ok(recorded) if recorded.stale.is_empty() => {}
+                    Ok(_) => {
+                        crate::metrics::stale_orders("confirm", 1);
+                        tracing::warn!(sale = %sale, reservation = %rid, "a confirm of a lost Redis state was refused: the sale was rebuilt from Postgres before its order was written");
+                        return Err(ApiError::ReservationExpired);
+                    }
+                    Err(e) => {
+                        crate::metrics::postgres_write_error("confirm");
+                        return Err(ApiError::unavailable(
+                            "confirmed, but not yet durable in Postgres; retry the confirm",
+                            e,
+                        ));
+                    }
                 }
             }
         }
@@ -211,12 +318,13 @@ impl Service {
         rid: &Uuid,
         actor: Actor<'_>,
     ) -> Result<RecordOutcome, ApiError> {
-        let rid = rid.to_string();
+        let rid_s = rid.to_string();
         let outcome = self
-            .loaded(sale, || self.gate.cancel(sale, &rid, actor))
+            .loaded(sale, || self.gate.cancel(sale, &rid_s, actor))
             .await?;
-        self.forget(sale, &rid, &outcome).await;
-        Ok(outcome)
+        self.forget(sale, &rid_s, &outcome).await;
+        self.or_recorded(sale, rid, actor, outcome, RecordOutcome::Conflict)
+            .await
     }
 
     pub async fn extend(
@@ -226,22 +334,23 @@ impl Service {
         actor: Actor<'_>,
         by: Option<Duration>,
     ) -> Result<RecordOutcome, ApiError> {
-        let rid = rid.to_string();
+        let rid_s = rid.to_string();
         let outcome = self
-            .loaded(sale, || self.gate.extend(sale, &rid, actor, by))
+            .loaded(sale, || self.gate.extend(sale, &rid_s, actor, by))
             .await?;
         if let (RecordOutcome::Done(rec), true) = (&outcome, self.max_active_holds > 0) {
             if let Ok(user) = UserId::parse(&rec.user) {
                 if let Err(e) = self
                     .gate
-                    .refresh_hold(&user, sale, &rid, rec.expires_ms)
+                    .refresh_hold(&user, sale, &rid_s, rec.expires_ms)
                     .await
                 {
                     tracing::debug!(error = %crate::error::chain(&e), "could not move an extended hold's deadline in its buyer's set");
                 }
             }
         }
-        Ok(outcome)
+        self.or_recorded(sale, rid, actor, outcome, RecordOutcome::Conflict)
+            .await
     }
 
     /// Loads every sale Postgres knows into Redis (no-op where present).

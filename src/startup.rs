@@ -20,8 +20,10 @@ use crate::admission::Admission;
 use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::config::Settings;
+use crate::directory::Directory;
 use crate::gate::{Gate, GateOptions, RedisConn};
 use crate::limits::Limits;
+use crate::readiness::{Readiness, TaskHealth};
 use crate::service::Service;
 use crate::store::worker::{Worker, WorkerConfig, WorkerStatus};
 use crate::store::Store;
@@ -55,7 +57,8 @@ pub async fn service(settings: &Settings) -> anyhow::Result<Service> {
 }
 
 /// A write-behind worker on its own Redis connection (replies may take
-/// longer than the request path's bound).
+/// longer than the request path's bound), walking the sales of the Redis
+/// index and of Postgres (see [`Directory`]).
 pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::Result<Worker> {
     let conn = RedisConn::connect(
         &settings.redis_urls,
@@ -70,11 +73,17 @@ pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::
     );
     Ok(Worker::new(
         gate.clone(),
+        directory(gate, store),
         conn,
         store.clone(),
         cfg,
-        Arc::new(WorkerStatus::default()),
+        Arc::new(TaskHealth::new("write-behind", settings.stall_after)),
     ))
+}
+
+/// The sales the background tasks walk (the Redis index and Postgres).
+pub fn directory(gate: &Gate, store: &Store) -> Arc<Directory> {
+    Arc::new(Directory::new(gate.clone(), Some(store.clone())))
 }
 
 /// The listening socket, with room for a burst of new connections: the
@@ -132,29 +141,49 @@ impl Application {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut worker_status = None;
+        let readiness = Arc::new(Readiness::default());
+        readiness.probe(&gate, &store).await;
+        tasks.push(tokio::spawn(readiness.clone().run(
+            gate.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )));
         if opts.run_worker {
             let w = worker(&settings, &gate, &store).await?;
             worker_status = Some(w.status());
+            readiness.watch(w.health());
             tasks.push(tokio::spawn(w.run(shutdown.clone())));
         }
         if opts.run_sweeper {
+            let health = Arc::new(TaskHealth::new("sweeper", settings.stall_after));
+            readiness.watch(health.clone());
             tasks.push(tokio::spawn(crate::sweeper::run(
                 gate.clone(),
+                directory(&gate, &store),
                 settings.sweep_interval,
                 settings.sweep_batch,
+                health,
                 shutdown.clone(),
             )));
         }
 
         crate::metrics::install();
-        crate::metrics::spawn_upkeep(Duration::from_secs(5));
+        tasks.push(tokio::spawn(crate::metrics::upkeep(
+            Duration::from_secs(5),
+            shutdown.clone(),
+        )));
         let limits = Arc::new(Limits::new(&settings.rate));
-        crate::limits::spawn_pruner(limits.clone(), Duration::from_secs(5));
+        tasks.push(tokio::spawn(crate::limits::prune(
+            limits.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        )));
         let state = web::Data::new(AppState {
             service: service.clone(),
             auth: Auth::new(&settings),
             max_body_bytes: settings.max_body_bytes,
             worker: worker_status.clone(),
+            readiness: readiness.clone(),
             limits: limits.clone(),
             inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight)),
         });
@@ -169,17 +198,17 @@ impl Application {
         let mut builder = actix_server::Server::build();
         let shutdown_signal = builder.graceful_shutdown_signal();
         let conns = admission.clone();
+        let stop_probes = shutdown.clone();
         builder = builder
             .listen("flashgate-http", listener, move || {
                 // Runs on each worker thread: its Redis calls get a connection
-                // of their own, opened now rather than by the first request.
+                // of their own, opened now rather than by the first request,
+                // and probed in the background (see `probe_thread_connection`).
                 crate::gate::conn::own_connection_per_thread();
-                let gate = state.service.gate.clone();
-                actix_web::rt::spawn(async move {
-                    if let Err(e) = gate.ping().await {
-                        tracing::debug!(error = %crate::error::chain(&e), "HTTP worker could not reach Redis yet");
-                    }
-                });
+                actix_web::rt::spawn(probe_thread_connection(
+                    state.service.gate.clone(),
+                    stop_probes.clone(),
+                ));
                 let app = App::new()
                     .wrap(actix_web::middleware::from_fn(api::limit_headers))
                     .wrap(
@@ -266,6 +295,23 @@ impl Application {
         }
         tracing::info!("flashgate stopped");
         result
+    }
+}
+
+/// Pings Redis over this HTTP worker thread's own connection, now and every
+/// [`crate::readiness::PROBE_EVERY`]. A connection that broke while Redis
+/// was away (a restart, a failover) is noticed only when used: the probe
+/// uses it first, so it is reconnected before a buyer's request would have
+/// found it broken and answered 503.
+async fn probe_thread_connection(gate: Gate, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = gate.ping().await {
+            tracing::debug!(error = %crate::error::chain(&e), "HTTP worker's Redis connection: ping failed (reconnecting)");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(crate::readiness::PROBE_EVERY) => {}
+        }
     }
 }
 

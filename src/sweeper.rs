@@ -2,16 +2,23 @@
 //! no request touches their sale. Scripts also do it lazily, so a late sweep
 //! never lets a buyer confirm an expired hold.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::directory::Directory;
 use crate::gate::{Gate, GateError};
+use crate::readiness::TaskHealth;
 
-/// One pass over every indexed sale. Returns the holds released.
-pub async fn sweep_all(gate: &Gate, batch: u32) -> Result<i64, GateError> {
+/// One pass over every known sale. Returns the holds released and, per
+/// sale that could not be swept (its Redis node away, say), why; the
+/// other sales are swept all the same.
+pub async fn sweep_all(gate: &Gate, directory: &Directory, batch: u32) -> (i64, Vec<String>) {
+    let listing = directory.sales().await;
+    let mut problems: Vec<String> = listing.problem.into_iter().collect();
     let mut released = 0;
-    for sale in gate.indexed_sales().await? {
+    for sale in listing.sales {
         // A sale with more expired holds than one batch is swept again.
         for _ in 0..100 {
             match gate.sweep(&sale).await {
@@ -21,27 +28,47 @@ pub async fn sweep_all(gate: &Gate, batch: u32) -> Result<i64, GateError> {
                         break;
                     }
                 }
+                // Not in Redis (lost, or not yet rebuilt): nothing to give back.
                 Err(GateError::NotLoaded) => break,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    problems.push(format!("sale {sale}: {}", crate::error::chain(&e)));
+                    break;
+                }
             }
         }
     }
-    Ok(released)
+    (released, problems)
 }
 
-pub async fn run(gate: Gate, every: Duration, batch: u32, shutdown: CancellationToken) {
+pub async fn run(
+    gate: Gate,
+    directory: Arc<Directory>,
+    every: Duration,
+    batch: u32,
+    health: Arc<TaskHealth>,
+    shutdown: CancellationToken,
+) {
+    health.set_running(true);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        match sweep_all(&gate, batch).await {
-            Ok(0) => {}
-            Ok(n) => {
-                crate::metrics::holds_expired("sweeper", n);
-                tracing::debug!(released = n, "sweeper gave back expired holds");
-            }
-            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "sweep failed"),
+        let (released, problems) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = sweep_all(&gate, &directory, batch) => r,
+        };
+        if released > 0 {
+            crate::metrics::holds_expired("sweeper", released);
+            tracing::debug!(released, "sweeper gave back expired holds");
+        }
+        if problems.is_empty() {
+            health.succeeded();
+        } else {
+            let why = problems.join("; ");
+            tracing::warn!(error = %why, "sweep failed for some sales");
+            health.failed(why);
         }
     }
+    health.set_running(false);
 }

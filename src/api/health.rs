@@ -20,16 +20,18 @@ pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// 503 when Redis is unreachable (nothing can be decided). Postgres down is
-/// reported as `degraded` with 200: buyers keep reserving and confirming
-/// on Redis (confirms answer 503 in `postgres` durability mode until it is
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "ready, or degraded (Postgres down: buyers still served)", body = Object), (status = 503, description = "Redis unreachable", body = Object)))]
-/// back), so the instance stays in rotation.
+/// Answered from memory (dependencies probed in the background every
+/// second, the background tasks' own reports), so it is fast whatever
+/// Redis and Postgres do. 503 when Redis is unreachable (nothing can be
+/// decided). `degraded` with 200 while Postgres is down (buyers keep
+/// reserving on Redis; confirms answer 503 in `postgres` durability mode
+/// until it is back) or a background task is stalled (`reasons` says
+/// which): the instance stays in rotation.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "ready, or degraded (Postgres down, or a background task stalled: buyers still served)", body = Object), (status = 503, description = "Redis unreachable", body = Object)))]
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (redis, pg) = tokio::join!(state.service.gate.ping(), state.service.store.ping());
+    let r = state.readiness.report();
     let worker = state.worker.as_ref().map(|w| {
         json!({
-            "running": w.running.load(Ordering::Relaxed),
             "backlog": w.backlog.load(Ordering::Relaxed),
             "pending": w.pending.load(Ordering::Relaxed),
             "events_written": w.events_written.load(Ordering::Relaxed),
@@ -37,18 +39,30 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "postgres_ok": w.postgres_ok.load(Ordering::Relaxed),
         })
     });
-    let status = match (&redis, &pg) {
-        (Ok(()), Ok(())) => "ready",
-        (Ok(()), Err(_)) => "degraded",
-        _ => "unavailable",
+    let mut reasons = Vec::new();
+    if !r.redis_ok {
+        reasons.push("Redis is unreachable".to_string());
+    }
+    if !r.postgres_ok {
+        reasons.push("Postgres is unreachable".to_string());
+    }
+    reasons.extend(r.stalls.iter().cloned());
+    let status = if !r.redis_ok {
+        "unavailable"
+    } else if reasons.is_empty() {
+        "ready"
+    } else {
+        "degraded"
     };
     let body = json!({
         "status": status,
-        "redis": if redis.is_ok() { "ok" } else { "down" },
-        "postgres": if pg.is_ok() { "ok" } else { "down" },
+        "redis": if r.redis_ok { "ok" } else { "down" },
+        "postgres": if r.postgres_ok { "ok" } else { "down" },
+        "reasons": reasons,
+        "checked_ms_ago": r.checked_ms_ago,
         "write_behind": worker,
     });
-    if redis.is_ok() {
+    if r.redis_ok {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -31,6 +31,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The in-process write-behind worker, when `serve` runs one.
     pub worker: Option<Arc<WorkerStatus>>,
+    /// Dependencies probed in the background and the tasks' health.
+    pub readiness: Arc<crate::readiness::Readiness>,
     pub limits: Arc<crate::limits::Limits>,
     /// Requests being handled at once, over all workers. The socket-level
     /// admission (`crate::admission`) already reads no more than this many

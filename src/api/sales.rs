@@ -104,16 +104,17 @@ pub(crate) async fn configure(
     })
 }
 #[utoipa::path(get, path = "/v1/sales", tag = "admin",
-    responses((status = 200, description = "every sale", body = SaleList), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
+    responses((status = 200, description = "every sale (a sale whose Redis node is unavailable is named in `unavailable`)", body = SaleList), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
     security(("admin_token" = [])))]
 
 pub(crate) async fn list(
     state: web::Data<AppState>,
     _admin: Admin,
 ) -> Result<HttpResponse, ApiError> {
-    let sales = state.service.list().await?;
+    let (sales, unavailable) = state.service.list().await?;
     let sales = sales.iter().map(|(id, s)| SaleView::new(id, s)).collect();
-    Ok(HttpResponse::Ok().json(SaleList { sales }))
+    let unavailable = unavailable.iter().map(ToString::to_string).collect();
+    Ok(HttpResponse::Ok().json(SaleList { sales, unavailable }))
 }
 #[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
     responses((status = 200, description = "the sale", body = SaleView), (status = 400, description = "`invalid_request`: bad sale id", body = ErrorBody), (status = 404, description = "`sale_not_found`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)))]

@@ -217,6 +217,9 @@ mod tests {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SaleList {
     pub sales: Vec<SaleView>,
+    /// Sales Postgres knows whose Redis state could not be read now (their
+    /// Redis node is away, on Redis Cluster): retry later.
+    pub unavailable: Vec<String>,
 }
 
 /// The one error body: `{"error": {"code", "message", "details"}}`.

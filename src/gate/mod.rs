@@ -121,8 +121,21 @@ pub struct Inspection {
     pub held_by: BTreeMap<String, i64>,
     /// Per buyer: units of held, unexpired reservations.
     pub live_holds: BTreeMap<String, i64>,
-    /// (reservation id, user, qty) of confirms not yet written to Postgres.
-    pub pending_confirms: Vec<(String, String, i64)>,
+    /// Confirms not yet written to Postgres.
+    pub pending_confirms: Vec<PendingConfirm>,
+    /// Redis' clock when it looked (ms).
+    pub now_ms: i64,
+}
+
+/// A `confirmed` event still in a sale's stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingConfirm {
+    pub rid: String,
+    pub user: String,
+    pub qty: i64,
+    /// When the confirm ran (ms, Redis clock).
+    pub at_ms: i64,
+    pub epoch: i64,
 }
 
 /// Who acts on a reservation: its buyer, or the admin (payment service).
@@ -233,6 +246,12 @@ impl Gate {
     /// sale's keys: `admit.lua` counts the granted hold there, and a hold
     /// over the cap is cancelled again. Either way the answer over the cap
     /// is [`ReserveOutcome::ActiveHoldsFull`].
+    ///
+    /// Fail closed: on Redis Cluster, a hold whose count cannot be taken
+    /// (the buyer's node is away) is given back and the call fails (503):
+    /// a buyer never holds a hold the cap does not see. A replayed hold is
+    /// counted too (a no-op when it is already), so a hold that was granted
+    /// when both nodes failed cannot be fetched uncounted by a retry.
     pub async fn reserve(
         &self,
         sale: &SaleId,
@@ -248,25 +267,52 @@ impl Gate {
                 .await;
         }
         let outcome = self.reserve_script(sale, rid, user, qty, idem, 0).await?;
-        if let ReserveOutcome::Held { expires_ms, .. } = outcome {
-            if active_cap > 0 {
-                match self
-                    .admit_hold(user, sale, rid, expires_ms, active_cap)
-                    .await
-                {
-                    Ok(None) => {}
-                    Ok(Some(earliest_ms)) => {
-                        self.cancel(sale, rid, Actor::Admin).await?;
-                        return Ok(ReserveOutcome::ActiveHoldsFull { earliest_ms });
+        let held = match &outcome {
+            ReserveOutcome::Held {
+                rid, expires_ms, ..
+            }
+            | ReserveOutcome::Replay {
+                rid,
+                status: Status::Held,
+                expires_ms,
+                ..
+            } if active_cap > 0 => Some((rid.clone(), *expires_ms)),
+            _ => None,
+        };
+        let Some((held_rid, expires_ms)) = held else {
+            return Ok(outcome);
+        };
+        match self
+            .admit_hold(user, sale, &held_rid, expires_ms, active_cap)
+            .await
+        {
+            Ok(None) => Ok(outcome),
+            Ok(Some(earliest_ms)) => {
+                self.cancel(sale, &held_rid, Actor::Admin).await?;
+                Ok(ReserveOutcome::ActiveHoldsFull { earliest_ms })
+            }
+            Err(e) => {
+                // The count may still land (a stalled node runs what it was
+                // sent once it resumes): take it back behind it, in the
+                // background, so the 503 is not delayed. Should this lose
+                // the race, the buyer is counted one hold too many until
+                // that hold's deadline: the safe side of the cap.
+                let (gate, user, sale_id, rid) =
+                    (self.clone(), user.clone(), sale.clone(), held_rid.clone());
+                tokio::spawn(async move {
+                    let _ = gate.forget_hold(user.as_str(), &sale_id, &rid).await;
+                });
+                match self.cancel(sale, &held_rid, Actor::Admin).await {
+                    Ok(_) => {
+                        tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "could not count a hold against the buyer's active-hold cap: given back")
                     }
-                    // An abuse limit, not an invariant: the hold stands.
-                    Err(e) => {
-                        tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "could not count the hold against the buyer's active-hold cap");
+                    Err(c) => {
+                        tracing::error!(sale = %sale, reservation = %held_rid, error = %crate::error::chain(&e), cancel_error = %crate::error::chain(&c), "could neither count a hold against the buyer's active-hold cap nor give it back: it lasts until its deadline, uncounted")
                     }
                 }
+                Err(e)
             }
         }
-        Ok(outcome)
     }
 
     /// `reserve.lua`; `active_cap` > 0 names the buyer's active-hold set
@@ -480,11 +526,14 @@ impl Gate {
 
     /// `must_exist`: the sale is known to Postgres, so missing Redis state
     /// means lost state ([`GateError::NotLoaded`]), never a fresh sale.
+    /// `epoch`: the sale's epoch in Postgres (0 for a new sale), given to
+    /// a state created here.
     pub async fn configure(
         &self,
         sale: &SaleId,
         cfg: &SaleConfig,
         must_exist: bool,
+        epoch: i64,
     ) -> Result<ConfigureOutcome, GateError> {
         let k = self.keys(sale);
         let mut inv = self.scripts.configure.prepare_invoke();
@@ -499,11 +548,12 @@ impl Gate {
             .arg(opt(cfg.starts_ms))
             .arg(opt(cfg.ends_ms))
             .arg(cfg.product_id.as_deref().unwrap_or(""))
-            .arg(self.opts.sweep_batch);
+            .arg(self.opts.sweep_batch)
+            .arg(epoch);
         let r = self.invoke("configure", &inv).await?;
         let outcome = match r.tag()? {
-            "created" => ConfigureOutcome::Created,
-            "updated" => ConfigureOutcome::Updated,
+            "created" => ConfigureOutcome::Created { epoch: r.int(3)? },
+            "updated" => ConfigureOutcome::Updated { epoch: r.int(3)? },
             "below" => {
                 return Ok(ConfigureOutcome::BelowCommitted {
                     sold: r.int(1)?,
@@ -512,19 +562,20 @@ impl Gate {
             }
             _ => return Err(r.unexpected()),
         };
-        self.index(sale).await?;
+        self.index(sale).await;
         Ok(outcome)
     }
 
     /// Rebuilds a lost sale from its durable record: configuration, units
-    /// sold and each buyer's confirmed total. Returns false when another
-    /// instance rebuilt it first (nothing changed).
+    /// sold and each buyer's confirmed total, in a new `epoch`. Returns
+    /// false when another instance rebuilt it first (nothing changed).
     pub async fn load(
         &self,
         sale: &SaleId,
         cfg: &SaleConfig,
         sold: i64,
         bought: &[(String, i64)],
+        epoch: i64,
     ) -> Result<bool, GateError> {
         let k = self.keys(sale);
         let mut inv = self.scripts.load.prepare_invoke();
@@ -538,7 +589,8 @@ impl Gate {
             .arg(opt(cfg.starts_ms))
             .arg(opt(cfg.ends_ms))
             .arg(cfg.product_id.as_deref().unwrap_or(""))
-            .arg(sold);
+            .arg(sold)
+            .arg(epoch);
         for (user, qty) in bought {
             inv.arg(user.as_str()).arg(*qty);
         }
@@ -550,8 +602,24 @@ impl Gate {
             "exists" => false,
             _ => return Err(r.unexpected()),
         };
-        self.index(sale).await?;
+        self.index(sale).await;
         Ok(loaded)
+    }
+
+    /// Takes back a rebuild of `epoch` that Postgres did not commit (see
+    /// `lua/unload.lua`). Returns true when the state was removed.
+    pub async fn unload(&self, sale: &SaleId, epoch: i64) -> Result<bool, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.scripts.unload.prepare_invoke();
+        inv.key(k.sale()).arg(epoch);
+        let mut conn = self.conn.clone();
+        let v: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let r = Reply::new("unload", v)?;
+        match r.tag()? {
+            "unloaded" => Ok(true),
+            "kept" => Ok(false),
+            _ => Err(r.unexpected()),
+        }
     }
 
     /// Counts a granted hold against the buyer's cap of active holds across
@@ -634,6 +702,7 @@ impl Gate {
         let fields = r.strings(3)?;
         let mut insp = Inspection {
             last_event_id: r.str(2)?.to_string(),
+            now_ms: r.int(1)?,
             ..Inspection::default()
         };
         for pair in fields.chunks(2) {
@@ -658,10 +727,15 @@ impl Gate {
                 *insp.live_holds.entry(u.clone()).or_default() += q.parse::<i64>().unwrap_or(0);
             }
         }
-        for triple in r.strings(5)?.chunks(3) {
-            if let [rid, u, q] = triple {
-                insp.pending_confirms
-                    .push((rid.clone(), u.clone(), q.parse().unwrap_or(0)));
+        for confirm in r.strings(5)?.chunks(5) {
+            if let [rid, user, qty, at, epoch] = confirm {
+                insp.pending_confirms.push(PendingConfirm {
+                    rid: rid.clone(),
+                    user: user.clone(),
+                    qty: qty.parse().unwrap_or(0),
+                    at_ms: at.parse().unwrap_or(0),
+                    epoch: epoch.parse().unwrap_or(0),
+                });
             }
         }
         Ok(insp)
@@ -700,13 +774,19 @@ impl Gate {
         }
     }
 
-    /// Adds the sale to the index the sweeper and the worker walk.
-    async fn index(&self, sale: &SaleId) -> Result<(), GateError> {
+    /// Adds the sale to the index the sweeper and the worker walk. Best
+    /// effort: on Redis Cluster the index lives on one node, and while that
+    /// node is away a sale on another node must still be created and
+    /// served; the background tasks also find sales in Postgres (see
+    /// `crate::directory`).
+    async fn index(&self, sale: &SaleId) {
         let mut conn = self.conn.clone();
-        let _: i64 = self
+        let added: Result<i64, GateError> = self
             .bounded(conn.sadd(keys::sales_index(&self.opts.prefix), sale.as_str()))
-            .await?;
-        Ok(())
+            .await;
+        if let Err(e) = added {
+            tracing::warn!(sale = %sale, error = %crate::error::chain(&e), "could not add the sale to the Redis sales index; the background tasks find it in Postgres");
+        }
     }
 
     /// Every sale id in the index (invalid entries skipped).

@@ -92,6 +92,9 @@ pub struct Record {
     pub status: Status,
     pub expires_ms: i64,
     pub at_ms: i64,
+    /// The sale's epoch, where a confirm reports it (its order is recorded
+    /// only in that epoch, see `migrations/0002_sale_epoch.sql`); else 0.
+    pub epoch: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,9 +130,17 @@ pub struct SaleState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigureOutcome {
-    Created,
-    Updated,
-    BelowCommitted { sold: i64, held: i64 },
+    /// Created or updated; `epoch` is the state's (Postgres keeps it).
+    Created {
+        epoch: i64,
+    },
+    Updated {
+        epoch: i64,
+    },
+    BelowCommitted {
+        sold: i64,
+        held: i64,
+    },
 }
 
 /// A script's reply as an array, with typed accessors that name the script
@@ -231,7 +242,7 @@ impl Reply {
         }
     }
 
-    /// `{outcome, user, qty, status, expires_ms, at_ms}`
+    /// `{outcome, user, qty, status, expires_ms, at_ms, epoch?}`
     pub fn record(&self) -> Result<Record, GateError> {
         Ok(Record {
             user: self.str(1)?.to_string(),
@@ -239,6 +250,7 @@ impl Reply {
             status: self.status(3)?,
             expires_ms: self.int(4)?,
             at_ms: self.int(5)?,
+            epoch: self.opt_int(6)?.unwrap_or(0),
         })
     }
 }
@@ -274,7 +286,8 @@ mod tests {
                 qty: 2,
                 status: Status::Held,
                 expires_ms: 1_795_422_534_255,
-                at_ms: 0
+                at_ms: 0,
+                epoch: 0,
             }
         );
     }

@@ -30,6 +30,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("admit", include_str!("../../lua/admit.lua")),
     ("inspect", include_str!("../../lua/inspect.lua")),
     ("repair", include_str!("../../lua/repair.lua")),
+    ("unload", include_str!("../../lua/unload.lua")),
 ];
 
 /// The composed source of one script (`flashgate script <name>` prints it,
@@ -72,13 +73,14 @@ pub struct Scripts {
     pub admit: Script,
     pub inspect: Script,
     pub repair: Script,
+    pub unload: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
         let s = |src: &str| Script::new(&compose(src));
-        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load, admit, inspect, repair] =
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map(|i| s(SOURCES[i].1));
+        let [reserve, confirm, cancel, extend, lookup, sweep, configure, load, admit, inspect, repair, unload] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11].map(|i| s(SOURCES[i].1));
         Self {
             reserve,
             confirm,
@@ -91,10 +93,11 @@ impl Scripts {
             admit,
             inspect,
             repair,
+            unload,
         }
     }
 
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 12] {
         [
             &self.reserve,
             &self.confirm,
@@ -107,6 +110,7 @@ impl Scripts {
             &self.admit,
             &self.inspect,
             &self.repair,
+            &self.unload,
         ]
     }
 }

@@ -60,6 +60,9 @@ pub struct Event {
     pub sold_after: Option<i64>,
     pub held_after: Option<i64>,
     pub stock_after: Option<i64>,
+    /// The sale's epoch when it happened (0 for entries written before
+    /// epochs existed, as for the sales of that time).
+    pub epoch: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,7 @@ impl Event {
             sold_after: num("sold"),
             held_after: num("held"),
             stock_after: num("stock"),
+            epoch: num("epoch").unwrap_or(0),
         })
     }
 
@@ -137,6 +141,7 @@ impl Event {
                 user_id: user.clone(),
                 quantity: self.quantity,
                 confirmed_at: self.occurred_at,
+                epoch: self.epoch,
             }),
             _ => None,
         }
@@ -167,10 +172,11 @@ mod tests {
             ("sold", "2"),
             ("held", "0"),
             ("stock", "10"),
+            ("epoch", "3"),
         ]);
         let e = Event::parse("1-0", &m).expect("parse");
         let o = e.order().expect("order");
-        assert_eq!(o.quantity, 2);
+        assert_eq!((o.quantity, o.epoch), (2, 3));
         assert_eq!(o.user_id, "u1");
         assert_eq!(o.confirmed_at.timestamp_millis(), 1_795_422_534_255);
         assert_eq!(e.sold_after, Some(2));

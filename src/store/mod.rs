@@ -73,6 +73,9 @@ pub struct SaleRow {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub sold_count: i64,
+    /// The incarnation of the sale's Redis state whose orders are recorded
+    /// (see `migrations/0002_sale_epoch.sql`).
+    pub epoch: i64,
 }
 
 impl SaleRow {
@@ -97,6 +100,27 @@ pub struct Order {
     pub user_id: String,
     pub quantity: i32,
     pub confirmed_at: DateTime<Utc>,
+    /// The sale's epoch the confirm ran in: recorded only while it is the
+    /// sale's current one.
+    pub epoch: i64,
+}
+
+/// What a write of orders did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Orders that were new.
+    pub inserted: u64,
+    /// Orders refused because their confirm ran in an epoch the sale has
+    /// left (its Redis state was lost and rebuilt meanwhile) and that were
+    /// not recorded before: their units were offered again.
+    pub stale: Vec<Uuid>,
+}
+
+/// What a rebuild of a sale's Redis state starts from: its row locked
+/// against every order write until [`Store::commit_rebuild`] (or a drop).
+pub struct Rebuild {
+    tx: Transaction<'static, Postgres>,
+    pub snapshot: Snapshot,
 }
 
 /// What a lost sale is rebuilt from.
@@ -117,8 +141,24 @@ pub struct Store {
 /// The columns of [`SaleRow`], for `concat!` into static SQL.
 macro_rules! sale_columns {
     () => {
-        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count"
+        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count, epoch"
     };
+}
+
+/// Bounds every statement of the current transaction on the server: a
+/// statement still running (or waiting for a lock) when the client gives
+/// up is cancelled by Postgres itself, so its transaction never commits
+/// later behind the client's back, and its locks go with it.
+async fn bound_statements(
+    tx: &mut Transaction<'static, Postgres>,
+    limit: Duration,
+) -> Result<(), sqlx::Error> {
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(ms)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
 }
 
 impl Store {
@@ -158,17 +198,6 @@ impl Store {
             .map(|_| ())
     }
 
-    pub async fn get_sale(&self, sale: &SaleId) -> Result<Option<SaleRow>, StoreError> {
-        let sql = concat!("SELECT ", sale_columns!(), " FROM sales WHERE sale_id = $1");
-        self.bounded(
-            self.timeout,
-            sqlx::query_as::<_, SaleRow>(sql)
-                .bind(sale.as_str())
-                .fetch_optional(&self.pool),
-        )
-        .await
-    }
-
     pub async fn list_sales(&self) -> Result<Vec<SaleRow>, StoreError> {
         let sql = concat!("SELECT ", sale_columns!(), " FROM sales ORDER BY sale_id");
         self.bounded(
@@ -178,14 +207,20 @@ impl Store {
         .await
     }
 
-    /// The sale and every buyer's confirmed total, read in one snapshot.
-    pub async fn snapshot(&self, sale: &SaleId) -> Result<Option<Snapshot>, StoreError> {
+    /// Starts a rebuild of the sale's Redis state: locks its row (waiting
+    /// for order writes in flight, which hold it `FOR KEY SHARE`, and
+    /// holding back new ones), then reads every buyer's confirmed total,
+    /// which now includes everything committed. `None`: no such sale.
+    pub async fn begin_rebuild(&self, sale: &SaleId) -> Result<Option<Rebuild>, StoreError> {
+        let limit = self.timeout * 2;
         let fut = async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-            let sql = concat!("SELECT ", sale_columns!(), " FROM sales WHERE sale_id = $1");
+            bound_statements(&mut tx, limit).await?;
+            let sql = concat!(
+                "SELECT ",
+                sale_columns!(),
+                " FROM sales WHERE sale_id = $1 FOR UPDATE"
+            );
             let Some(row) = sqlx::query_as::<_, SaleRow>(sql)
                 .bind(sale.as_str())
                 .fetch_optional(&mut *tx)
@@ -193,19 +228,69 @@ impl Store {
             else {
                 return Ok(None);
             };
+            // READ COMMITTED: this statement sees every write that held the
+            // row before the lock above was granted.
             let bought: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, quantity::int8 FROM user_purchases WHERE sale_id = $1 AND quantity > 0 ORDER BY user_id")
                 .bind(sale.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
-            tx.commit().await?;
             let sold = bought.iter().map(|(_, q)| q).sum();
-            Ok(Some(Snapshot {
-                sale: row,
-                bought,
-                sold,
+            Ok(Some(Rebuild {
+                tx,
+                snapshot: Snapshot {
+                    sale: row,
+                    bought,
+                    sold,
+                },
             }))
         };
-        self.bounded(self.timeout * 2, fut).await
+        self.bounded(limit, fut).await
+    }
+
+    /// Gives up a rebuild (another instance did it first): unlocks the row.
+    pub async fn abandon_rebuild(&self, rebuild: Rebuild) {
+        if let Err(e) = self.bounded(self.timeout, rebuild.tx.rollback()).await {
+            // The connection goes back to the pool and rolls back there.
+            tracing::debug!(error = %crate::error::chain(&e), "rollback of an abandoned rebuild failed");
+        }
+    }
+
+    /// Commits a rebuild: from now on only orders of `epoch` are recorded.
+    pub async fn commit_rebuild(
+        &self,
+        mut rebuild: Rebuild,
+        sale: &SaleId,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        let fut = async {
+            sqlx::query("UPDATE sales SET epoch = $2 WHERE sale_id = $1")
+                .bind(sale.as_str())
+                .bind(epoch)
+                .execute(&mut *rebuild.tx)
+                .await?;
+            rebuild.tx.commit().await
+        };
+        self.bounded(self.timeout, fut).await
+    }
+
+    /// The order of one reservation, if it was recorded.
+    pub async fn order(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Order>, StoreError> {
+        let q = sqlx::query_as::<_, (Uuid, String, String, i32, DateTime<Utc>)>(
+            "SELECT reservation_id, sale_id, user_id, quantity, confirmed_at FROM orders WHERE reservation_id = $1 AND sale_id = $2",
+        )
+        .bind(rid)
+        .bind(sale.as_str())
+        .fetch_optional(&self.pool);
+        Ok(self.bounded(self.timeout, q).await?.map(
+            |(reservation_id, sale_id, user_id, quantity, confirmed_at)| Order {
+                reservation_id,
+                sale_id,
+                user_id,
+                quantity,
+                confirmed_at,
+                epoch: 0,
+            },
+        ))
     }
 
     /// Opens the transaction of a configuration change and locks the sale's
@@ -230,20 +315,22 @@ impl Store {
         self.bounded(self.timeout, fut).await
     }
 
+    /// `epoch`: the Redis state's (see `lua/configure.lua`).
     pub async fn upsert_sale(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         sale: &SaleId,
         cfg: &SaleConfig,
+        epoch: i64,
     ) -> Result<(), StoreError> {
         let to_time = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
         let q = sqlx::query(
-            "INSERT INTO sales (sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO sales (sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, epoch)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (sale_id) DO UPDATE SET product_id = EXCLUDED.product_id, stock_limit = EXCLUDED.stock_limit,
                per_user_limit = EXCLUDED.per_user_limit, hold_ttl_secs = EXCLUDED.hold_ttl_secs,
                max_hold_secs = EXCLUDED.max_hold_secs, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
-               updated_at = now()",
+               epoch = EXCLUDED.epoch, updated_at = now()",
         )
         .bind(sale.as_str())
         .bind(cfg.product_id.as_deref())
@@ -252,7 +339,8 @@ impl Store {
         .bind(i32::try_from(cfg.hold_ttl_ms / 1000).unwrap_or(i32::MAX))
         .bind(i32::try_from(cfg.max_hold_ms / 1000).unwrap_or(i32::MAX))
         .bind(to_time(cfg.starts_ms))
-        .bind(to_time(cfg.ends_ms));
+        .bind(to_time(cfg.ends_ms))
+        .bind(epoch);
         self.bounded(self.timeout, q.execute(&mut **tx))
             .await
             .map(|_| ())
@@ -319,66 +407,105 @@ impl Store {
 
     /// Records confirmed orders exactly once each (by reservation id),
     /// advancing user_purchases and sales.sold_count only for rows that were
-    /// new. Bounded by `limit`. Returns how many orders were new.
+    /// new, and only orders of their sale's current epoch.
+    ///
+    /// Within `limit` it either commits or certainly never will: the write
+    /// runs under a server-side `statement_timeout` that ends before the
+    /// caller's own bound, so Postgres cancels a write that waits (for a
+    /// lock, say) instead of letting it commit after the answer went out.
     pub async fn record_orders(
         &self,
         orders: &[Order],
         limit: Duration,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Recorded, StoreError> {
+        let deadline = tokio::time::Instant::now() + limit;
         let fut = async {
             let mut tx = self.pool.begin().await?;
-            let n = insert_orders(&mut tx, orders).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            bound_statements(&mut tx, left.saturating_sub(STATEMENT_MARGIN)).await?;
+            let recorded = insert_orders(&mut tx, orders).await?;
             tx.commit().await?;
-            Ok(n)
+            Ok(recorded)
         };
-        self.bounded(limit, fut).await
+        // The server's bound fires first; this one only guards against a
+        // Postgres that stops answering altogether (the write is then
+        // cancelled by the server's timeout, or was never received).
+        self.bounded(limit + CLIENT_GRACE, fut).await
     }
 
     /// Applies a batch of one sale's stream events in one transaction: the
     /// audit rows and the orders of its `confirmed` events. Replaying any
     /// part of it changes nothing.
-    pub async fn apply_events(&self, events: &[Event]) -> Result<u64, StoreError> {
+    pub async fn apply_events(&self, events: &[Event]) -> Result<Recorded, StoreError> {
+        let limit = self.timeout * 4;
         let fut = async {
             let mut tx = self.pool.begin().await?;
-            let n = insert_movements(&mut tx, events).await?;
+            bound_statements(&mut tx, limit).await?;
             let orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
-            insert_orders(&mut tx, &orders).await?;
+            // Orders first: they lock the sales' rows (FOR KEY SHARE)
+            // before anything else, as every order write does.
+            let recorded = insert_orders(&mut tx, &orders).await?;
+            insert_movements(&mut tx, events).await?;
             tx.commit().await?;
-            Ok(n)
+            Ok(recorded)
         };
-        self.bounded(self.timeout * 4, fut).await
+        self.bounded(limit + CLIENT_GRACE, fut).await
     }
 }
+
+/// How much earlier than the caller's deadline the server cancels a write.
+const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
+/// How long past its deadline the client waits for the server's own
+/// cancellation before giving up on the connection.
+const CLIENT_GRACE: Duration = Duration::from_millis(500);
 
 async fn insert_orders(
     tx: &mut Transaction<'static, Postgres>,
     orders: &[Order],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Recorded, sqlx::Error> {
     if orders.is_empty() {
-        return Ok(0);
+        return Ok(Recorded::default());
     }
     let mut rid = Vec::with_capacity(orders.len());
     let mut sale = Vec::with_capacity(orders.len());
     let mut user = Vec::with_capacity(orders.len());
     let mut qty = Vec::with_capacity(orders.len());
     let mut at = Vec::with_capacity(orders.len());
+    let mut epoch = Vec::with_capacity(orders.len());
     for o in orders {
         rid.push(o.reservation_id);
         sale.push(o.sale_id.as_str());
         user.push(o.user_id.as_str());
         qty.push(o.quantity);
         at.push(o.confirmed_at);
+        epoch.push(o.epoch);
     }
     // Data-modifying CTEs run exactly once each; user_purchases and sold_count
     // only move by the rows `ins` really inserted.
-    let (n,): (i64,) = sqlx::query_as(
+    //
+    // `fence` locks the sales' rows FOR KEY SHARE (in one order, so writers
+    // never deadlock; they do not block one another) and keeps only orders
+    // of each sale's current epoch: a rebuild (which takes the row FOR
+    // UPDATE) either waits for this write, and then reads it, or bumped
+    // the epoch first, and then this write records nothing of the lost
+    // state. An order of a sale Postgres does not know is recorded as
+    // before (there is nothing to rebuild it from).
+    let (n, stale): (i64, Vec<Uuid>) = sqlx::query_as(
         "WITH input AS (
-            SELECT DISTINCT ON (rid) rid, sale_id, user_id, qty, at
-            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[]) AS t(rid, sale_id, user_id, qty, at)
+            SELECT DISTINCT ON (rid) rid, sale_id, user_id, qty, at, epoch
+            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::int8[]) AS t(rid, sale_id, user_id, qty, at, epoch)
             ORDER BY rid
+        ), fence AS (
+            SELECT s.sale_id, s.epoch FROM sales s
+            WHERE s.sale_id IN (SELECT sale_id FROM input)
+            ORDER BY s.sale_id
+            FOR KEY SHARE
+        ), current AS (
+            SELECT i.* FROM input i LEFT JOIN fence f ON f.sale_id = i.sale_id
+            WHERE f.sale_id IS NULL OR f.epoch = i.epoch
         ), ins AS (
             INSERT INTO orders (reservation_id, sale_id, user_id, quantity, confirmed_at)
-            SELECT rid, sale_id, user_id, qty, at FROM input
+            SELECT rid, sale_id, user_id, qty, at FROM current
             ON CONFLICT (reservation_id) DO NOTHING
             RETURNING sale_id, user_id, quantity
         ), buyers AS (
@@ -393,16 +520,23 @@ async fn insert_orders(
             WHERE s.sale_id = x.sale_id
             RETURNING 1
         )
-        SELECT count(*) FROM ins",
+        SELECT (SELECT count(*) FROM ins),
+               ARRAY(SELECT i.rid FROM input i
+                     WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.rid = i.rid)
+                       AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.reservation_id = i.rid))",
     )
     .bind(&rid)
     .bind(&sale)
     .bind(&user)
     .bind(&qty)
     .bind(&at)
+    .bind(&epoch)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    Ok(Recorded {
+        inserted: u64::try_from(n).unwrap_or(0),
+        stale,
+    })
 }
 
 async fn insert_movements(

@@ -20,8 +20,10 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, Store, StoreError};
+use crate::directory::Directory;
 use crate::gate::{Gate, GateError, RedisConn, SaleKeys};
 use crate::ids::SaleId;
+use crate::readiness::TaskHealth;
 
 pub const GROUP: &str = "flashgate-writer";
 
@@ -39,6 +41,14 @@ impl From<redis::RedisError> for WorkerError {
     }
 }
 
+impl WorkerError {
+    /// The sale's stream or its consumer group is gone (Redis lost its
+    /// data, or the stream was deleted): the group must be created again.
+    fn is_no_group(&self) -> bool {
+        matches!(self, Self::Redis(GateError::Script(e)) if e.code() == Some("NOGROUP"))
+    }
+}
+
 /// What the worker last saw: shown by `/readyz` and logged.
 #[derive(Debug, Default)]
 pub struct WorkerStatus {
@@ -48,10 +58,8 @@ pub struct WorkerStatus {
     pub pending: AtomicI64,
     pub events_written: AtomicU64,
     pub dead_lettered: AtomicU64,
-    pub postgres_errors: AtomicU64,
     /// False while the last write to Postgres failed.
     pub postgres_ok: AtomicBool,
-    pub running: AtomicBool,
 }
 
 #[derive(Clone, Debug)]
@@ -78,18 +86,31 @@ impl WorkerConfig {
     }
 }
 
+/// A sale whose drain failed waits this long before the next try, doubling
+/// up to [`SALE_BACKOFF_MAX`]: one sale whose Redis node is away must not
+/// slow the others down.
+const SALE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const SALE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the backlog is counted (and logged while it is not zero).
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
 pub struct Worker {
     gate: Gate,
+    directory: Arc<Directory>,
     /// Its own connection: the worker's reads never queue behind (or in
     /// front of) the request path's multiplexed connection.
     conn: RedisConn,
     store: Store,
     cfg: WorkerConfig,
     status: Arc<WorkerStatus>,
+    health: Arc<TaskHealth>,
     /// Sales whose consumer group exists.
     grouped: HashSet<SaleId>,
     /// Sales with entries delivered to this consumer and not yet acked.
     own_pending: HashSet<SaleId>,
+    /// Sales whose last drain failed: when to try again, the next wait,
+    /// and why.
+    failing: HashMap<SaleId, (Instant, Duration, String)>,
     last_claim: Instant,
     last_stats: Instant,
 }
@@ -97,22 +118,26 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         gate: Gate,
+        directory: Arc<Directory>,
         conn: RedisConn,
         store: Store,
         cfg: WorkerConfig,
-        status: Arc<WorkerStatus>,
+        health: Arc<TaskHealth>,
     ) -> Self {
         let long_ago = Instant::now()
             .checked_sub(Duration::from_secs(3600))
             .unwrap_or_else(Instant::now);
         Self {
             gate,
+            directory,
             conn,
             store,
             cfg,
-            status,
+            status: Arc::new(WorkerStatus::default()),
+            health,
             grouped: HashSet::new(),
             own_pending: HashSet::new(),
+            failing: HashMap::new(),
             last_claim: long_ago,
             last_stats: long_ago,
         }
@@ -122,63 +147,111 @@ impl Worker {
         self.status.clone()
     }
 
+    pub fn health(&self) -> Arc<TaskHealth> {
+        self.health.clone()
+    }
+
     /// Runs until `shutdown` fires; a batch in flight is finished (or
     /// abandoned unacknowledged), never acknowledged before its commit.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(consumer = %self.cfg.consumer, "write-behind worker started");
-        self.status.running.store(true, Ordering::Relaxed);
+        self.health.set_running(true);
         self.status.postgres_ok.store(true, Ordering::Relaxed);
-        let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self.pass().await {
-                Ok(done) => {
-                    backoff = Duration::from_millis(100);
-                    if done == 0 {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(self.cfg.idle_wait) => {}
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let WorkerError::Store(_) = e {
-                        self.status.postgres_ok.store(false, Ordering::Relaxed);
-                        self.status.postgres_errors.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::postgres_write_error("write_behind");
-                    }
-                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), retry_in_ms = backoff.as_millis() as u64, "write-behind pass failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+            let done = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                done = self.pass() => done,
+            };
+            if done == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.cfg.idle_wait) => {}
                 }
             }
         }
-        self.status.running.store(false, Ordering::Relaxed);
+        self.health.set_running(false);
         tracing::info!(consumer = %self.cfg.consumer, "write-behind worker stopped");
     }
 
-    /// One pass over every sale. Returns the number of entries handled.
-    pub async fn pass(&mut self) -> Result<usize, WorkerError> {
-        let sales = self.gate.indexed_sales().await?;
+    /// One pass over every sale (but those waiting out a failure). Returns
+    /// the number of entries handled. A sale that fails is retried after a
+    /// backoff of its own; the pass goes on with the others, and the
+    /// worker's health says what failed (a stall shows in `/readyz`).
+    pub async fn pass(&mut self) -> usize {
+        let listing = self.directory.sales().await;
         let claim = self.last_claim.elapsed() >= self.cfg.claim_idle / 2;
-        let mut done = 0;
-        for sale in &sales {
-            done += self.drain(sale, claim).await?;
-        }
         if claim {
             self.last_claim = Instant::now();
         }
-        if self.last_stats.elapsed() >= Duration::from_secs(5) {
-            self.last_stats = Instant::now();
-            self.refresh_stats(&sales).await?;
+        let mut done = 0;
+        for sale in &listing.sales {
+            if self
+                .failing
+                .get(sale)
+                .is_some_and(|(at, _, _)| Instant::now() < *at)
+            {
+                continue;
+            }
+            match self.drain(sale, claim).await {
+                Ok(n) => {
+                    done += n;
+                    self.failing.remove(sale);
+                }
+                Err(e) => self.sale_failed(sale, &e),
+            }
         }
-        Ok(done)
+        if self.last_stats.elapsed() >= STATS_EVERY {
+            self.last_stats = Instant::now();
+            self.refresh_stats(&listing.sales).await;
+        }
+        let mut problems: Vec<String> = listing.problem.into_iter().collect();
+        problems.extend(
+            self.failing
+                .iter()
+                .map(|(sale, (_, _, why))| format!("sale {sale}: {why}")),
+        );
+        if problems.is_empty() {
+            self.health.succeeded();
+        } else {
+            problems.sort();
+            self.health.failed(problems.join("; "));
+        }
+        done
     }
 
-    /// Processes what is waiting in one sale's stream (one batch of each kind).
+    fn sale_failed(&mut self, sale: &SaleId, e: &WorkerError) {
+        if let WorkerError::Store(_) = e {
+            self.status.postgres_ok.store(false, Ordering::Relaxed);
+            crate::metrics::postgres_write_error("write_behind");
+        }
+        let wait = self
+            .failing
+            .get(sale)
+            .map_or(SALE_BACKOFF_MIN, |(_, w, _)| (*w * 2).min(SALE_BACKOFF_MAX));
+        let why = crate::error::chain(e);
+        tracing::warn!(sale = %sale, error = %why, retry_in_ms = wait.as_millis() as u64, "write-behind of a sale failed; retrying");
+        self.failing
+            .insert(sale.clone(), (Instant::now() + wait, wait, why));
+    }
+
+    /// Processes what is waiting in one sale's stream. A stream whose
+    /// consumer group is gone (Redis lost its data, whichever command
+    /// notices it first) gets the group again and is drained at once.
     async fn drain(&mut self, sale: &SaleId, claim: bool) -> Result<usize, WorkerError> {
+        match self.drain_once(sale, claim).await {
+            Err(e) if e.is_no_group() => {
+                tracing::info!(sale = %sale, "the sale's consumer group is gone (Redis lost its data?): creating it again");
+                self.grouped.remove(sale);
+                self.own_pending.remove(sale);
+                self.drain_once(sale, claim).await
+            }
+            other => other,
+        }
+    }
+
+    /// One batch of each kind: claimed from dead consumers, our own
+    /// unacknowledged ones, new ones.
+    async fn drain_once(&mut self, sale: &SaleId, claim: bool) -> Result<usize, WorkerError> {
         let keys = self.gate.keys(sale);
         if !self.grouped.contains(sale) {
             self.ensure_group(&keys).await?;
@@ -205,14 +278,7 @@ impl Worker {
         } else {
             ">"
         };
-        let entries = match self.read(&keys, start).await {
-            Err(WorkerError::Redis(GateError::Script(e))) if e.code() == Some("NOGROUP") => {
-                // The stream was lost with Redis' data and rebuilt: recreate the group.
-                self.grouped.remove(sale);
-                return Ok(done);
-            }
-            other => other?,
-        };
+        let entries = self.read(&keys, start).await?;
         if entries.is_empty() {
             if start == "0" {
                 self.own_pending.remove(sale);
@@ -286,8 +352,9 @@ impl Worker {
             }
         }
         match self.store.apply_events(&events).await {
-            Ok(_) => {
+            Ok(recorded) => {
                 self.status.postgres_ok.store(true, Ordering::Relaxed);
+                stale(sale, &recorded.stale);
                 let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
                 self.ack(keys, &ids).await?;
                 self.status
@@ -304,7 +371,10 @@ impl Worker {
                     entries.iter().map(|s| (s.id.as_str(), s)).collect();
                 for event in &events {
                     match self.store.apply_events(std::slice::from_ref(event)).await {
-                        Ok(_) => self.ack(keys, &[event.event_id.as_str()]).await?,
+                        Ok(recorded) => {
+                            stale(sale, &recorded.stale);
+                            self.ack(keys, &[event.event_id.as_str()]).await?
+                        }
                         Err(e) if e.is_transient() => return Err(e.into()),
                         Err(e) => {
                             let deliveries = self.deliveries(keys, &event.event_id).await?;
@@ -381,20 +451,25 @@ impl Worker {
         Ok(())
     }
 
-    async fn refresh_stats(&mut self, sales: &[SaleId]) -> Result<(), WorkerError> {
+    /// Counts the backlog of every sale that answers (a sale whose node is
+    /// away is left out, and the worker's health already says so).
+    async fn refresh_stats(&mut self, sales: &[SaleId]) {
         let (mut backlog, mut pending) = (0i64, 0i64);
         for sale in sales {
+            if self.failing.contains_key(sale) {
+                continue;
+            }
             let keys = self.gate.keys(sale);
-            let len: i64 = self.conn.xlen(keys.events()).await?;
+            let Ok(len) = self.conn.xlen::<_, i64>(keys.events()).await else {
+                continue;
+            };
             backlog += len;
             if len > 0 {
-                let summary: redis::streams::StreamPendingReply =
-                    match self.conn.xpending(keys.events(), GROUP).await {
-                        Ok(s) => s,
-                        Err(e) if e.code() == Some("NOGROUP") => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                pending += summary.count() as i64;
+                let summary: Result<redis::streams::StreamPendingReply, _> =
+                    self.conn.xpending(keys.events(), GROUP).await;
+                if let Ok(summary) = summary {
+                    pending += summary.count() as i64;
+                }
             }
         }
         self.status.backlog.store(backlog, Ordering::Relaxed);
@@ -403,6 +478,14 @@ impl Worker {
         if backlog > 0 {
             tracing::info!(backlog, pending, sales = sales.len(), "write-behind lag");
         }
-        Ok(())
+    }
+}
+
+/// Confirms of a lost Redis state that Postgres refused (see
+/// `Store::record_orders`): their units were offered again by the rebuild.
+fn stale(sale: &SaleId, rids: &[uuid::Uuid]) {
+    if !rids.is_empty() {
+        crate::metrics::stale_orders("write_behind", rids.len());
+        tracing::warn!(sale = %sale, reservations = ?rids, "confirmed events of a lost Redis state not recorded: the sale was rebuilt from Postgres first");
     }
 }

@@ -194,6 +194,30 @@ impl Spawn {
     }
 }
 
+impl TestApp {
+    /// A `TestApp` for a flashgate running elsewhere (a process of its own)
+    /// at `address`, on `settings`' Redis, database and key prefix.
+    pub async fn external(address: String, settings: &Settings, pool: PgPool) -> Self {
+        let (gate, store) = flashgate::startup::connect(settings)
+            .await
+            .expect("connect");
+        let service = Service::new(gate, store, settings);
+        TestApp {
+            address,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            prefix: settings.key_prefix.clone(),
+            pool,
+            service,
+            admission: Admission::new(1, Duration::from_secs(1)),
+            redis_urls: settings.redis_urls.clone(),
+            redis_cluster: settings.redis_cluster,
+        }
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     Spawn::new().await.start().await
 }
@@ -632,4 +656,33 @@ pub fn confirm_req(app: &TestApp, sale: &str, rid: &str, user: &str) -> reqwest:
 pub fn counters(v: &Value) -> (i64, i64, i64, i64) {
     let n = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
     (n("stock"), n("sold"), n("held"), n("available"))
+}
+
+/// Polls `/readyz` until `ok` holds for its status and body (readiness is
+/// probed in the background, so it follows a fault within a second or
+/// two). Every answer must come fast: it is read from memory.
+pub async fn readyz_until(
+    app: &TestApp,
+    within: Duration,
+    ok: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let a = timed("readyz", app.client.get(app.url("/readyz"))).await;
+        assert!(
+            a.took < Duration::from_secs(1),
+            "readyz took {:?}: it must answer from memory",
+            a.took
+        );
+        if ok(a.status, &a.body) {
+            return a.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never got there: {} {}",
+            a.status,
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,4 +1,6 @@
-//! What an operator watches: Prometheus metrics and request ids.
+//! What an operator watches: Prometheus metrics, request ids, readiness.
+
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -44,4 +46,165 @@ async fn every_response_carries_a_request_id() {
             "{path}: no request id ({id:?})"
         );
     }
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Waits until `/metrics` shows `line` (the gauge follows the worker's next
+/// round, a moment after `/readyz`, which reads the stall's age directly).
+async fn metric_until(app: &TestApp, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !metrics_text(app).await.contains(line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in the metrics: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `flashgate serve` process of its own (its own metrics and log),
+/// sharing `settings`' database and key prefix; killed on drop.
+struct Process {
+    child: std::process::Child,
+    app: TestApp,
+}
+
+impl Process {
+    async fn serve(settings: &flashgate::config::Settings, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashgate"));
+        cmd.arg("serve")
+            .env("FLASHGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
+            .env("FLASHGATE_REDIS_URL", settings.redis_urls.join(","))
+            .env(
+                "FLASHGATE_REDIS_CLUSTER",
+                if settings.redis_cluster { "1" } else { "0" },
+            )
+            .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
+            .env("FLASHGATE_ADMIN_TOKEN", ADMIN)
+            .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+            .env("FLASHGATE_HTTP_WORKERS", "1")
+            .env("FLASHGATE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start flashgate serve");
+        let pool = sqlx::PgPool::connect(settings.database_url.expose())
+            .await
+            .expect("pool");
+        let app = TestApp::external(format!("http://127.0.0.1:{port}"), settings, pool).await;
+        let me = Self { child, app };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while me
+            .app
+            .client
+            .get(me.app.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flashgate serve did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        me
+    }
+
+    /// Stops the process and returns what it logged.
+    fn log(mut self) -> String {
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().expect("output");
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+/// Issue 12.2: a write-behind that cannot write a sale (here its stream is
+/// not a stream any more) was invisible: `/readyz` said `ready`, nothing
+/// moved, reconcile called it lag. A stall now shows in `/readyz`
+/// (`degraded`, with the reason naming the sale), in a metric and in an
+/// error log line, and clears once the sale can be written again. The
+/// instance is a process of its own: metrics are per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_write_behind_shows_in_readyz_metrics_and_the_log() {
+    let settings = Spawn::new().await.settings;
+    let proc = Process::serve(&settings, &[("FLASHGATE_STALL_AFTER_MS", "500")]).await;
+    let app = &proc.app;
+    let sale = app.sale(10, 2, 60).await;
+    readyz_until(app, Duration::from_secs(10), |s, v| {
+        s == 200 && v["status"] == "ready"
+    })
+    .await;
+
+    let events = format!("{}:{{{sale}}}:events", app.prefix);
+    let mut conn = app.redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&events)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let _: () = redis::cmd("SET")
+        .arg(&events)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+
+    let v = readyz_until(app, Duration::from_secs(15), |s, v| {
+        s == 200 && v["status"] == "degraded"
+    })
+    .await;
+    let reasons = v["reasons"].to_string();
+    assert!(
+        reasons.contains("write-behind") && reasons.contains(&sale),
+        "the reason names the task and the sale: {v}"
+    );
+    metric_until(
+        app,
+        r#"flashgate_background_stalled{task="write-behind"} 1"#,
+    )
+    .await;
+
+    // Mended: the worker makes the stream and its group again, and the
+    // stall clears.
+    let _: () = redis::cmd("DEL")
+        .arg(&events)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    readyz_until(app, Duration::from_secs(15), |s, v| {
+        s == 200 && v["status"] == "ready"
+    })
+    .await;
+    metric_until(
+        app,
+        r#"flashgate_background_stalled{task="write-behind"} 0"#,
+    )
+    .await;
+
+    let log = proc.log();
+    assert!(
+        log.lines().any(|l| l.contains("\"level\":\"ERROR\"")
+            && l.contains("background task stalled")
+            && l.contains(&sale)),
+        "an error log line names the stall: {log}"
+    );
 }

@@ -5,12 +5,25 @@ use std::process::Command;
 
 use flashgate::config::ConfirmDurability;
 use flashgate::ids::SaleId;
-use flashgate::reconcile::reconcile;
+use std::time::Duration;
+
+use flashgate::reconcile::{reconcile, Options};
 
 use crate::helpers::*;
 
 async fn redis_conn() -> flashgate::gate::RedisConn {
     test_redis().await
+}
+
+fn check() -> Options {
+    Options::default()
+}
+
+fn fix() -> Options {
+    Options {
+        fix: true,
+        ..Options::default()
+    }
 }
 
 #[tokio::test]
@@ -31,7 +44,7 @@ async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
         200
     );
     assert_eq!(app.reserve(&sale, "bob", 1, None).await.0, 201);
-    let clean = reconcile(&app.service, Some(&id), false)
+    let clean = reconcile(&app.service, Some(&id), &check())
         .await
         .expect("reconcile");
     assert_eq!(
@@ -41,7 +54,8 @@ async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
         clean.drift
     );
 
-    // Corrupt Redis: sold, one buyer's bought total, the held counter.
+    // Corrupt Redis: sold, one buyer's bought total, the held counter (7
+    // sold + 4 held > 10: Redis shows an oversell, an incident).
     let mut conn = redis_conn().await;
     let key = format!("{}:{{{sale}}}:sale", app.prefix);
     let _: () = redis::cmd("HSET")
@@ -55,7 +69,7 @@ async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
         .query_async(&mut conn)
         .await
         .expect("corrupt");
-    let found = reconcile(&app.service, Some(&id), false)
+    let found = reconcile(&app.service, Some(&id), &check())
         .await
         .expect("reconcile");
     let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
@@ -63,9 +77,16 @@ async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
         assert!(what.contains(&w), "{w} drift not found in {what:?}");
     }
     assert!(found.unresolved() > 0);
-    let fixed = reconcile(&app.service, Some(&id), true).await.expect("fix");
+    assert!(
+        found.incidents.iter().any(|i| i.what.contains("oversold")),
+        "{:?}",
+        found.incidents
+    );
+    let fixed = reconcile(&app.service, Some(&id), &fix())
+        .await
+        .expect("fix");
     assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
-    let again = reconcile(&app.service, Some(&id), false)
+    let again = reconcile(&app.service, Some(&id), &check())
         .await
         .expect("reconcile");
     assert!(again.drift.is_empty(), "{:?}", again.drift);
@@ -142,4 +163,140 @@ async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_sa
     .await
     .expect("q");
     assert_eq!(q, 1);
+}
+
+/// Issue 12.2: a confirm that sits in the stream, unwritten, was "lag" for
+/// ever. Lag has an age: older than `max_lag` it is drift, and `--fix`
+/// writes the order itself.
+#[tokio::test]
+async fn an_old_unwritten_confirm_is_drift_not_lag_and_fix_writes_it() {
+    let app = Spawn::new()
+        .await
+        .durability(ConfirmDurability::Redis)
+        .no_worker()
+        .start()
+        .await;
+    let sale = app.sale(10, 3, 60).await;
+    let id = SaleId::parse(&sale).expect("id");
+    let (_, a) = app.reserve(&sale, "ann", 2, None).await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+
+    let young = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        young.unresolved(),
+        0,
+        "a fresh confirm is lag: {:?}",
+        young.drift
+    );
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let old = Options {
+        max_lag: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let found = reconcile(&app.service, Some(&id), &old)
+        .await
+        .expect("reconcile");
+    assert_eq!(found.unresolved(), 1, "{:?}", found.drift);
+    assert!(found.drift[0].what.contains(&rid(&a)), "{:?}", found.drift);
+
+    let fixed = reconcile(
+        &app.service,
+        Some(&id),
+        &Options {
+            fix: true,
+            ..old.clone()
+        },
+    )
+    .await
+    .expect("fix");
+    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE sale_id = $1")
+        .bind(&sale)
+        .fetch_one(&app.pool)
+        .await
+        .expect("orders");
+    assert_eq!(n, 1, "--fix wrote the order");
+    let clean = reconcile(&app.service, Some(&id), &old)
+        .await
+        .expect("reconcile");
+    assert_eq!(clean.unresolved(), 0, "{:?}", clean.drift);
+}
+
+/// Issue 12.1: an oversell in Postgres was reported as drift, and `--fix`
+/// then wrote `sold: 4` against a stock of 2 into Redis and reported no
+/// drift. Now it is an incident: said loudly (exit code 2), and `--fix`
+/// never writes a state that breaks an invariant.
+#[tokio::test]
+async fn an_oversell_is_an_incident_and_fix_never_writes_it_into_redis() {
+    let spawn = Spawn::new().await;
+    let settings = spawn.settings.clone();
+    let app = spawn.start().await;
+    let sale = app.sale(2, 2, 60).await;
+    let (_, a) = app.reserve(&sale, "ann", 2, None).await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+    app.drained(Duration::from_secs(10)).await;
+    // What the attack left behind: another buyer's 2 units in Postgres.
+    let mut tx = app.pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO orders (reservation_id, sale_id, user_id, quantity, confirmed_at) VALUES (gen_random_uuid(), $1, 'bob', 2, now())")
+        .bind(&sale)
+        .execute(&mut *tx)
+        .await
+        .expect("order");
+    sqlx::query("INSERT INTO user_purchases (sale_id, user_id, quantity) VALUES ($1, 'bob', 2)")
+        .bind(&sale)
+        .execute(&mut *tx)
+        .await
+        .expect("purchase");
+    sqlx::query("UPDATE sales SET sold_count = 4 WHERE sale_id = $1")
+        .bind(&sale)
+        .execute(&mut *tx)
+        .await
+        .expect("sold");
+    tx.commit().await.expect("commit");
+
+    let id = SaleId::parse(&sale).expect("id");
+    let found = reconcile(&app.service, Some(&id), &fix())
+        .await
+        .expect("fix");
+    assert!(
+        found.incidents.iter().any(|i| i.what.contains("oversold")),
+        "{:?}",
+        found.incidents
+    );
+    assert!(
+        found.unresolved() > 0,
+        "Redis was not repaired to an oversell"
+    );
+    let v = app.view(&sale).await;
+    assert_eq!(
+        v["sold"].as_i64(),
+        Some(2),
+        "Redis keeps a state within the stock: {v}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(["reconcile", "--fix", "--sale", &sale])
+        .env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
+        .env("FLASHGATE_REDIS_URL", redis_url())
+        .env(
+            "FLASHGATE_REDIS_CLUSTER",
+            if cluster_mode() { "1" } else { "0" },
+        )
+        .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run reconcile");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("INCIDENT"), "{text}");
+    assert_eq!(app.view(&sale).await["sold"].as_i64(), Some(2));
 }
