@@ -268,6 +268,19 @@ async fn sale_id_on(node: &Node, prefix: &str) -> String {
     }
 }
 
+/// A fresh buyer id whose active-hold count (`{u:<buyer>}`) lives on `node`.
+async fn buyer_on(node: &Node, prefix: &str) -> String {
+    let mut conn = node_conn(&node.url()).await;
+    for i in 0.. {
+        let buyer = format!("buyer-on-{}-{i}", node.port());
+        let key = format!("{prefix}:{{u:{buyer}}}:active");
+        if node.serves(keyslot(&mut conn, &key).await) {
+            return buyer;
+        }
+    }
+    unreachable!("some buyer id lands on every node")
+}
+
 fn sha(script: &str) -> String {
     redis::Script::new(&flashgate::gate::scripts::source(script).expect("script"))
         .get_hash()
@@ -892,7 +905,10 @@ async fn a_primary_killed_mid_burst_sells_no_unit_twice_and_recovers() {
         .query_async(&mut bc)
         .await
         .expect("flush");
-    let (s, v) = apps[1].reserve(&other, "bystander", 1, None).await;
+    // (Its buyer's active-hold count on a live node too: a hold that cannot
+    // be counted is refused.)
+    let bystander_buyer = buyer_on(&bystander, &prefix).await;
+    let (s, v) = apps[1].reserve(&other, &bystander_buyer, 1, None).await;
     assert_eq!(
         s, 201,
         "a sale on a healthy primary while another is down: {v}"
@@ -984,13 +1000,7 @@ async fn a_primary_killed_mid_burst_sells_no_unit_twice_and_recovers() {
     }
     assert!(per_user.values().all(|&n| n <= cap), "{per_user:?}");
     // Readiness is back too.
-    let r = apps[1]
-        .client
-        .get(apps[1].url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(r.status().as_u16(), 200);
+    readyz_until(&apps[1], Duration::from_secs(20), |s, _| s == 200).await;
 }
 
 /// Reserves (a new buyer each time) until one is granted; the time it took.
@@ -1029,6 +1039,10 @@ async fn a_hung_primary_and_a_manual_failover_are_recovered_from() {
         .with(|s| {
             s.redis_timeout = Duration::from_millis(500);
             s.rate.per_user_per_sec = 0;
+            // A buyer whose active-hold count lives on the hung node is
+            // refused (fail closed, tested on its own): here the probes'
+            // buyers must not depend on it.
+            s.max_active_holds = 0;
         })
         .start()
         .await;
