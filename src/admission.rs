@@ -17,7 +17,9 @@
 //!   layer's own idle / first-request timeout). When it runs out the request
 //!   is read anyway, uncounted, until its answer is flushed: a slow client
 //!   that sits on a permit, or a burst larger than the permits can drain in
-//!   that time, delays requests, never drops them.
+//!   that time, delays requests, never drops them. The handler bound
+//!   (`api::bounded`) waits no longer than the same deadline
+//!   ([`ConnState::wait_deadline`]).
 //!
 //! Pipelined requests that arrive in one read are answered under the first
 //! one's permit (actix-http caps them at 16 per connection).
@@ -26,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -78,6 +80,7 @@ impl Admission {
             io,
             permits: PollSemaphore::new(self.permits.clone()),
             admission: self.clone(),
+            state: Arc::default(),
             permit: None,
             uncounted: false,
             wrote: false,
@@ -107,11 +110,38 @@ impl Admission {
     }
 }
 
+/// What a connection shares with its requests (actix-http's connection
+/// data, set in `startup`): how long the current request may still wait
+/// for a permit.
+#[derive(Default)]
+pub struct ConnState {
+    /// The deadline of the permit wait of the connection's last read, if it
+    /// had to wait.
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl ConnState {
+    /// Until when a request of this connection may wait for the handler
+    /// bound: what was left of its permit wait (nothing if that ran out),
+    /// or [`MAX_WAIT`] if it did not wait.
+    pub fn wait_deadline(&self) -> Instant {
+        let waited = self.deadline.lock().ok().and_then(|d| *d);
+        waited.unwrap_or_else(|| Instant::now() + MAX_WAIT)
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = deadline;
+        }
+    }
+}
+
 /// A connection that reads a request only while it holds a permit.
 pub struct AdmittedStream {
     io: TcpStream,
     permits: PollSemaphore,
     admission: Admission,
+    state: Arc<ConnState>,
     permit: Option<OwnedSemaphorePermit>,
     /// The wait ran out: read without a permit until the answer is flushed.
     uncounted: bool,
@@ -127,13 +157,20 @@ impl AdmittedStream {
         self.io.peer_addr()
     }
 
+    /// What this connection shares with its requests.
+    pub fn state(&self) -> Arc<ConnState> {
+        self.state.clone()
+    }
+
     /// Ready once the connection may read: it holds a permit, or its wait
     /// ran out.
     fn poll_admitted(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self.permits.poll_acquire(cx) {
             Poll::Ready(Some(p)) => {
                 self.permit = Some(p);
-                self.wait = None;
+                if self.wait.take().is_none() {
+                    self.state.set_deadline(None);
+                }
                 // Written only when it rises: no shared write per request.
                 let in_use = self.admission.in_use();
                 let peak = &self.admission.stats.peak;
@@ -145,6 +182,7 @@ impl AdmittedStream {
             // The semaphore is never closed; if it were, do not block.
             Poll::Ready(None) => {
                 self.uncounted = true;
+                self.state.set_deadline(None);
                 Poll::Ready(())
             }
             Poll::Pending => {
@@ -154,6 +192,7 @@ impl AdmittedStream {
                         .checked_sub(TIMEOUT_MARGIN)
                         .unwrap_or(self.idle_since);
                     let deadline = (Instant::now() + MAX_WAIT).min(by_layer);
+                    self.state.set_deadline(Some(deadline));
                     self.wait = Some(Box::pin(tokio::time::sleep_until(deadline)));
                 }
                 if let Some(wait) = self.wait.as_mut() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::error::DispatchError;
-use actix_http::{HttpService, Protocol};
+use actix_http::{Extensions, HttpService, Protocol};
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::http::StatusCode;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, AdmittedStream};
 use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -207,6 +207,11 @@ impl Application {
                 })
                 .and_then(
                     HttpService::build()
+                        // Each request carries its connection's admission
+                        // state: the handler bound reads its deadline.
+                        .on_connect_ext(|io: &AdmittedStream, ext: &mut Extensions| {
+                            ext.insert(io.state());
+                        })
                         .keep_alive(KEEP_ALIVE)
                         .client_request_timeout(FIRST_REQUEST_TIMEOUT)
                         .client_disconnect_timeout(Duration::from_secs(1))
