@@ -11,13 +11,36 @@
 //!
 //! The rules, per connection:
 //! - an idle keep-alive connection holds no permit: it waits for bytes
-//!   first, and asks for a permit only when a request has arrived;
-//! - the permit is given back when the answer has been written and flushed;
+//!   first, and asks for a permit only when some have arrived;
+//! - every read is made holding a permit (any read may complete a request
+//!   head). If actix-http did not start a request with what was read, the
+//!   head is not complete yet and the permit is given back at once, before
+//!   the connection waits for its next bytes: a client sending its head a
+//!   byte at a time holds a permit only while one of its reads is handled,
+//!   never while it is slow. actix-http keeps a partial head as bytes in its
+//!   connection read buffer; it builds the request (the memory this guards)
+//!   only once the head is complete;
+//! - once a request has started, the permit is kept while its body is read
+//!   and it is handled, and given back when the answer has been written and
+//!   flushed;
 //! - a wait for a permit is bounded ([`MAX_WAIT`], and never past the HTTP
-//!   layer's own idle / first-request timeout). When it runs out the request
-//!   is read anyway, uncounted, until its answer is flushed: a slow client
-//!   that sits on a permit, or a burst larger than the permits can drain in
-//!   that time, delays requests, never drops them.
+//!   layer's own idle / first-request timeout). When it runs out the read is
+//!   made anyway, uncounted (until the answer is flushed, if it started a
+//!   request): a slow client that sits on a permit, or a burst larger than
+//!   the permits can drain in that time, delays requests, never drops them.
+//!   The handler bound (`api::bounded`) waits no longer than the same
+//!   deadline ([`ConnState::wait_deadline`]).
+//!
+//! How a connection knows that a request started: `startup` gives each
+//! connection a [`ConnState`] (actix-http's connection data) and wraps the
+//! application in [`request_started`], which actix-http calls as soon as it
+//! has parsed a head. actix-http reads, parses and then flushes in one turn
+//! of the connection's task, so `poll_flush` is where a read that started no
+//! request gives its permit back. Why not scan the bytes for the blank line
+//! that ends a head instead: bytes that are not a head (a chunked body
+//! actix-http drains after an early answer, blank lines before a request
+//! line) would look like one and keep a permit for as long as the client
+//! trickles them, which is the attack this stops.
 //!
 //! Pipelined requests that arrive in one read are answered under the first
 //! one's permit (actix-http caps them at 16 per connection).
@@ -25,8 +48,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +65,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(2);
 /// A wait ends this long before the HTTP layer would close the connection
 /// as idle (its timer runs from the last answer, or from the accept).
 const TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
+/// An interim answer actix-http writes, alone, to a request that sent
+/// `Expect: 100-continue` before reading its body: that request is still
+/// to be answered, so its permit stays.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The permits, shared by every connection of the process.
 #[derive(Clone)]
@@ -78,20 +106,24 @@ impl Admission {
             io,
             permits: PollSemaphore::new(self.permits.clone()),
             admission: self.clone(),
+            state: Arc::default(),
             permit: None,
             uncounted: false,
+            waited: false,
+            expired: false,
             wrote: false,
             idle_since: Instant::now(),
             wait: None,
         }
     }
 
-    /// Requests read and not yet answered (counted ones).
+    /// Permits held: requests read and not yet answered (counted ones), and
+    /// for a moment each, reads that may complete a head.
     pub fn in_use(&self) -> usize {
         self.size - self.permits.available_permits()
     }
 
-    /// The most requests counted at once since start.
+    /// The most permits held at once since start.
     pub fn peak(&self) -> usize {
         self.stats.peak.load(Ordering::Relaxed)
     }
@@ -107,14 +139,56 @@ impl Admission {
     }
 }
 
-/// A connection that reads a request only while it holds a permit.
+/// What a connection shares with its requests (actix-http's connection
+/// data, set in `startup`): whether a request has started since the last
+/// answer, and how long the current one may still wait for a permit.
+#[derive(Default)]
+pub struct ConnState {
+    started: AtomicBool,
+    /// The deadline of the permit wait of the connection's last read, if it
+    /// had to wait.
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl ConnState {
+    /// Until when a request of this connection may wait for the handler
+    /// bound: what was left of its permit wait (nothing if that ran out),
+    /// or [`MAX_WAIT`] if it did not wait.
+    pub fn wait_deadline(&self) -> Instant {
+        let waited = self.deadline.lock().ok().and_then(|d| *d);
+        waited.unwrap_or_else(|| Instant::now() + MAX_WAIT)
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = deadline;
+        }
+    }
+}
+
+/// actix-http has parsed a request head of this connection and hands the
+/// request to the application: the connection keeps its permit until the
+/// answer is flushed. `startup` wraps the application in this.
+pub fn request_started(req: &actix_http::Request) {
+    if let Some(state) = req.conn_data::<Arc<ConnState>>() {
+        state.started.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A connection that reads only while it holds a permit, and keeps it only
+/// while a request is in flight.
 pub struct AdmittedStream {
     io: TcpStream,
     permits: PollSemaphore,
     admission: Admission,
+    state: Arc<ConnState>,
     permit: Option<OwnedSemaphorePermit>,
-    /// The wait ran out: read without a permit until the answer is flushed.
+    /// The wait ran out: read without a permit (see `permit`).
     uncounted: bool,
+    /// The permit (or pass) of this read had to wait / its wait ran out:
+    /// counted in the stats once it is known to have started a request.
+    waited: bool,
+    expired: bool,
     /// Bytes of an answer written since the last flush.
     wrote: bool,
     /// Last answer flushed (or accepted): where the HTTP layer's idle timer starts.
@@ -127,13 +201,25 @@ impl AdmittedStream {
         self.io.peer_addr()
     }
 
+    /// What this connection shares with its requests.
+    pub fn state(&self) -> Arc<ConnState> {
+        self.state.clone()
+    }
+
+    /// Holds a permit, or reads uncounted.
+    fn admitted(&self) -> bool {
+        self.permit.is_some() || self.uncounted
+    }
+
     /// Ready once the connection may read: it holds a permit, or its wait
     /// ran out.
     fn poll_admitted(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self.permits.poll_acquire(cx) {
             Poll::Ready(Some(p)) => {
                 self.permit = Some(p);
-                self.wait = None;
+                if self.wait.take().is_none() {
+                    self.state.set_deadline(None);
+                }
                 // Written only when it rises: no shared write per request.
                 let in_use = self.admission.in_use();
                 let peak = &self.admission.stats.peak;
@@ -145,15 +231,17 @@ impl AdmittedStream {
             // The semaphore is never closed; if it were, do not block.
             Poll::Ready(None) => {
                 self.uncounted = true;
+                self.state.set_deadline(None);
                 Poll::Ready(())
             }
             Poll::Pending => {
                 if self.wait.is_none() {
-                    self.admission.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    self.waited = true;
                     let by_layer = (self.idle_since + self.admission.idle_timeout)
                         .checked_sub(TIMEOUT_MARGIN)
                         .unwrap_or(self.idle_since);
                     let deadline = (Instant::now() + MAX_WAIT).min(by_layer);
+                    self.state.set_deadline(Some(deadline));
                     self.wait = Some(Box::pin(tokio::time::sleep_until(deadline)));
                 }
                 if let Some(wait) = self.wait.as_mut() {
@@ -164,18 +252,64 @@ impl AdmittedStream {
                 // Drop the queued acquire: a permit handed to it later would
                 // otherwise sit here unused until this connection closes.
                 self.permits = PollSemaphore::new(self.permits.clone_inner());
-                self.admission.stats.expired.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::admission_wait_expired();
+                self.expired = true;
                 Poll::Ready(())
             }
         }
     }
 
-    fn answered(&mut self) {
-        self.wrote = false;
+    /// The read that was admitted started a request: its wait counts.
+    fn count_wait(&mut self) {
+        let stats = &self.admission.stats;
+        if std::mem::take(&mut self.waited) {
+            stats.waited.fetch_add(1, Ordering::Relaxed);
+        }
+        if std::mem::take(&mut self.expired) {
+            stats.expired.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::admission_wait_expired();
+        }
+    }
+
+    /// Holds nothing: between reads of a head, or idle.
+    fn release(&mut self) {
         self.permit = None;
         self.uncounted = false;
+        self.waited = false;
+        self.expired = false;
+    }
+
+    /// Every call of `poll_flush` ends a turn of actix-http's dispatcher
+    /// (read, parse, answer, flush). A permit taken for a read that started
+    /// no request is given back here: the head is still incomplete, and the
+    /// connection must hold nothing while it waits for the rest.
+    fn end_of_turn(&mut self) {
+        if !self.admitted() {
+            return;
+        }
+        if self.state.started.load(Ordering::Relaxed) {
+            self.count_wait();
+        } else {
+            self.release();
+        }
+    }
+
+    fn answered(&mut self) {
+        if self.admitted() {
+            self.count_wait();
+        }
+        self.state.started.store(false, Ordering::Relaxed);
+        self.release();
+        self.wrote = false;
         self.idle_since = Instant::now();
+    }
+
+    /// `n` bytes of `buf` were written: part of an answer, unless they are
+    /// (part of) a lone interim `100 Continue`.
+    fn note_written(&mut self, buf: &[u8], n: usize) {
+        let interim = !self.wrote && n <= CONTINUE.len() && buf.starts_with(CONTINUE);
+        if n > 0 && !interim {
+            self.wrote = true;
+        }
     }
 }
 
@@ -186,7 +320,7 @@ impl AsyncRead for AdmittedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let admitted_now = this.permit.is_none() && !this.uncounted;
+        let admitted_now = !this.admitted();
         if admitted_now {
             // Nothing to read yet: wait for bytes holding nothing.
             ready!(this.io.poll_read_ready(cx))?;
@@ -196,9 +330,11 @@ impl AsyncRead for AdmittedStream {
         if admitted_now && r.is_pending() {
             // The readiness was stale: there was nothing to read after all,
             // so the connection is idle again and holds nothing.
-            this.permit = None;
-            this.uncounted = false;
+            this.release();
         }
+        // Otherwise the permit stays until the end of this turn (see
+        // `end_of_turn`): only then is it known whether the bytes completed
+        // a head.
         r
     }
 }
@@ -211,8 +347,8 @@ impl AsyncWrite for AdmittedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.wrote = true;
+        if let Poll::Ready(Ok(n)) = r {
+            this.note_written(buf, n);
         }
         r
     }
@@ -224,8 +360,12 @@ impl AsyncWrite for AdmittedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.wrote = true;
+        if let Poll::Ready(Ok(n)) = r {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            this.note_written(first, n);
         }
         r
     }
@@ -239,13 +379,15 @@ impl AsyncWrite for AdmittedStream {
         let r = Pin::new(&mut this.io).poll_flush(cx);
         if matches!(r, Poll::Ready(Ok(()))) && this.wrote {
             this.answered();
+        } else {
+            this.end_of_turn();
         }
         r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.permit = None;
+        this.release();
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

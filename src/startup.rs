@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::error::DispatchError;
-use actix_http::{HttpService, Protocol};
-use actix_service::{fn_service, map_config, ServiceFactoryExt};
+use actix_http::{Extensions, HttpService, Protocol, Request};
+use actix_service::{apply_fn_factory, fn_service, map_config, Service as _, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::http::StatusCode;
 use actix_web::middleware::ErrorHandlers;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, AdmittedStream};
 use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -102,6 +102,17 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// actix-web's defaults, spelled out: admission waits end before them.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long a new connection has to send its first request head (then 408
+/// and close). Kept at 5 s, not tightened, on purpose: a client sending a
+/// head slowly holds no admission permit (see `admission`), only its
+/// connection (~8.5 KiB), so a tighter limit would not speed up other
+/// requests; it would only make an attacker reconnect more often. And
+/// actix-http applies it to the first request of a connection only (a
+/// later head has no timer at all), so it bounds nothing an attacker cannot
+/// get around. What a tighter value would cost: admission waits end 0.5 s
+/// before it, so the first request of every new connection in a burst
+/// would wait less for a permit before being read uncounted, and slow
+/// mobile clients would be cut off.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Application {
@@ -236,6 +247,12 @@ impl Application {
                 })
                 .and_then(
                     HttpService::build()
+                        // Each request carries its connection's admission
+                        // state: it marks the connection as holding a
+                        // request, and the handler bound reads its deadline.
+                        .on_connect_ext(|io: &AdmittedStream, ext: &mut Extensions| {
+                            ext.insert(io.state());
+                        })
                         .keep_alive(KEEP_ALIVE)
                         .client_request_timeout(FIRST_REQUEST_TIMEOUT)
                         .client_disconnect_timeout(Duration::from_secs(1))
@@ -244,7 +261,13 @@ impl Application {
                             let signal = signal.clone();
                             async move { signal.notified().await }
                         })
-                        .finish(map_config(app, |_| AppConfig::default())),
+                        .finish(apply_fn_factory(
+                            map_config(app, |_| AppConfig::default()),
+                            |req: Request, app| {
+                                crate::admission::request_started(&req);
+                                app.call(req)
+                            },
+                        )),
                 )
             })?
             .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));

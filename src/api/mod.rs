@@ -19,6 +19,9 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
+use tokio::time::Instant;
+
+use crate::admission::{ConnState, MAX_WAIT};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::service::Service;
@@ -36,12 +39,18 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     /// Requests being handled at once, over all workers. The socket-level
     /// admission (`crate::admission`) already reads no more than this many
-    /// requests at once; this bound also holds for the requests it lets
-    /// through uncounted when their wait ran out.
+    /// requests at once; this bound also covers the requests it lets
+    /// through uncounted when their wait ran out, as far as its own wait
+    /// (bounded like the admission's, see `bounded`) allows.
     pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
-/// Waits for an in-flight permit before the handler runs.
+/// Waits for an in-flight permit before the handler runs, as long as the
+/// socket-level admission would have (`ConnState::wait_deadline`: what is
+/// left of the request's 2 s, nothing if it was read uncounted), then runs
+/// the handler anyway. A request reading a slow body holds its permit, so
+/// an unbounded wait here would let a few slow clients block every other
+/// request, not just delay it.
 pub async fn bounded(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -50,7 +59,15 @@ pub async fn bounded(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.inflight.clone());
     let _permit = match &sem {
-        Some(s) => s.acquire().await.ok(),
+        Some(s) => {
+            let deadline = req
+                .conn_data::<Arc<ConnState>>()
+                .map_or_else(|| Instant::now() + MAX_WAIT, |c| c.wait_deadline());
+            match tokio::time::timeout_at(deadline, s.acquire()).await {
+                Ok(permit) => permit.ok(),
+                Err(_) => None,
+            }
+        }
         None => None,
     };
     next.call(req).await
