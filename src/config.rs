@@ -3,7 +3,7 @@
 //! Secrets live in [`Secret`], whose `Debug` never prints the value.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// A value that must never reach a log line.
@@ -86,7 +86,7 @@ pub struct Settings {
     pub worker_claim_idle: Duration,
     /// Started with `--dev`: short secrets are allowed (loudly); missing ones never.
     pub dev_mode: bool,
-    pub rate: crate::limits::RateSettings,
+    pub rate: RateSettings,
     /// Most holds one buyer may have at once across all sales (0 = off).
     pub max_active_holds: u32,
     /// Requests handled at once (the rest wait for a permit).
@@ -123,10 +123,36 @@ impl Default for Settings {
             worker_max_deliveries: 5,
             worker_claim_idle: Duration::from_secs(30),
             dev_mode: false,
-            rate: crate::limits::RateSettings::default(),
+            rate: RateSettings::default(),
             max_active_holds: 10,
             max_inflight: 256,
             stall_after: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateSettings {
+    /// Requests per second per buyer, and the burst allowed on top (0 = off).
+    pub per_user_per_sec: u32,
+    pub per_user_burst: u32,
+    /// Requests per second per client IP (0 = off, the default).
+    pub per_ip_per_sec: u32,
+    pub per_ip_burst: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        // A person clicks a handful of times; a script hammering one account
+        // is held to 5 requests a second after a burst of 20.
+        Self {
+            per_user_per_sec: 5,
+            per_user_burst: 20,
+            per_ip_per_sec: 0,
+            per_ip_burst: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }

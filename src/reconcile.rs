@@ -18,11 +18,12 @@ use std::time::Duration;
 use chrono::DateTime;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::domain::Order;
 use crate::gate::{GateError, Inspection, PendingConfirm};
 use crate::ids::SaleId;
 use crate::service::Service;
-use crate::store::{Order, SaleRow};
+use crate::service::ServiceError;
+use crate::store::SaleRow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
@@ -130,7 +131,7 @@ async fn expected(
     insp: &Inspection,
     orders: &BTreeMap<String, i64>,
     max_lag: Duration,
-) -> Result<Expected, ApiError> {
+) -> Result<Expected, ServiceError> {
     let mut bought = orders.clone();
     let rids: Vec<Uuid> = insp
         .pending_confirms
@@ -209,13 +210,13 @@ async fn check_sale(
     row: &SaleRow,
     opts: &Options,
     report: &mut Report,
-) -> Result<(), ApiError> {
+) -> Result<(), ServiceError> {
     let fix = opts.fix;
     let Ok(sale) = SaleId::parse(&row.sale_id) else {
         return Ok(());
     };
     let id = sale.as_str();
-    let limit = i64::from(row.per_user_limit);
+    let limit = i64::from(row.config.per_user_limit);
     let incident = |report: &mut Report, what: String| {
         tracing::error!(sale = id, %what, "INCIDENT: an invariant is broken");
         report.incidents.push(Incident {
@@ -225,7 +226,7 @@ async fn check_sale(
     };
     let (orders, purchases, sold_count) = service.store.totals(&sale).await?;
     for what in broken(
-        row.stock_limit,
+        row.config.stock,
         limit,
         orders.values().sum(),
         0,
@@ -306,13 +307,13 @@ async fn check_sale(
             }
             drift.push(d);
         }
-        diff(&mut drift, id, "stock".into(), insp.stock, row.stock_limit);
+        diff(&mut drift, id, "stock".into(), insp.stock, row.config.stock);
         diff(
             &mut drift,
             id,
             "per_user_limit".into(),
             insp.per_user_limit,
-            i64::from(row.per_user_limit),
+            i64::from(row.config.per_user_limit),
         );
         diff(&mut drift, id, "sold".into(), insp.sold, want.sold);
         diff(&mut drift, id, "held".into(), insp.held, want.held);
@@ -366,7 +367,7 @@ async fn record_overdue(
     service: &Service,
     sale: &SaleId,
     p: &PendingConfirm,
-) -> Result<bool, ApiError> {
+) -> Result<bool, ServiceError> {
     let Ok(rid) = Uuid::parse_str(&p.rid) else {
         return Ok(false);
     };
@@ -408,7 +409,7 @@ pub async fn reconcile(
     service: &Service,
     only: Option<&SaleId>,
     opts: &Options,
-) -> Result<Report, ApiError> {
+) -> Result<Report, ServiceError> {
     let mut report = Report::default();
     for row in service.store.list_sales().await? {
         if only.is_some_and(|s| s.as_str() != row.sale_id) {

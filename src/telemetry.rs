@@ -60,3 +60,15 @@ impl tracing_actix_web::RootSpanBuilder for RootSpan {
         );
     }
 }
+
+/// Walks an error's `source()` chain into one line for the logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

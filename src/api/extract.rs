@@ -8,10 +8,10 @@ use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use uuid::Uuid;
 
+use super::error::ApiError;
 use super::AppState;
 use crate::auth::{bearer, AuthError};
-use crate::error::ApiError;
-use crate::gate::Actor;
+use crate::domain::Actor;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
@@ -42,37 +42,44 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
+/// Who a request is from, decided from its `Authorization` header alone.
+trait FromToken: Sized {
+    fn from_token(auth: &crate::auth::Auth, token: &str) -> Result<Self, ApiError>;
+}
+
+/// An extractor for each [`FromToken`]: state, bearer token, decision.
+macro_rules! from_token {
+    ($($t:ty),*) => {$(
+        impl FromRequest for $t {
+            type Error = ApiError;
+            type Future = Ready<Result<Self, ApiError>>;
+
+            fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+                ready(state(req).and_then(|st| <$t>::from_token(&st.auth, token(req)?)))
+            }
+        }
+    )*};
+}
+
 /// The admin (bearer = `FLASHGATE_ADMIN_TOKEN`).
 pub struct Admin;
 
-impl FromRequest for Admin {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let t = token(req)?;
-            if state(req)?.auth.is_admin(t) {
-                Ok(Admin)
-            } else {
-                Err(auth_error(AuthError::NotAdmin))
-            }
-        })())
+impl FromToken for Admin {
+    fn from_token(auth: &crate::auth::Auth, token: &str) -> Result<Self, ApiError> {
+        if auth.is_admin(token) {
+            Ok(Admin)
+        } else {
+            Err(auth_error(AuthError::NotAdmin))
+        }
     }
 }
 
 /// A buyer (bearer = HS256 JWT, user = `sub`).
 pub struct Buyer(pub UserId);
 
-impl FromRequest for Buyer {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let t = token(req)?;
-            state(req)?.auth.buyer(t).map(Buyer).map_err(auth_error)
-        })())
+impl FromToken for Buyer {
+    fn from_token(auth: &crate::auth::Auth, token: &str) -> Result<Self, ApiError> {
+        auth.buyer(token).map(Buyer).map_err(auth_error)
     }
 }
 
@@ -89,30 +96,18 @@ impl Caller {
             Caller::Buyer(u) => Actor::Buyer(u),
         }
     }
+}
 
-    pub fn may_see(&self, owner: &str) -> bool {
-        match self {
-            Caller::Admin => true,
-            Caller::Buyer(u) => u.as_str() == owner,
+impl FromToken for Caller {
+    fn from_token(auth: &crate::auth::Auth, token: &str) -> Result<Self, ApiError> {
+        if auth.is_admin(token) {
+            return Ok(Caller::Admin);
         }
+        auth.buyer(token).map(Caller::Buyer).map_err(auth_error)
     }
 }
 
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let t = token(req)?;
-            let st = state(req)?;
-            if st.auth.is_admin(t) {
-                return Ok(Caller::Admin);
-            }
-            st.auth.buyer(t).map(Caller::Buyer).map_err(auth_error)
-        })())
-    }
-}
+from_token!(Admin, Buyer, Caller);
 
 /// A JSON object body as `T`. Unlike `web::Json<T>`, a JSON array is
 /// refused too (serde would read a struct from `[1]`): bodies are objects

@@ -10,13 +10,13 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
 
+use super::error::ApiError;
+use super::observe::route_template;
 use super::sales::{validate, MAX_HOLD_SECS, MAX_PER_USER_LIMIT, MAX_STOCK};
 use super::views::{ExtendInput, ReserveInput, SaleInput};
 use crate::auth::{bearer, mint, Auth, AuthError};
 use crate::config::{Secret, Settings};
-use crate::error::ApiError;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
-use crate::metrics::route_template;
 
 const SECRET: &str = "fuzz-jwt-secret-0123456789abcdef0123456789";
 

@@ -10,24 +10,22 @@ use super::{route, AppState};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     route::<__path_healthz>(cfg, web::get().to(healthz));
     route::<__path_readyz>(cfg, web::get().to(readyz));
-    // Not JSON: documented in README, outside the OpenAPI description.
-    cfg.route("/metrics", web::get().to(crate::metrics::endpoint));
-    cfg.route("/openapi.json", web::get().to(super::openapi::document));
 }
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "alive", body = Object)))]
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "healthz", responses((status = 200, description = "alive", body = Object)))]
 pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Answered from memory (dependencies probed in the background every
+/// Readiness, answered from memory (dependencies probed in the background every
 /// second, the background tasks' own reports), so it is fast whatever
 /// Redis and Postgres do. 503 when Redis is unreachable (nothing can be
 /// decided). `degraded` with 200 while Postgres is down (buyers keep
 /// reserving on Redis; confirms answer 503 in `postgres` durability mode
 /// until it is back) or a background task is stalled (`reasons` says
 /// which): the instance stays in rotation.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "ready, or degraded (Postgres down, or a background task stalled: buyers still served)", body = Object), (status = 503, description = "Redis unreachable", body = Object)))]
+#[utoipa::path(get, path = "/readyz", tag = "ops", operation_id = "readyz", responses((status = 200, description = "ready, or degraded (Postgres down, or a background task stalled: buyers still served)", body = Object), (status = 503, description = "Redis unreachable", body = Object)))]
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let r = state.readiness.report();
     let worker = state.worker.as_ref().map(|w| {

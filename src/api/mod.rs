@@ -1,10 +1,13 @@
 //! HTTP only: extractors, handlers, and the mapping of outcomes to the
 //! contract. A handler reads: authenticate, validate, one call, map.
 
+pub mod error;
 pub mod extract;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod limits;
+pub mod observe;
 pub mod openapi;
 pub mod reservations;
 pub mod sales;
@@ -23,9 +26,11 @@ use tokio::time::Instant;
 
 use crate::admission::{ConnState, MAX_WAIT};
 use crate::auth::Auth;
-use crate::error::ApiError;
+use crate::background::readiness::Readiness;
+use crate::background::worker::WorkerStatus;
 use crate::service::Service;
-use crate::store::worker::WorkerStatus;
+use error::ApiError;
+use limits::Limits;
 
 /// Built once, shared by every actix worker.
 pub struct AppState {
@@ -35,8 +40,8 @@ pub struct AppState {
     /// The in-process write-behind worker, when `serve` runs one.
     pub worker: Option<Arc<WorkerStatus>>,
     /// Dependencies probed in the background and the tasks' health.
-    pub readiness: Arc<crate::readiness::Readiness>,
-    pub limits: Arc<crate::limits::Limits>,
+    pub readiness: Arc<Readiness>,
+    pub limits: Arc<Limits>,
     /// Requests being handled at once, over all workers. The socket-level
     /// admission (`crate::admission`) already reads no more than this many
     /// requests at once; this bound also covers the requests it lets
@@ -103,6 +108,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     reservations::routes(cfg);
     sales::routes(cfg);
     health::routes(cfg);
+    // Not JSON: documented in README, outside the OpenAPI description.
+    cfg.route("/metrics", web::get().to(observe::endpoint));
+    cfg.route("/openapi.json", web::get().to(openapi::document));
 }
 
 pub fn path_config() -> web::PathConfig {

@@ -13,16 +13,16 @@ use super::{health, reservations, sales, views};
     paths(
         sales::configure,
         sales::list,
-        sales::get,
+        sales::get_sale,
         reservations::reserve,
-        reservations::get,
+        reservations::get_reservation,
         reservations::confirm,
         reservations::cancel,
         reservations::extend,
         health::healthz,
         health::readyz,
     ),
-    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail)),
+    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName)),
     modifiers(&Security),
 )]
 pub struct ApiDoc;

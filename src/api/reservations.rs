@@ -3,19 +3,22 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use uuid::Uuid;
 
+use super::error::ApiError;
 use super::extract::{
     idempotency_key, parse_object, reservation_id, sale_id, Buyer, Caller, JsonObject,
 };
+use super::views::answers::{BadRequest, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
 use super::views::{time, ErrorBody, ExtendInput, ReservationView, ReserveInput};
 use super::{route, AppState};
-use crate::error::ApiError;
-use crate::gate::{Record, RecordOutcome, ReserveOutcome, Status};
+use crate::domain::{Record, RecordOutcome, ReserveOutcome, Status};
+use crate::gate::Transition;
 use crate::ids::SaleId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     route::<__path_reserve>(cfg, web::post().to(reserve));
-    route::<__path_get>(cfg, web::get().to(get));
+    route::<__path_get_reservation>(cfg, web::get().to(get_reservation));
     route::<__path_confirm>(cfg, web::post().to(confirm));
     route::<__path_cancel>(cfg, web::post().to(cancel));
     route::<__path_extend>(cfg, web::post().to(extend));
@@ -23,13 +26,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The most units one request may ask for (the sale's cap applies too).
 pub const MAX_QUANTITY: u32 = 10_000;
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", tag = "buyer",
-    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]; a retry with the same key and body returns the same reservation")),
-    request_body = ReserveInput,
-    responses((status = 201, description = "held", body = ReservationView), (status = 200, description = "an idempotent replay (header Idempotent-Replayed: true)", body = ReservationView),
-        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 404, description = "`sale_not_found`", body = ErrorBody), (status = 409, description = "`sold_out`, `user_limit_exceeded` or `sale_not_started`", body = ErrorBody), (status = 410, description = "`sale_ended`", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 422, description = "`idempotency_key_reused`", body = ErrorBody), (status = 429, description = "`rate_limited` (Retry-After)", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
-    security(("buyer_jwt" = [])))]
 
+/// Holds units of a sale for the buyer of the token.
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", tag = "buyer", operation_id = "reserve",
+    params(
+        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]; a retry with the same key and body returns the same reservation"),
+    ),
+    request_body = ReserveInput,
+    responses(
+        (status = 201, description = "held", body = ReservationView),
+        (status = 200, description = "an idempotent replay (header Idempotent-Replayed: true)", body = ReservationView),
+        (status = 404, description = "`sale_not_found`", body = ErrorBody),
+        (status = 409, description = "`sold_out`, `user_limit_exceeded` or `sale_not_started`", body = ErrorBody),
+        (status = 410, description = "`sale_ended`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+        BadRequest, Unauthorized, PayloadTooLarge, RateLimited, Unavailable,
+    ),
+    security(("buyer_jwt" = [])))]
 pub(crate) async fn reserve(
     state: web::Data<AppState>,
     buyer: Buyer,
@@ -43,22 +57,26 @@ pub(crate) async fn reserve(
     let qty = body.quantity;
     if !(1..=MAX_QUANTITY).contains(&qty) {
         return Err(ApiError::InvalidRequest {
-            message: "quantity must be at least 1 and at most the sale's per_user_limit".into(),
+            message: format!("quantity must be between 1 and {MAX_QUANTITY}"),
             details: serde_json::json!({ "field": "quantity" }),
         });
     }
     let idem = idempotency_key(&req)?;
     let user = &buyer.0;
-    let view = |rid: &str, qty: u32, status: Status, expires_ms: i64| ReservationView {
-        reservation_id: rid.to_string(),
-        sale_id: sale.to_string(),
-        user_id: user.as_str().to_string(),
-        quantity: qty,
-        status,
-        expires_at: time(expires_ms),
-        confirmed_at: None,
-        cancelled_at: None,
-        expired_at: None,
+    let view = |rid: &Uuid, qty: u32, status: Status, expires_ms: i64| {
+        let rec = Record {
+            user: user.as_str().to_string(),
+            qty,
+            status,
+            expires_ms,
+            at_ms: 0,
+            epoch: 0,
+        };
+        let mut v = ReservationView::new(&sale, rid, &rec);
+        // A replay shows the reservation as it is now, without when it
+        // moved on (the reserve script does not say).
+        (v.confirmed_at, v.cancelled_at, v.expired_at) = (None, None, None);
+        v
     };
     let outcome = state
         .service
@@ -79,7 +97,7 @@ pub(crate) async fn reserve(
         } => Ok(HttpResponse::Ok()
             .insert_header(("Idempotent-Replayed", "true"))
             .json(view(&rid, qty, status, expires_ms))),
-        ReserveOutcome::IdempotencyMismatch { .. } => Err(ApiError::IdempotencyKeyReused),
+        ReserveOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyKeyReused),
         ReserveOutcome::NotStarted { starts_ms } => Err(ApiError::SaleNotStarted {
             starts_at: time(starts_ms),
         }),
@@ -111,33 +129,59 @@ pub(crate) async fn reserve(
     }
 }
 
-/// The per-IP limit for everyone, the per-buyer limit for buyers (the admin
-/// acting for a payment service is not limited).
-fn limited(state: &AppState, req: &HttpRequest, caller: &Caller) -> Result<(), ApiError> {
-    state.limits.check_ip(req)?;
-    match caller {
-        Caller::Buyer(user) => state.limits.check_user(user.as_str()),
-        Caller::Admin => Ok(()),
-    }
-}
-
-fn ids(path: &(String, String)) -> Result<(SaleId, uuid::Uuid), ApiError> {
+fn ids(path: &(String, String)) -> Result<(SaleId, Uuid), ApiError> {
     Ok((sale_id(&path.0)?, reservation_id(&path.1)?))
 }
 
-fn ok(sale: &SaleId, rid: &uuid::Uuid, rec: &Record) -> HttpResponse {
-    HttpResponse::Ok().json(ReservationView::new(sale, &rid.to_string(), rec))
+/// Reads a reservation: its buyer's, or any for the admin.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/reservations/{reservation_id}", tag = "buyer", operation_id = "get_reservation",
+    params(
+        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
+        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
+    ),
+    responses(
+        (status = 200, description = "the reservation", body = ReservationView),
+        (status = 403, description = "`forbidden`: another buyer's", body = ErrorBody),
+        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
+        BadRequest, Unauthorized, Unavailable,
+    ),
+    security(("buyer_jwt" = []), ("admin_token" = [])))]
+pub(crate) async fn get_reservation(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (sale, rid) = ids(&path)?;
+    let rec = state
+        .service
+        .lookup(&sale, &rid)
+        .await?
+        .ok_or(ApiError::ReservationNotFound)?;
+    if !caller.actor().may_act_for(&rec.user) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(HttpResponse::Ok().json(ReservationView::new(&sale, &rid, &rec)))
 }
 
-/// Maps the outcome of a transition to the contract; `conflict` says what
-/// the reservation is instead.
-fn transition(
-    sale: &SaleId,
-    rid: &uuid::Uuid,
-    outcome: RecordOutcome,
+/// Runs a transition for the caller (rate-limited for buyers; the admin,
+/// acting for a payment service, is not) and maps its outcome to the
+/// contract: `conflict` says what the reservation is instead.
+async fn act(
+    state: &AppState,
+    req: &HttpRequest,
+    caller: &Caller,
+    path: &(String, String),
+    t: Transition,
 ) -> Result<HttpResponse, ApiError> {
-    match outcome {
-        RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) => Ok(ok(sale, rid, &rec)),
+    state.limits.check_ip(req)?;
+    if let Caller::Buyer(user) = caller {
+        state.limits.check_user(user.as_str())?;
+    }
+    let (sale, rid) = ids(path)?;
+    match state.service.act(&sale, &rid, caller.actor(), t).await? {
+        RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) => {
+            Ok(HttpResponse::Ok().json(ReservationView::new(&sale, &rid, &rec)))
+        }
         RecordOutcome::Conflict(rec) => Err(match rec.status {
             Status::Confirmed => ApiError::ReservationConfirmed,
             Status::Cancelled => ApiError::ReservationCancelled,
@@ -151,72 +195,72 @@ fn transition(
         RecordOutcome::Forbidden => Err(ApiError::Forbidden),
     }
 }
-#[utoipa::path(get, path = "/v1/sales/{sale_id}/reservations/{reservation_id}", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
-    responses((status = 200, description = "the reservation", body = ReservationView),
-        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: another buyer's", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
-    security(("buyer_jwt" = []), ("admin_token" = [])))]
 
-pub(crate) async fn get(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (sale, rid) = ids(&path)?;
-    let rec = state
-        .service
-        .lookup(&sale, &rid)
-        .await?
-        .ok_or(ApiError::ReservationNotFound)?;
-    if !caller.may_see(&rec.user) {
-        return Err(ApiError::Forbidden);
-    }
-    Ok(ok(&sale, &rid, &rec))
-}
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
-    responses((status = 200, description = "confirmed (again: the same)", body = ReservationView),
-        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 409, description = "`reservation_cancelled`", body = ErrorBody), (status = 410, description = "`reservation_expired`", body = ErrorBody), (status = 429, description = "`rate_limited`", body = ErrorBody), (status = 503, description = "`unavailable`: e.g. confirmed but not yet durable in Postgres; retry", body = ErrorBody)),
+/// Turns a hold into a sale (again: the same answer).
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", tag = "buyer", operation_id = "confirm_reservation",
+    params(
+        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
+        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
+    ),
+    responses(
+        (status = 200, description = "confirmed (again: the same)", body = ReservationView),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
+        (status = 409, description = "`reservation_cancelled`", body = ErrorBody),
+        (status = 410, description = "`reservation_expired`", body = ErrorBody),
+        BadRequest, Unauthorized, RateLimited, Unavailable,
+    ),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
-
 pub(crate) async fn confirm(
     state: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    limited(&state, &req, &caller)?;
-    let (sale, rid) = ids(&path)?;
-    transition(
-        &sale,
-        &rid,
-        state.service.confirm(&sale, &rid, caller.actor()).await?,
-    )
+    act(&state, &req, &caller, &path, Transition::Confirm).await
 }
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
-    responses((status = 200, description = "cancelled (again: the same)", body = ReservationView),
-        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 409, description = "`reservation_confirmed`", body = ErrorBody), (status = 410, description = "`reservation_expired`", body = ErrorBody), (status = 429, description = "`rate_limited`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
-    security(("buyer_jwt" = []), ("admin_token" = [])))]
 
+/// Gives a hold back (again: the same answer).
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", tag = "buyer", operation_id = "cancel_reservation",
+    params(
+        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
+        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
+    ),
+    responses(
+        (status = 200, description = "cancelled (again: the same)", body = ReservationView),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
+        (status = 409, description = "`reservation_confirmed`", body = ErrorBody),
+        (status = 410, description = "`reservation_expired`", body = ErrorBody),
+        BadRequest, Unauthorized, RateLimited, Unavailable,
+    ),
+    security(("buyer_jwt" = []), ("admin_token" = [])))]
 pub(crate) async fn cancel(
     state: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    limited(&state, &req, &caller)?;
-    let (sale, rid) = ids(&path)?;
-    transition(
-        &sale,
-        &rid,
-        state.service.cancel(&sale, &rid, caller.actor()).await?,
-    )
+    act(&state, &req, &caller, &path, Transition::Cancel).await
 }
 
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/extend", tag = "buyer", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"), ("reservation_id" = uuid::Uuid, Path, description = "the reservation id")),
+/// Pushes a hold's deadline out, up to the sale's maximum hold time. The
+/// body is optional: `{}` or none extends by the sale's hold ttl.
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/extend", tag = "buyer", operation_id = "extend_reservation",
+    params(
+        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
+        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
+    ),
     request_body(content = Option<ExtendInput>, description = "optional; without it the hold is extended by the sale's hold_ttl_secs"),
-    responses((status = 200, description = "the new expires_at", body = ReservationView),
-        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`", body = ErrorBody), (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody), (status = 409, description = "`reservation_confirmed`, `reservation_cancelled` or `hold_limit_reached`", body = ErrorBody), (status = 410, description = "`reservation_expired`", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 429, description = "`rate_limited`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
+    responses(
+        (status = 200, description = "the new expires_at", body = ReservationView),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
+        (status = 409, description = "`reservation_confirmed`, `reservation_cancelled` or `hold_limit_reached`", body = ErrorBody),
+        (status = 410, description = "`reservation_expired`", body = ErrorBody),
+        BadRequest, Unauthorized, PayloadTooLarge, RateLimited, Unavailable,
+    ),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
-/// The body is optional: `{}` or none extends by the sale's hold ttl.
 pub(crate) async fn extend(
     state: web::Data<AppState>,
     caller: Caller,
@@ -224,8 +268,6 @@ pub(crate) async fn extend(
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    limited(&state, &req, &caller)?;
-    let (sale, rid) = ids(&path)?;
     let input: ExtendInput = if body.iter().all(u8::is_ascii_whitespace) {
         ExtendInput::default()
     } else {
@@ -241,12 +283,5 @@ pub(crate) async fn extend(
         Some(s) => Some(Duration::from_secs(u64::from(s))),
         None => None,
     };
-    transition(
-        &sale,
-        &rid,
-        state
-            .service
-            .extend(&sale, &rid, caller.actor(), by)
-            .await?,
-    )
+    act(&state, &req, &caller, &path, Transition::Extend { by }).await
 }

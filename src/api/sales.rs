@@ -3,11 +3,12 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::error::ApiError;
 use super::extract::{sale_id, Admin, JsonObject};
+use super::views::answers::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
 use super::views::{ErrorBody, SaleInput, SaleList, SaleView};
 use super::{route, AppState};
-use crate::error::ApiError;
-use crate::gate::SaleConfig;
+use crate::domain::SaleConfig;
 
 pub const DEFAULT_HOLD_TTL_SECS: u32 = 300;
 pub const DEFAULT_MAX_HOLD_SECS: u32 = 1800;
@@ -18,7 +19,7 @@ pub const MAX_HOLD_SECS: u32 = 7 * 24 * 3600;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     route::<__path_list>(cfg, web::get().to(list));
     route::<__path_configure>(cfg, web::put().to(configure));
-    route::<__path_get>(cfg, web::get().to(get));
+    route::<__path_get_sale>(cfg, web::get().to(get_sale));
 }
 
 fn field(field: &str, message: &str) -> ApiError {
@@ -82,9 +83,16 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     })
 }
 
-#[utoipa::path(put, path = "/v1/sales/{sale_id}", tag = "admin", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")), request_body = SaleInput,
-    responses((status = 201, description = "created", body = SaleView), (status = 200, description = "updated", body = SaleView),
-        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 409, description = "`stock_below_committed`: stock < sold + held", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
+/// Creates (201) or updates (200) a sale.
+#[utoipa::path(put, path = "/v1/sales/{sale_id}", tag = "admin", operation_id = "put_sale",
+    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
+    request_body = SaleInput,
+    responses(
+        (status = 201, description = "created", body = SaleView),
+        (status = 200, description = "updated", body = SaleView),
+        (status = 409, description = "`stock_below_committed`: stock < sold + held", body = ErrorBody),
+        BadRequest, Unauthorized, PayloadTooLarge, Unavailable,
+    ),
     security(("admin_token" = [])))]
 #[tracing::instrument(skip_all, fields(sale = %path))]
 pub(crate) async fn configure(
@@ -103,10 +111,14 @@ pub(crate) async fn configure(
         HttpResponse::Ok().json(view)
     })
 }
-#[utoipa::path(get, path = "/v1/sales", tag = "admin",
-    responses((status = 200, description = "every sale (a sale whose Redis node is unavailable is named in `unavailable`)", body = SaleList), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)),
-    security(("admin_token" = [])))]
 
+/// Every sale (admin).
+#[utoipa::path(get, path = "/v1/sales", tag = "admin", operation_id = "list_sales",
+    responses(
+        (status = 200, description = "every sale (a sale whose Redis node is unavailable is named in `unavailable`)", body = SaleList),
+        Unauthorized, Unavailable,
+    ),
+    security(("admin_token" = [])))]
 pub(crate) async fn list(
     state: web::Data<AppState>,
     _admin: Admin,
@@ -116,10 +128,16 @@ pub(crate) async fn list(
     let unavailable = unavailable.iter().map(ToString::to_string).collect();
     Ok(HttpResponse::Ok().json(SaleList { sales, unavailable }))
 }
-#[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
-    responses((status = 200, description = "the sale", body = SaleView), (status = 400, description = "`invalid_request`: bad sale id", body = ErrorBody), (status = 404, description = "`sale_not_found`", body = ErrorBody), (status = 503, description = "`unavailable`: Redis down, out of memory, or the sale being rebuilt; retry", body = ErrorBody)))]
 
-pub(crate) async fn get(
+/// One sale, as anyone sees it.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", operation_id = "get_sale",
+    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
+    responses(
+        (status = 200, description = "the sale", body = SaleView),
+        (status = 404, description = "`sale_not_found`", body = ErrorBody),
+        BadRequest, Unavailable,
+    ))]
+pub(crate) async fn get_sale(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::gate::{Record, SaleState, Status};
+use uuid::Uuid;
+
+use crate::domain::{Phase, Record, SaleState, Status};
 use crate::ids::SaleId;
 
 pub fn time(ms: i64) -> Option<DateTime<Utc>> {
@@ -45,6 +47,7 @@ pub struct ExtendInput {
     pub extend_secs: Option<u32>,
 }
 
+/// Where a sale stands (`state` in the sale view).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStateName {
@@ -52,6 +55,38 @@ pub enum SaleStateName {
     Live,
     SoldOut,
     Ended,
+}
+
+impl From<Phase> for SaleStateName {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Scheduled => Self::Scheduled,
+            Phase::Live => Self::Live,
+            Phase::SoldOut => Self::SoldOut,
+            Phase::Ended => Self::Ended,
+        }
+    }
+}
+
+/// What a reservation is (`status`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusName {
+    Held,
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl From<Status> for StatusName {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Held => Self::Held,
+            Status::Confirmed => Self::Confirmed,
+            Status::Cancelled => Self::Cancelled,
+            Status::Expired => Self::Expired,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,29 +107,20 @@ pub struct SaleView {
 
 impl SaleView {
     pub fn new(id: &SaleId, s: &SaleState) -> Self {
-        let available = (s.stock - s.sold - s.held).max(0);
-        let state = if s.ends_ms.is_some_and(|e| s.now_ms >= e) {
-            SaleStateName::Ended
-        } else if s.starts_ms.is_some_and(|st| s.now_ms < st) {
-            SaleStateName::Scheduled
-        } else if available == 0 {
-            SaleStateName::SoldOut
-        } else {
-            SaleStateName::Live
-        };
+        let c = &s.config;
         Self {
             sale_id: id.to_string(),
-            product_id: s.product_id.clone(),
-            stock: s.stock,
+            product_id: c.product_id.clone(),
+            stock: c.stock,
             sold: s.sold,
             held: s.held,
-            available,
-            per_user_limit: s.per_user_limit,
-            hold_ttl_secs: s.hold_ttl_ms / 1000,
-            max_hold_secs: s.max_hold_ms / 1000,
-            starts_at: s.starts_ms.and_then(time),
-            ends_at: s.ends_ms.and_then(time),
-            state,
+            available: s.available(),
+            per_user_limit: c.per_user_limit,
+            hold_ttl_secs: c.hold_ttl_ms / 1000,
+            max_hold_secs: c.max_hold_ms / 1000,
+            starts_at: c.starts_ms.and_then(time),
+            ends_at: c.ends_ms.and_then(time),
+            state: s.phase().into(),
         }
     }
 }
@@ -105,7 +131,7 @@ pub struct ReservationView {
     pub sale_id: String,
     pub user_id: String,
     pub quantity: u32,
-    pub status: Status,
+    pub status: StatusName,
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<DateTime<Utc>>,
@@ -116,7 +142,7 @@ pub struct ReservationView {
 }
 
 impl ReservationView {
-    pub fn new(sale: &SaleId, rid: &str, rec: &Record) -> Self {
+    pub fn new(sale: &SaleId, rid: &Uuid, rec: &Record) -> Self {
         let at = |s: Status| {
             if rec.status == s {
                 time(rec.at_ms)
@@ -129,7 +155,7 @@ impl ReservationView {
             sale_id: sale.to_string(),
             user_id: rec.user.clone(),
             quantity: rec.qty,
-            status: rec.status,
+            status: rec.status.into(),
             expires_at: time(rec.expires_ms),
             confirmed_at: at(Status::Confirmed),
             cancelled_at: at(Status::Cancelled),
@@ -141,53 +167,6 @@ impl ReservationView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn state(
-        stock: i64,
-        sold: i64,
-        held: i64,
-        starts: Option<i64>,
-        ends: Option<i64>,
-    ) -> SaleState {
-        SaleState {
-            stock,
-            per_user_limit: 2,
-            hold_ttl_ms: 300_000,
-            max_hold_ms: 1_800_000,
-            starts_ms: starts,
-            ends_ms: ends,
-            product_id: None,
-            sold,
-            held,
-            now_ms: 1_000_000,
-            created_ms: 0,
-            updated_ms: 0,
-            released: 0,
-        }
-    }
-
-    #[test]
-    fn sale_state_names() {
-        let id = SaleId::parse("s").expect("id");
-        assert_eq!(
-            SaleView::new(&id, &state(10, 0, 0, None, None)).state,
-            SaleStateName::Live
-        );
-        assert_eq!(
-            SaleView::new(&id, &state(10, 4, 6, None, None)).state,
-            SaleStateName::SoldOut
-        );
-        assert_eq!(
-            SaleView::new(&id, &state(10, 0, 0, Some(2_000_000), None)).state,
-            SaleStateName::Scheduled
-        );
-        assert_eq!(
-            SaleView::new(&id, &state(10, 0, 0, None, Some(1_000_000))).state,
-            SaleStateName::Ended
-        );
-        let v = SaleView::new(&id, &state(10, 3, 2, None, None));
-        assert_eq!((v.available, v.hold_ttl_secs), (5, 300));
-    }
 
     #[test]
     fn reserve_input_refuses_unknown_fields_and_bad_numbers() {
@@ -235,4 +214,39 @@ pub struct ErrorDetail {
     pub message: String,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+}
+
+/// The error answers most routes share, for the OpenAPI description: one
+/// text each, referenced by the handlers' `responses(...)`.
+pub mod answers {
+    use super::ErrorBody;
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 400,
+        description = "`invalid_request`: a malformed id, body or header"
+    )]
+    pub struct BadRequest(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 401,
+        description = "`unauthorized`: no, or a bad, bearer token"
+    )]
+    pub struct Unauthorized(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 413, description = "`payload_too_large`")]
+    pub struct PayloadTooLarge(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 429, description = "`rate_limited` (Retry-After)")]
+    pub struct RateLimited(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 503,
+        description = "`unavailable`: Redis or Postgres down, Redis out of memory, or the sale being rebuilt; retry (Retry-After)"
+    )]
+    pub struct Unavailable(pub ErrorBody);
 }

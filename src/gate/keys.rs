@@ -1,6 +1,8 @@
 //! Redis key names. Every key of one sale shares the hash tag `{<sale_id>}`,
 //! so each script touches exactly one Redis Cluster slot.
 
+use uuid::Uuid;
+
 use crate::ids::SaleId;
 
 /// The keys of one sale: `<prefix>:{<sale_id>}:<suffix>`.
@@ -40,10 +42,10 @@ impl SaleKeys {
     pub fn dead_letters(&self) -> String {
         self.key("dead")
     }
-    pub fn reservation(&self, rid: &str) -> String {
+    pub fn reservation(&self, rid: &Uuid) -> String {
         self.key(&format!("r:{rid}"))
     }
-    pub fn hold(&self, rid: &str) -> String {
+    pub fn hold(&self, rid: &Uuid) -> String {
         self.key(&format!("h:{rid}"))
     }
     /// `idem:<len(user)>:<user>:<key>`. A buyer id may hold `:` (and so
@@ -61,8 +63,9 @@ pub fn user_holds(prefix: &str, user: &str) -> String {
     format!("{prefix}:{{u:{user}}}:active")
 }
 
-/// A hold's member in its buyer's active-hold set: `<sale>|<rid>`.
-pub fn user_hold_member(sale: &str, rid: &str) -> String {
+/// A hold's member in its buyer's active-hold set: `<sale>|<rid>` (a sale
+/// id never holds `|`).
+pub fn user_hold_member(sale: &str, rid: &Uuid) -> String {
     format!("{sale}|{rid}")
 }
 
@@ -134,13 +137,14 @@ mod tests {
     fn every_key_of_a_sale_shares_its_hash_tag() {
         let sale = SaleId::parse("spring-drop").expect("valid");
         let k = SaleKeys::new("fg", &sale);
+        let rid = Uuid::new_v4();
         for key in [
             k.sale(),
             k.holds(),
             k.events(),
             k.dead_letters(),
-            k.reservation("r1"),
-            k.hold("r1"),
+            k.reservation(&rid),
+            k.hold(&rid),
             k.idempotency("u:{x}", "k"),
         ] {
             assert!(key.starts_with("fg:{spring-drop}:"), "{key}");

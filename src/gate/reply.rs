@@ -1,147 +1,10 @@
-//! Typed results of the scripts, parsed once from Redis replies.
+//! Script replies, parsed once into typed values (`crate::domain`).
 
 use redis::Value;
+use uuid::Uuid;
 
 use super::GateError;
-
-/// What a reservation is, as the scripts report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Held,
-    Confirmed,
-    Cancelled,
-    Expired,
-}
-
-impl Status {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "held" => Self::Held,
-            "confirmed" => Self::Confirmed,
-            "cancelled" => Self::Cancelled,
-            "expired" => Self::Expired,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    Held {
-        rid: String,
-        qty: u32,
-        expires_ms: i64,
-    },
-    Replay {
-        rid: String,
-        qty: u32,
-        status: Status,
-        expires_ms: i64,
-    },
-    IdempotencyMismatch {
-        original_qty: u32,
-    },
-    NotStarted {
-        starts_ms: i64,
-    },
-    Ended {
-        ends_ms: i64,
-    },
-    OverLimit {
-        limit: u32,
-    },
-    UserLimit {
-        limit: u32,
-        held: u32,
-        bought: u32,
-    },
-    SoldOut {
-        available: i64,
-    },
-    /// The buyer already has its cap of active holds across sales; the
-    /// earliest of them ends at `earliest_ms`.
-    ActiveHoldsFull {
-        earliest_ms: i64,
-    },
-}
-
-impl ReserveOutcome {
-    /// The outcome's name in metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Held { .. } => "held",
-            Self::Replay { .. } => "replay",
-            Self::IdempotencyMismatch { .. } => "idempotency_key_reused",
-            Self::NotStarted { .. } => "sale_not_started",
-            Self::Ended { .. } => "sale_ended",
-            Self::OverLimit { .. } => "over_limit",
-            Self::UserLimit { .. } => "user_limit_exceeded",
-            Self::SoldOut { .. } => "sold_out",
-            Self::ActiveHoldsFull { .. } => "active_holds",
-        }
-    }
-}
-
-/// A reservation record: buyer, units, status, deadline and the time of its
-/// last transition (confirmed / cancelled / expired), 0 while held.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub user: String,
-    pub qty: u32,
-    pub status: Status,
-    pub expires_ms: i64,
-    pub at_ms: i64,
-    /// The sale's epoch, where a confirm reports it (its order is recorded
-    /// only in that epoch, see `migrations/0002_sale_epoch.sql`); else 0.
-    pub epoch: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordOutcome {
-    /// The transition happened now.
-    Done(Record),
-    /// It had already happened: the same answer again.
-    Replay(Record),
-    /// The reservation is in a state that forbids the transition.
-    Conflict(Record),
-    /// extend: already at the sale's maximum hold time.
-    HoldLimit(Record),
-    NotFound,
-    Forbidden,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaleState {
-    pub stock: i64,
-    pub per_user_limit: u32,
-    pub hold_ttl_ms: i64,
-    pub max_hold_ms: i64,
-    pub starts_ms: Option<i64>,
-    pub ends_ms: Option<i64>,
-    pub product_id: Option<String>,
-    pub sold: i64,
-    pub held: i64,
-    pub now_ms: i64,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-    pub released: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigureOutcome {
-    /// Created or updated; `epoch` is the state's (Postgres keeps it).
-    Created {
-        epoch: i64,
-    },
-    Updated {
-        epoch: i64,
-    },
-    BelowCommitted {
-        sold: i64,
-        held: i64,
-    },
-}
+use crate::domain::{Record, Status};
 
 /// A script's reply as an array, with typed accessors that name the script
 /// in every error.
@@ -233,6 +96,10 @@ impl Reply {
 
     pub fn status(&self, i: usize) -> Result<Status, GateError> {
         Status::parse(self.str(i)?).ok_or_else(|| self.bad(i, "a reservation status"))
+    }
+
+    pub fn uuid(&self, i: usize) -> Result<Uuid, GateError> {
+        Uuid::parse_str(self.str(i)?).map_err(|_| self.bad(i, "a reservation id"))
     }
 
     pub fn unexpected(&self) -> GateError {

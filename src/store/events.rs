@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 use uuid::Uuid;
 
-use super::Order;
+use crate::domain::Order;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {

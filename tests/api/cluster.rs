@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashgate::gate::ReserveOutcome;
+use flashgate::domain::ReserveOutcome;
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
@@ -282,7 +282,7 @@ async fn buyer_on(node: &Node, prefix: &str) -> String {
 }
 
 fn sha(script: &str) -> String {
-    redis::Script::new(&flashgate::gate::scripts::source(script).expect("script"))
+    redis::Script::new(flashgate::gate::scripts::source(script).expect("script"))
         .get_hash()
         .to_string()
 }
@@ -406,7 +406,7 @@ async fn sales_on_every_primary_reserve_confirm_and_reach_postgres() {
     assert!(primaries.len() >= 3, "{nodes:?}");
     // The warm-up at start loaded every script into every primary.
     for p in &primaries {
-        for (name, _) in flashgate::gate::scripts::SOURCES {
+        for name in flashgate::gate::ScriptName::ALL.iter().map(|n| n.file()) {
             assert!(script_exists(p, name).await, "{name} not on {}", p.addr);
         }
     }
@@ -519,29 +519,33 @@ async fn sales_on_every_primary_reserve_confirm_and_reach_postgres() {
 /// cluster: it runs on whatever Redis the suite uses.)
 #[tokio::test]
 async fn a_reserve_call_run_twice_holds_once() {
-    let app = spawn_app().await;
+    // With an active-hold cap of 2 across sales (counted by the reserve
+    // script on one Redis, by admit.lua after it on a cluster).
+    let app = Spawn::new()
+        .await
+        .with(|s| s.max_active_holds = 2)
+        .start()
+        .await;
     let sale = app.sale(5, 2, 60).await;
     let id = flashgate::ids::SaleId::parse(&sale).expect("sale id");
     let user = flashgate::ids::UserId::parse("ann").expect("user");
-    let rid = uuid::Uuid::new_v4().to_string();
+    let rid = uuid::Uuid::new_v4();
     let gate = &app.service.gate;
-    // With an active-hold cap of 2 across sales (counted by the reserve
-    // script on one Redis, by admit.lua after it on a cluster).
     let first = gate
-        .reserve(&id, &rid, &user, 2, None, 2)
+        .reserve(&id, &rid, &user, 2, None)
         .await
         .expect("reserve");
     let again = gate
-        .reserve(&id, &rid, &user, 2, None, 2)
+        .reserve(&id, &rid, &user, 2, None)
         .await
         .expect("again");
     assert_eq!(format!("{first:?}"), format!("{again:?}"));
     assert!(matches!(first, ReserveOutcome::Held { .. }), "{first:?}");
     // The buyer's active holds count it once: one more hold elsewhere fits.
     let other = flashgate::ids::SaleId::parse(&app.sale(5, 2, 60).await).expect("sale id");
-    let elsewhere = uuid::Uuid::new_v4().to_string();
+    let elsewhere = uuid::Uuid::new_v4();
     let second = gate
-        .reserve(&other, &elsewhere, &user, 1, None, 2)
+        .reserve(&other, &elsewhere, &user, 1, None)
         .await
         .expect("reserve elsewhere");
     assert!(matches!(second, ReserveOutcome::Held { .. }), "{second:?}");
@@ -553,7 +557,12 @@ async fn a_reserve_call_run_twice_holds_once() {
     );
     // The buyer's cap counts the hold once too.
     assert_eq!(app.reserve(&sale, "ann", 1, None).await.0, 409);
-    assert_eq!(app.act(&sale, &rid, "cancel", Some("ann")).await.0, 200);
+    assert_eq!(
+        app.act(&sale, &rid.to_string(), "cancel", Some("ann"))
+            .await
+            .0,
+        200
+    );
     assert_eq!(app.view(&sale).await["held"], 0);
 }
 

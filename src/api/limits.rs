@@ -13,35 +13,10 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::config::RateSettings;
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RateSettings {
-    /// Requests per second per buyer, and the burst allowed on top (0 = off).
-    pub per_user_per_sec: u32,
-    pub per_user_burst: u32,
-    /// Requests per second per client IP (0 = off, the default).
-    pub per_ip_per_sec: u32,
-    pub per_ip_burst: u32,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpAddr>,
-}
-
-impl Default for RateSettings {
-    fn default() -> Self {
-        // A person clicks a handful of times; a script hammering one account
-        // is held to 5 requests a second after a burst of 20.
-        Self {
-            per_user_per_sec: 5,
-            per_user_burst: 20,
-            per_ip_per_sec: 0,
-            per_ip_burst: 0,
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
 
 pub struct Limits {
     per_user: Option<Keyed<String>>,

@@ -19,11 +19,12 @@ use redis::streams::{
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, Store, StoreError};
-use crate::directory::Directory;
-use crate::gate::{Gate, GateError, RedisConn, SaleKeys};
+use super::directory::Directory;
+use super::readiness::TaskHealth;
+use crate::gate::{Gate, GateError, RedisCode, RedisConn, SaleKeys};
 use crate::ids::SaleId;
-use crate::readiness::TaskHealth;
+use crate::store::{Event, Store, StoreError};
+use crate::telemetry::chain;
 
 pub const GROUP: &str = "flashgate-writer";
 
@@ -45,7 +46,7 @@ impl WorkerError {
     /// The sale's stream or its consumer group is gone (Redis lost its
     /// data, or the stream was deleted): the group must be created again.
     fn is_no_group(&self) -> bool {
-        matches!(self, Self::Redis(GateError::Script(e)) if e.code() == Some("NOGROUP"))
+        matches!(self, Self::Redis(e) if e.code() == Some(RedisCode::NoGroup))
     }
 }
 
@@ -228,7 +229,7 @@ impl Worker {
             .failing
             .get(sale)
             .map_or(SALE_BACKOFF_MIN, |(_, w, _)| (*w * 2).min(SALE_BACKOFF_MAX));
-        let why = crate::error::chain(e);
+        let why = chain(e);
         tracing::warn!(sale = %sale, error = %why, retry_in_ms = wait.as_millis() as u64, "write-behind of a sale failed; retrying");
         self.failing
             .insert(sale.clone(), (Instant::now() + wait, wait, why));
@@ -315,7 +316,7 @@ impl Worker {
             .await;
         match r {
             Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) if RedisCode::of(&e) == Some(RedisCode::BusyGroup) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -80,7 +80,7 @@ impl Directory {
                     Some(ids)
                 }
                 Err(e) => {
-                    let why = format!("the Redis sales index: {}", crate::error::chain(&e));
+                    let why = format!("the Redis sales index: {}", crate::telemetry::chain(&e));
                     problems.push(why.clone());
                     self.known().index_failed = Some((Instant::now(), why));
                     None
@@ -103,7 +103,7 @@ impl Directory {
                     k.pg_read = Some(Instant::now());
                 }
                 Err(e) => {
-                    problems.push(format!("Postgres' sales: {}", crate::error::chain(&e)));
+                    problems.push(format!("Postgres' sales: {}", crate::telemetry::chain(&e)));
                 }
             }
         }

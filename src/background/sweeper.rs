@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::directory::Directory;
+use super::directory::Directory;
+use super::readiness::TaskHealth;
 use crate::gate::{Gate, GateError};
-use crate::readiness::TaskHealth;
+use crate::telemetry::chain;
 
 /// One pass over every known sale. Returns the holds released and, per
 /// sale that could not be swept (its Redis node away, say), why; the
@@ -31,7 +32,7 @@ pub async fn sweep_all(gate: &Gate, directory: &Directory, batch: u32) -> (i64, 
                 // Not in Redis (lost, or not yet rebuilt): nothing to give back.
                 Err(GateError::NotLoaded) => break,
                 Err(e) => {
-                    problems.push(format!("sale {sale}: {}", crate::error::chain(&e)));
+                    problems.push(format!("sale {sale}: {}", chain(&e)));
                     break;
                 }
             }

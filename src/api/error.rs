@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::gate::GateError;
+use crate::service::ServiceError;
 use crate::store::StoreError;
+use crate::telemetry::chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -142,45 +144,45 @@ impl ApiError {
     }
 }
 
-impl From<GateError> for ApiError {
-    fn from(e: GateError) -> Self {
+/// The one place a service error becomes the contract's: what the client
+/// may do about it (fix the request, retry later) and nothing of the
+/// internals (a 500 says "internal error"; the log has the chain).
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
         match e {
-            GateError::NotLoaded => Self::Unavailable {
-                message: "the sale's state is being rebuilt; retry",
-                source: Some(Box::new(e)),
-            },
-            GateError::OutOfMemory(_) => {
+            ServiceError::SaleNotFound => Self::SaleNotFound,
+            ServiceError::StockBelowCommitted { sold, held } => {
+                Self::StockBelowCommitted { sold, held }
+            }
+            ServiceError::Forbidden => Self::Forbidden,
+            ServiceError::Lost => Self::ReservationExpired,
+            ServiceError::Rebuilding(_) => {
+                Self::unavailable("the sale's state is being rebuilt; retry", e)
+            }
+            ServiceError::NotDurable(_) => Self::unavailable(
+                "confirmed, but not yet durable in Postgres; retry the confirm",
+                e,
+            ),
+            ServiceError::Redis(GateError::NotLoaded) => {
+                Self::unavailable("the sale's state is being rebuilt; retry", e)
+            }
+            ServiceError::Redis(GateError::OutOfMemory(_)) => {
                 Self::unavailable("Redis is out of memory; nothing was changed", e)
             }
-            GateError::Unavailable(_) | GateError::Timeout(_) => {
+            ServiceError::Redis(GateError::Unavailable(_) | GateError::Timeout(_)) => {
                 Self::unavailable("Redis is unavailable; retry", e)
             }
-            GateError::Script(_) | GateError::Protocol { .. } => Self::Internal(Box::new(e)),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) | StoreError::Timeout(_) => {
+            ServiceError::Redis(GateError::Refused { .. } | GateError::Protocol { .. }) => {
+                Self::Internal(Box::new(e))
+            }
+            ServiceError::Postgres(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {
                 Self::unavailable("Postgres is unavailable; retry", e)
             }
-            StoreError::Database(_) | StoreError::Migrate(_) => Self::Internal(Box::new(e)),
+            ServiceError::Postgres(StoreError::Database(_) | StoreError::Migrate(_)) => {
+                Self::Internal(Box::new(e))
+            }
         }
     }
-}
-
-/// Walks an error's `source()` chain into one line for the logs.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 impl ResponseError for ApiError {
@@ -377,23 +379,32 @@ mod tests {
     }
 
     #[test]
-    fn gate_and_store_errors_map_to_unavailable_or_internal() {
+    fn service_errors_map_to_the_contract() {
+        let code = |e: ServiceError| ApiError::from(e).code();
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(code(GateError::Timeout(second).into()), "unavailable");
+        assert_eq!(code(GateError::NotLoaded.into()), "unavailable");
         assert_eq!(
-            ApiError::from(GateError::Timeout(std::time::Duration::from_secs(1))).code(),
-            "unavailable"
-        );
-        assert_eq!(ApiError::from(GateError::NotLoaded).code(), "unavailable");
-        assert_eq!(
-            ApiError::from(GateError::Protocol {
-                script: "reserve",
-                detail: "x".into()
-            })
-            .code(),
+            code(
+                GateError::Protocol {
+                    script: "reserve",
+                    detail: "x".into()
+                }
+                .into()
+            ),
             "internal"
         );
+        assert_eq!(code(StoreError::Timeout(second).into()), "unavailable");
         assert_eq!(
-            ApiError::from(StoreError::Timeout(std::time::Duration::from_secs(1))).code(),
+            code(ServiceError::NotDurable(StoreError::Timeout(second))),
             "unavailable"
+        );
+        assert_eq!(code(ServiceError::Lost), "reservation_expired");
+        assert_eq!(code(ServiceError::SaleNotFound), "sale_not_found");
+        assert_eq!(code(ServiceError::Forbidden), "forbidden");
+        assert_eq!(
+            code(ServiceError::StockBelowCommitted { sold: 1, held: 2 }),
+            "stock_below_committed"
         );
     }
 }

@@ -1,0 +1,290 @@
+//! What the rooms share: a sale's configuration and state, a reservation
+//! and its status, the outcomes of the decisions, who acts, an order. No
+//! Redis, Postgres or HTTP types here: `gate` (Redis), `store` (Postgres),
+//! `service` and `api` all build on these.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::ids::UserId;
+
+/// The configuration of a sale, in the units the scripts use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleConfig {
+    pub stock: i64,
+    pub per_user_limit: u32,
+    pub hold_ttl_ms: i64,
+    pub max_hold_ms: i64,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub product_id: Option<String>,
+}
+
+/// A sale as Redis holds it, read in one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleState {
+    pub config: SaleConfig,
+    pub sold: i64,
+    pub held: i64,
+    /// Redis' clock when it was read (ms).
+    pub now_ms: i64,
+    /// Expired holds the read gave back.
+    pub released: i64,
+}
+
+/// Where a sale stands, by the clock of its read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Scheduled,
+    Live,
+    SoldOut,
+    Ended,
+}
+
+impl SaleState {
+    pub fn available(&self) -> i64 {
+        (self.config.stock - self.sold - self.held).max(0)
+    }
+
+    pub fn phase(&self) -> Phase {
+        let c = &self.config;
+        if c.ends_ms.is_some_and(|e| self.now_ms >= e) {
+            Phase::Ended
+        } else if c.starts_ms.is_some_and(|s| self.now_ms < s) {
+            Phase::Scheduled
+        } else if self.available() == 0 {
+            Phase::SoldOut
+        } else {
+            Phase::Live
+        }
+    }
+}
+
+/// What a reservation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Held,
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "held" => Self::Held,
+            "confirmed" => Self::Confirmed,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A reservation record: buyer, units, status, deadline and the time of its
+/// last transition (confirmed / cancelled / expired), 0 while held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub user: String,
+    pub qty: u32,
+    pub status: Status,
+    pub expires_ms: i64,
+    pub at_ms: i64,
+    /// The sale's epoch, where a confirm reports it (its order is recorded
+    /// only in that epoch, see `migrations/0002_sale_epoch.sql`); else 0.
+    pub epoch: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Held {
+        rid: Uuid,
+        qty: u32,
+        expires_ms: i64,
+    },
+    Replay {
+        rid: Uuid,
+        qty: u32,
+        status: Status,
+        expires_ms: i64,
+    },
+    IdempotencyMismatch,
+    NotStarted {
+        starts_ms: i64,
+    },
+    Ended {
+        ends_ms: i64,
+    },
+    OverLimit {
+        limit: u32,
+    },
+    UserLimit {
+        limit: u32,
+        held: u32,
+        bought: u32,
+    },
+    SoldOut {
+        available: i64,
+    },
+    /// The buyer already has its cap of active holds across sales; the
+    /// earliest of them ends at `earliest_ms`.
+    ActiveHoldsFull {
+        earliest_ms: i64,
+    },
+}
+
+impl ReserveOutcome {
+    /// The outcome's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Held { .. } => "held",
+            Self::Replay { .. } => "replay",
+            Self::IdempotencyMismatch => "idempotency_key_reused",
+            Self::NotStarted { .. } => "sale_not_started",
+            Self::Ended { .. } => "sale_ended",
+            Self::OverLimit { .. } => "over_limit",
+            Self::UserLimit { .. } => "user_limit_exceeded",
+            Self::SoldOut { .. } => "sold_out",
+            Self::ActiveHoldsFull { .. } => "active_holds",
+        }
+    }
+}
+
+/// What a confirm, cancel or extend did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The transition happened now.
+    Done(Record),
+    /// It had already happened: the same answer again.
+    Replay(Record),
+    /// The reservation is in a state that forbids the transition.
+    Conflict(Record),
+    /// extend: already at the sale's maximum hold time.
+    HoldLimit(Record),
+    NotFound,
+    Forbidden,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigureOutcome {
+    /// Created or updated; `epoch` is the state's (Postgres keeps it).
+    Created {
+        epoch: i64,
+    },
+    Updated {
+        epoch: i64,
+    },
+    BelowCommitted {
+        sold: i64,
+        held: i64,
+    },
+}
+
+/// Who acts on a reservation: its buyer, or the admin (payment service).
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    Admin,
+    Buyer(&'a UserId),
+}
+
+impl Actor<'_> {
+    /// May this actor act on a reservation of `owner`?
+    pub fn may_act_for(&self, owner: &str) -> bool {
+        match self {
+            Actor::Admin => true,
+            Actor::Buyer(u) => u.as_str() == owner,
+        }
+    }
+}
+
+/// One confirmed reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub reservation_id: Uuid,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: i32,
+    pub confirmed_at: DateTime<Utc>,
+    /// The sale's epoch the confirm ran in: recorded only while it is the
+    /// sale's current one.
+    pub epoch: i64,
+}
+
+impl Order {
+    /// The confirmed record of an order read back from Postgres.
+    pub fn record(&self) -> Record {
+        let at_ms = self.confirmed_at.timestamp_millis();
+        Record {
+            user: self.user_id.clone(),
+            qty: u32::try_from(self.quantity).unwrap_or(0),
+            status: Status::Confirmed,
+            expires_ms: at_ms,
+            at_ms,
+            epoch: self.epoch,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(
+        stock: i64,
+        sold: i64,
+        held: i64,
+        starts: Option<i64>,
+        ends: Option<i64>,
+    ) -> SaleState {
+        SaleState {
+            config: SaleConfig {
+                stock,
+                per_user_limit: 2,
+                hold_ttl_ms: 300_000,
+                max_hold_ms: 1_800_000,
+                starts_ms: starts,
+                ends_ms: ends,
+                product_id: None,
+            },
+            sold,
+            held,
+            now_ms: 1_000_000,
+            released: 0,
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_clock_and_the_counters() {
+        assert_eq!(state(10, 0, 0, None, None).phase(), Phase::Live);
+        assert_eq!(state(10, 4, 6, None, None).phase(), Phase::SoldOut);
+        assert_eq!(
+            state(10, 0, 0, Some(2_000_000), None).phase(),
+            Phase::Scheduled
+        );
+        assert_eq!(state(10, 0, 0, None, Some(1_000_000)).phase(), Phase::Ended);
+        assert_eq!(state(10, 3, 2, None, None).available(), 5);
+        assert_eq!(state(3, 3, 2, None, None).available(), 0);
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            Status::Held,
+            Status::Confirmed,
+            Status::Cancelled,
+            Status::Expired,
+        ] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("sold"), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! What `flashgate reconcile` reads and writes in Redis: one consistent
+//! read of a sale (`lua/inspect.lua`), and a repair of its counters that
+//! applies only if nothing happened meanwhile (`lua/repair.lua`).
+
+use std::collections::BTreeMap;
+
+use super::{Gate, GateError, ScriptName};
+use crate::ids::SaleId;
+
+/// A sale as Redis holds it, read in one step (see `lua/inspect.lua`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspection {
+    pub last_event_id: String,
+    pub stock: i64,
+    pub per_user_limit: i64,
+    pub sold: i64,
+    pub held: i64,
+    /// Per buyer: units bought (`b:`) and held (`u:`) as the counters say.
+    pub bought: BTreeMap<String, i64>,
+    pub held_by: BTreeMap<String, i64>,
+    /// Per buyer: units of held, unexpired reservations.
+    pub live_holds: BTreeMap<String, i64>,
+    /// Confirms not yet written to Postgres.
+    pub pending_confirms: Vec<PendingConfirm>,
+    /// Redis' clock when it looked (ms).
+    pub now_ms: i64,
+}
+
+/// A `confirmed` event still in a sale's stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingConfirm {
+    pub rid: String,
+    pub user: String,
+    pub qty: i64,
+    /// When the confirm ran (ms, Redis clock).
+    pub at_ms: i64,
+    pub epoch: i64,
+}
+
+impl Gate {
+    /// One consistent read of a sale, for reconciliation.
+    pub async fn inspect(&self, sale: &SaleId) -> Result<Inspection, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.prepare(ScriptName::Inspect);
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .arg(k.base());
+        let r = self.invoke(ScriptName::Inspect, &inv).await?;
+        if r.tag()? != "ok" {
+            return Err(r.unexpected());
+        }
+        let fields = r.strings(3)?;
+        let mut insp = Inspection {
+            last_event_id: r.str(2)?.to_string(),
+            now_ms: r.int(1)?,
+            ..Inspection::default()
+        };
+        for pair in fields.chunks(2) {
+            let [f, v] = pair else { continue };
+            let n: i64 = v.parse().unwrap_or(0);
+            match f.as_str() {
+                "sold" => insp.sold = n,
+                "held" => insp.held = n,
+                "stock" => insp.stock = n,
+                "limit" => insp.per_user_limit = n,
+                _ => {
+                    if let Some(u) = f.strip_prefix("b:") {
+                        insp.bought.insert(u.to_string(), n);
+                    } else if let Some(u) = f.strip_prefix("u:") {
+                        insp.held_by.insert(u.to_string(), n);
+                    }
+                }
+            }
+        }
+        for pair in r.strings(4)?.chunks(2) {
+            if let [u, q] = pair {
+                *insp.live_holds.entry(u.clone()).or_default() += q.parse::<i64>().unwrap_or(0);
+            }
+        }
+        for confirm in r.strings(5)?.chunks(5) {
+            if let [rid, user, qty, at, epoch] = confirm {
+                insp.pending_confirms.push(PendingConfirm {
+                    rid: rid.clone(),
+                    user: user.clone(),
+                    qty: qty.parse().unwrap_or(0),
+                    at_ms: at.parse().unwrap_or(0),
+                    epoch: epoch.parse().unwrap_or(0),
+                });
+            }
+        }
+        Ok(insp)
+    }
+
+    /// Sets a sale's counters, unless it changed since `seen` was read.
+    /// Returns false when it changed (inspect again).
+    pub async fn repair(
+        &self,
+        sale: &SaleId,
+        seen: &Inspection,
+        sold: i64,
+        held: i64,
+        bought: &BTreeMap<String, i64>,
+        held_by: &BTreeMap<String, i64>,
+    ) -> Result<bool, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.prepare(ScriptName::Repair);
+        inv.key(k.sale()).key(k.holds()).key(k.events());
+        inv.arg(k.base())
+            .arg(&seen.last_event_id)
+            .arg(sold)
+            .arg(held)
+            .arg(bought.len());
+        for (u, q) in bought {
+            inv.arg(u.as_str()).arg(*q);
+        }
+        for (u, q) in held_by {
+            inv.arg(u.as_str()).arg(*q);
+        }
+        let r = self.invoke(ScriptName::Repair, &inv).await?;
+        match r.tag()? {
+            "repaired" => Ok(true),
+            "changed" => Ok(false),
+            _ => Err(r.unexpected()),
+        }
+    }
+}

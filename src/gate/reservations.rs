@@ -1,0 +1,182 @@
+//! A buyer's reservation: reserve, the transitions of a hold (confirm,
+//! cancel, extend), and lookup. Each is one script on the sale's keys.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{ms, Gate, GateError, ScriptName};
+use crate::domain::{Actor, Record, RecordOutcome, ReserveOutcome};
+use crate::ids::{IdempotencyKey, SaleId, UserId};
+
+/// What happens to a held reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A sale: the units are sold.
+    Confirm,
+    /// Given back before its deadline.
+    Cancel,
+    /// Its deadline pushed out by `by` (None: the sale's hold ttl), up to
+    /// the sale's maximum hold time counted from the reservation.
+    Extend { by: Option<Duration> },
+}
+
+impl Transition {
+    fn script(self) -> ScriptName {
+        match self {
+            Self::Confirm => ScriptName::Confirm,
+            Self::Cancel => ScriptName::Cancel,
+            Self::Extend { .. } => ScriptName::Extend,
+        }
+    }
+}
+
+impl Gate {
+    /// Holds `qty` units for `user` as reservation `rid` (made by the
+    /// caller: the call may run twice, and the hold is made once), counted
+    /// against the buyer's cap of active holds across sales (see
+    /// `holds.rs`; over the cap: [`ReserveOutcome::ActiveHoldsFull`]).
+    pub async fn reserve(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        user: &UserId,
+        qty: u32,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<ReserveOutcome, GateError> {
+        let k = self.keys(sale);
+        let idem_key = match idem {
+            Some(key) => k.idempotency(user.as_str(), key.as_str()),
+            None => k.sale(),
+        };
+        let cap = self.cap_in_script(&k, sale, user, rid);
+        let mut inv = self.prepare(ScriptName::Reserve);
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .key(k.reservation(rid))
+            .key(k.hold(rid))
+            .key(idem_key)
+            .key(cap.key);
+        inv.arg(k.base())
+            .arg(rid.to_string())
+            .arg(user.as_str())
+            .arg(qty)
+            .arg(self.opts.sweep_batch)
+            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(ms(self.opts.idempotency_ttl))
+            .arg(ms(self.opts.record_ttl))
+            .arg(cap.cap)
+            .arg(cap.member);
+        let r = self.invoke(ScriptName::Reserve, &inv).await?;
+        let outcome = match r.tag()? {
+            "ok" => ReserveOutcome::Held {
+                rid: r.uuid(1)?,
+                qty: r.u32(2)?,
+                expires_ms: r.int(3)?,
+            },
+            "replay" => ReserveOutcome::Replay {
+                rid: r.uuid(1)?,
+                qty: r.u32(2)?,
+                status: r.status(3)?,
+                expires_ms: r.int(4)?,
+            },
+            "idem_mismatch" => ReserveOutcome::IdempotencyMismatch,
+            "not_started" => ReserveOutcome::NotStarted {
+                starts_ms: r.int(1)?,
+            },
+            "ended" => ReserveOutcome::Ended { ends_ms: r.int(1)? },
+            "over_limit" => ReserveOutcome::OverLimit { limit: r.u32(1)? },
+            "user_limit" => ReserveOutcome::UserLimit {
+                limit: r.u32(1)?,
+                held: r.u32(2)?,
+                bought: r.u32(3)?,
+            },
+            "sold_out" => ReserveOutcome::SoldOut {
+                available: r.int(1)?,
+            },
+            "busy" => ReserveOutcome::ActiveHoldsFull {
+                earliest_ms: r.int(1)?,
+            },
+            _ => return Err(r.unexpected()),
+        };
+        self.count_granted(sale, user, outcome).await
+    }
+
+    /// Confirms, cancels or extends a held reservation on behalf of
+    /// `actor` (a buyer may act only on its own: `Forbidden`). A hold that
+    /// ends or moves is followed in its buyer's active-hold count.
+    pub async fn transition(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+        t: Transition,
+    ) -> Result<RecordOutcome, GateError> {
+        let outcome = self.transition_script(sale, rid, actor, t).await?;
+        if let RecordOutcome::Done(rec) = &outcome {
+            match t {
+                Transition::Confirm | Transition::Cancel => self.hold_ended(sale, rid, rec).await,
+                Transition::Extend { .. } => self.hold_extended(sale, rid, rec).await,
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The transition's script alone (the active-hold count untouched).
+    pub(super) async fn transition_script(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+        t: Transition,
+    ) -> Result<RecordOutcome, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.prepare(t.script());
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .key(k.reservation(rid))
+            .key(k.hold(rid));
+        let acting = match actor {
+            Actor::Admin => "",
+            Actor::Buyer(u) => u.as_str(),
+        };
+        inv.arg(k.base()).arg(rid.to_string()).arg(acting);
+        match t {
+            Transition::Confirm => {
+                inv.arg(ms(self.opts.record_ttl));
+            }
+            Transition::Cancel => {}
+            Transition::Extend { by } => {
+                inv.arg(by.map(|d| ms(d).to_string()).unwrap_or_default());
+            }
+        }
+        let r = self.invoke(t.script(), &inv).await?;
+        Ok(match r.tag()? {
+            "ok" => RecordOutcome::Done(r.record()?),
+            "replay" => RecordOutcome::Replay(r.record()?),
+            "conflict" => RecordOutcome::Conflict(r.record()?),
+            "hold_limit" => RecordOutcome::HoldLimit(r.record()?),
+            "not_found" => RecordOutcome::NotFound,
+            "forbidden" => RecordOutcome::Forbidden,
+            _ => return Err(r.unexpected()),
+        })
+    }
+
+    /// Reads one reservation (no side effect). Ownership is the caller's check.
+    pub async fn lookup(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Record>, GateError> {
+        let k = self.keys(sale);
+        let mut inv = self.prepare(ScriptName::Lookup);
+        inv.key(k.sale())
+            .key(k.reservation(rid))
+            .arg(k.base())
+            .arg(rid.to_string());
+        let r = self.invoke(ScriptName::Lookup, &inv).await?;
+        match r.tag()? {
+            "ok" => Ok(Some(r.record()?)),
+            "not_found" => Ok(None),
+            _ => Err(r.unexpected()),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! A buyer's reservation: reserve, read, and the transitions (confirm,
+//! cancel, extend), with the durable confirm and the reservations Redis
+//! lost but Postgres recorded.
+
+use chrono::DateTime;
+use uuid::Uuid;
+
+use super::{Service, ServiceError};
+use crate::config::ConfirmDurability;
+use crate::domain::{Actor, Order, Record, RecordOutcome, ReserveOutcome};
+use crate::gate::Transition;
+use crate::ids::{IdempotencyKey, SaleId, UserId};
+
+impl Service {
+    pub async fn reserve(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        qty: u32,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<ReserveOutcome, ServiceError> {
+        // Made here, once: the script may run twice (a cluster retry) and
+        // must hold the units once.
+        let rid = Uuid::new_v4();
+        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
+            .await
+    }
+
+    /// Reads a reservation; the caller checks who may see it.
+    pub async fn lookup(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Record>, ServiceError> {
+        match self.loaded(sale, || self.gate.lookup(sale, rid)).await? {
+            Some(rec) => Ok(Some(rec)),
+            None => self.recorded(sale, rid, Actor::Admin).await,
+        }
+    }
+
+    /// Confirms, cancels or extends a reservation.
+    ///
+    /// With `postgres` durability (the default) a confirm answers only once
+    /// its order row is committed; a replay persists again (idempotent), so
+    /// a client retrying after a 503 gets its 200. A confirm whose order
+    /// Postgres refuses as stale (the sale's Redis state was lost and
+    /// rebuilt before the write) is [`ServiceError::Lost`]. A reservation
+    /// Redis does not know but Postgres recorded is confirmed: a confirm
+    /// replays it, a cancel or extend conflicts with it.
+    pub async fn act(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+        t: Transition,
+    ) -> Result<RecordOutcome, ServiceError> {
+        let outcome = self
+            .loaded(sale, || self.gate.transition(sale, rid, actor, t))
+            .await?;
+        if outcome == RecordOutcome::NotFound {
+            let confirmed = match t {
+                Transition::Confirm => RecordOutcome::Replay,
+                Transition::Cancel | Transition::Extend { .. } => RecordOutcome::Conflict,
+            };
+            return Ok(self
+                .recorded(sale, rid, actor)
+                .await?
+                .map_or(RecordOutcome::NotFound, confirmed));
+        }
+        if let (
+            Transition::Confirm,
+            ConfirmDurability::Postgres,
+            RecordOutcome::Done(rec) | RecordOutcome::Replay(rec),
+        ) = (t, self.durability, &outcome)
+        {
+            self.make_durable(sale, rid, rec).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Commits a confirmed reservation's order, within the confirm timeout.
+    async fn make_durable(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        rec: &Record,
+    ) -> Result<(), ServiceError> {
+        let order = Order {
+            reservation_id: *rid,
+            sale_id: sale.as_str().to_string(),
+            user_id: rec.user.clone(),
+            quantity: i32::try_from(rec.qty).unwrap_or(i32::MAX),
+            confirmed_at: DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default(),
+            epoch: rec.epoch,
+        };
+        match self
+            .store
+            .record_orders(&[order], self.confirm_timeout)
+            .await
+        {
+            Ok(recorded) if recorded.stale.is_empty() => Ok(()),
+            Ok(_) => {
+                crate::metrics::stale_orders("confirm", 1);
+                tracing::warn!(sale = %sale, reservation = %rid, "a confirm of a lost Redis state was refused: the sale was rebuilt from Postgres before its order was written");
+                Err(ServiceError::Lost)
+            }
+            Err(e) => {
+                crate::metrics::postgres_write_error("confirm");
+                Err(ServiceError::NotDurable(e))
+            }
+        }
+    }
+
+    /// A reservation Redis does not know may still have its order in
+    /// Postgres (its record was lost with Redis' data, or has expired from
+    /// Redis): then it is confirmed. Ownership is checked as in the scripts.
+    async fn recorded(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        actor: Actor<'_>,
+    ) -> Result<Option<Record>, ServiceError> {
+        let Some(order) = self.store.order(sale, rid).await? else {
+            return Ok(None);
+        };
+        if !actor.may_act_for(&order.user_id) {
+            return Err(ServiceError::Forbidden);
+        }
+        Ok(Some(order.record()))
+    }
+}

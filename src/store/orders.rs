@@ -1,0 +1,252 @@
+//! Orders and stock movements: every confirmed reservation recorded
+//! exactly once (idempotent by reservation id), and only in its sale's
+//! current epoch.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{bound_statements, Event, Store, StoreError};
+use crate::domain::Order;
+use crate::ids::SaleId;
+
+/// What a write of orders did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Orders that were new.
+    pub inserted: u64,
+    /// Orders refused because their confirm ran in an epoch the sale has
+    /// left (its Redis state was lost and rebuilt meanwhile) and that were
+    /// not recorded before: their units were offered again.
+    pub stale: Vec<Uuid>,
+}
+
+/// How much earlier than the caller's deadline the server cancels a write.
+const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
+/// How long past its deadline the client waits for the server's own
+/// cancellation before giving up on the connection.
+const CLIENT_GRACE: Duration = Duration::from_millis(500);
+
+impl Store {
+    /// The order of one reservation, if it was recorded.
+    pub async fn order(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Order>, StoreError> {
+        let q = sqlx::query_as::<_, (Uuid, String, String, i32, DateTime<Utc>)>(
+            "SELECT reservation_id, sale_id, user_id, quantity, confirmed_at FROM orders WHERE reservation_id = $1 AND sale_id = $2",
+        )
+        .bind(rid)
+        .bind(sale.as_str())
+        .fetch_optional(&self.pool);
+        Ok(self.bounded(self.timeout, q).await?.map(
+            |(reservation_id, sale_id, user_id, quantity, confirmed_at)| Order {
+                reservation_id,
+                sale_id,
+                user_id,
+                quantity,
+                confirmed_at,
+                epoch: 0,
+            },
+        ))
+    }
+
+    /// Which of these reservations already have an order row.
+    pub async fn orders_present(&self, rids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        if rids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let q = sqlx::query_as::<_, (Uuid,)>(
+            "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
+        )
+        .bind(rids)
+        .fetch_all(&self.pool);
+        Ok(self
+            .bounded(self.timeout, q)
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+
+    /// Records confirmed orders exactly once each (by reservation id),
+    /// advancing user_purchases and sales.sold_count only for rows that were
+    /// new, and only orders of their sale's current epoch.
+    ///
+    /// Within `limit` it either commits or certainly never will: the write
+    /// runs under a server-side `statement_timeout` that ends before the
+    /// caller's own bound, so Postgres cancels a write that waits (for a
+    /// lock, say) instead of letting it commit after the answer went out.
+    pub async fn record_orders(
+        &self,
+        orders: &[Order],
+        limit: Duration,
+    ) -> Result<Recorded, StoreError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let fut = async {
+            let mut tx = self.pool.begin().await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            bound_statements(&mut tx, left.saturating_sub(STATEMENT_MARGIN)).await?;
+            let recorded = insert_orders(&mut tx, orders).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        };
+        // The server's bound fires first; this one only guards against a
+        // Postgres that stops answering altogether (the write is then
+        // cancelled by the server's timeout, or was never received).
+        self.bounded(limit + CLIENT_GRACE, fut).await
+    }
+
+    /// Applies a batch of one sale's stream events in one transaction: the
+    /// audit rows and the orders of its `confirmed` events. Replaying any
+    /// part of it changes nothing.
+    pub async fn apply_events(&self, events: &[Event]) -> Result<Recorded, StoreError> {
+        let limit = self.timeout * 4;
+        let fut = async {
+            let mut tx = self.pool.begin().await?;
+            bound_statements(&mut tx, limit).await?;
+            let orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
+            // Orders first: they lock the sales' rows (FOR KEY SHARE)
+            // before anything else, as every order write does.
+            let recorded = insert_orders(&mut tx, &orders).await?;
+            insert_movements(&mut tx, events).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        };
+        self.bounded(limit + CLIENT_GRACE, fut).await
+    }
+}
+
+async fn insert_orders(
+    tx: &mut Transaction<'static, Postgres>,
+    orders: &[Order],
+) -> Result<Recorded, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(Recorded::default());
+    }
+    let mut rid = Vec::with_capacity(orders.len());
+    let mut sale = Vec::with_capacity(orders.len());
+    let mut user = Vec::with_capacity(orders.len());
+    let mut qty = Vec::with_capacity(orders.len());
+    let mut at = Vec::with_capacity(orders.len());
+    let mut epoch = Vec::with_capacity(orders.len());
+    for o in orders {
+        rid.push(o.reservation_id);
+        sale.push(o.sale_id.as_str());
+        user.push(o.user_id.as_str());
+        qty.push(o.quantity);
+        at.push(o.confirmed_at);
+        epoch.push(o.epoch);
+    }
+    // Data-modifying CTEs run exactly once each; user_purchases and sold_count
+    // only move by the rows `ins` really inserted.
+    //
+    // `fence` locks the sales' rows FOR KEY SHARE (in one order, so writers
+    // never deadlock; they do not block one another) and keeps only orders
+    // of each sale's current epoch: a rebuild (which takes the row FOR
+    // UPDATE) either waits for this write, and then reads it, or bumped
+    // the epoch first, and then this write records nothing of the lost
+    // state. An order of a sale Postgres does not know is recorded as
+    // before (there is nothing to rebuild it from).
+    let (n, stale): (i64, Vec<Uuid>) = sqlx::query_as(
+        "WITH input AS (
+            SELECT DISTINCT ON (rid) rid, sale_id, user_id, qty, at, epoch
+            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::int8[]) AS t(rid, sale_id, user_id, qty, at, epoch)
+            ORDER BY rid
+        ), fence AS (
+            SELECT s.sale_id, s.epoch FROM sales s
+            WHERE s.sale_id IN (SELECT sale_id FROM input)
+            ORDER BY s.sale_id
+            FOR KEY SHARE
+        ), current AS (
+            SELECT i.* FROM input i LEFT JOIN fence f ON f.sale_id = i.sale_id
+            WHERE f.sale_id IS NULL OR f.epoch = i.epoch
+        ), ins AS (
+            INSERT INTO orders (reservation_id, sale_id, user_id, quantity, confirmed_at)
+            SELECT rid, sale_id, user_id, qty, at FROM current
+            ON CONFLICT (reservation_id) DO NOTHING
+            RETURNING sale_id, user_id, quantity
+        ), buyers AS (
+            INSERT INTO user_purchases (sale_id, user_id, quantity)
+            SELECT sale_id, user_id, sum(quantity)::int4 FROM ins GROUP BY sale_id, user_id ORDER BY sale_id, user_id
+            ON CONFLICT (sale_id, user_id) DO UPDATE
+              SET quantity = user_purchases.quantity + EXCLUDED.quantity, updated_at = now()
+            RETURNING 1
+        ), sold AS (
+            UPDATE sales s SET sold_count = s.sold_count + x.q, updated_at = now()
+            FROM (SELECT sale_id, sum(quantity) AS q FROM ins GROUP BY sale_id) x
+            WHERE s.sale_id = x.sale_id
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM ins),
+               ARRAY(SELECT i.rid FROM input i
+                     WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.rid = i.rid)
+                       AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.reservation_id = i.rid))",
+    )
+    .bind(&rid)
+    .bind(&sale)
+    .bind(&user)
+    .bind(&qty)
+    .bind(&at)
+    .bind(&epoch)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Recorded {
+        inserted: u64::try_from(n).unwrap_or(0),
+        stale,
+    })
+}
+
+async fn insert_movements(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[Event],
+) -> Result<u64, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let n = events.len();
+    let (mut sale, mut id, mut kind, mut rid, mut user, mut qty) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut sold, mut held, mut stock, mut at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in events {
+        sale.push(e.sale_id.as_str());
+        id.push(e.event_id.as_str());
+        kind.push(e.kind.as_str());
+        rid.push(e.reservation_id);
+        user.push(e.user_id.as_deref());
+        qty.push(e.quantity);
+        sold.push(e.sold_after);
+        held.push(e.held_after);
+        stock.push(e.stock_after);
+        at.push(e.occurred_at);
+    }
+    let done = sqlx::query(
+        "INSERT INTO stock_movements (sale_id, event_id, kind, reservation_id, user_id, quantity, sold_after, held_after, stock_after, occurred_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::int4[], $7::int8[], $8::int8[], $9::int8[], $10::timestamptz[])
+         ON CONFLICT (sale_id, event_id) DO NOTHING",
+    )
+    .bind(&sale)
+    .bind(&id)
+    .bind(&kind)
+    .bind(&rid)
+    .bind(&user)
+    .bind(&qty)
+    .bind(&sold)
+    .bind(&held)
+    .bind(&stock)
+    .bind(&at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,245 @@
+//! Sale rows: listing, configuration (under the row's lock), the rebuild
+//! of a sale whose Redis state was lost, and the totals `reconcile` checks.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{bound_statements, Store, StoreError};
+use crate::domain::SaleConfig;
+use crate::ids::SaleId;
+
+/// A sale as Postgres keeps it.
+#[derive(Debug, Clone)]
+pub struct SaleRow {
+    pub sale_id: String,
+    pub config: SaleConfig,
+    pub sold_count: i64,
+    /// The incarnation of the sale's Redis state whose orders are recorded
+    /// (see `migrations/0002_sale_epoch.sql`).
+    pub epoch: i64,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for SaleRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let secs_ms = |col: &str| -> Result<i64, sqlx::Error> {
+            Ok(i64::from(row.try_get::<i32, _>(col)?) * 1000)
+        };
+        let ms = |col: &str| -> Result<Option<i64>, sqlx::Error> {
+            Ok(row
+                .try_get::<Option<DateTime<Utc>>, _>(col)?
+                .map(|t| t.timestamp_millis()))
+        };
+        Ok(Self {
+            sale_id: row.try_get("sale_id")?,
+            config: SaleConfig {
+                stock: row.try_get("stock_limit")?,
+                per_user_limit: u32::try_from(row.try_get::<i32, _>("per_user_limit")?)
+                    .unwrap_or(1),
+                hold_ttl_ms: secs_ms("hold_ttl_secs")?,
+                max_hold_ms: secs_ms("max_hold_secs")?,
+                starts_ms: ms("starts_at")?,
+                ends_ms: ms("ends_at")?,
+                product_id: row.try_get("product_id")?,
+            },
+            sold_count: row.try_get("sold_count")?,
+            epoch: row.try_get("epoch")?,
+        })
+    }
+}
+
+/// What a rebuild of a sale's Redis state starts from: its row locked
+/// against every order write until [`Store::commit_rebuild`] (or a drop).
+pub struct Rebuild {
+    tx: Transaction<'static, Postgres>,
+    pub snapshot: Snapshot,
+}
+
+/// What a lost sale is rebuilt from.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub sale: SaleRow,
+    /// (user, units confirmed), every buyer with a purchase.
+    pub bought: Vec<(String, i64)>,
+    pub sold: i64,
+}
+
+/// The columns of [`SaleRow`], for `concat!` into static SQL.
+macro_rules! sale_columns {
+    () => {
+        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count, epoch"
+    };
+}
+
+impl Store {
+    pub async fn list_sales(&self) -> Result<Vec<SaleRow>, StoreError> {
+        let sql = concat!("SELECT ", sale_columns!(), " FROM sales ORDER BY sale_id");
+        self.bounded(
+            self.timeout,
+            sqlx::query_as::<_, SaleRow>(sql).fetch_all(&self.pool),
+        )
+        .await
+    }
+
+    /// Starts a rebuild of the sale's Redis state: locks its row (waiting
+    /// for order writes in flight, which hold it `FOR KEY SHARE`, and
+    /// holding back new ones), then reads every buyer's confirmed total,
+    /// which now includes everything committed. `None`: no such sale.
+    pub async fn begin_rebuild(&self, sale: &SaleId) -> Result<Option<Rebuild>, StoreError> {
+        let limit = self.timeout * 2;
+        let fut = async {
+            let mut tx = self.pool.begin().await?;
+            bound_statements(&mut tx, limit).await?;
+            let sql = concat!(
+                "SELECT ",
+                sale_columns!(),
+                " FROM sales WHERE sale_id = $1 FOR UPDATE"
+            );
+            let Some(row) = sqlx::query_as::<_, SaleRow>(sql)
+                .bind(sale.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            // READ COMMITTED: this statement sees every write that held the
+            // row before the lock above was granted.
+            let bought: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, quantity::int8 FROM user_purchases WHERE sale_id = $1 AND quantity > 0 ORDER BY user_id")
+                .bind(sale.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let sold = bought.iter().map(|(_, q)| q).sum();
+            Ok(Some(Rebuild {
+                tx,
+                snapshot: Snapshot {
+                    sale: row,
+                    bought,
+                    sold,
+                },
+            }))
+        };
+        self.bounded(limit, fut).await
+    }
+
+    /// Gives up a rebuild (another instance did it first): unlocks the row.
+    pub async fn abandon_rebuild(&self, rebuild: Rebuild) {
+        if let Err(e) = self.bounded(self.timeout, rebuild.tx.rollback()).await {
+            // The connection goes back to the pool and rolls back there.
+            tracing::debug!(error = %crate::telemetry::chain(&e), "rollback of an abandoned rebuild failed");
+        }
+    }
+
+    /// Commits a rebuild: from now on only orders of `epoch` are recorded.
+    pub async fn commit_rebuild(
+        &self,
+        mut rebuild: Rebuild,
+        sale: &SaleId,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        let fut = async {
+            sqlx::query("UPDATE sales SET epoch = $2 WHERE sale_id = $1")
+                .bind(sale.as_str())
+                .bind(epoch)
+                .execute(&mut *rebuild.tx)
+                .await?;
+            rebuild.tx.commit().await
+        };
+        self.bounded(self.timeout, fut).await
+    }
+
+    /// Opens the transaction of a configuration change and locks the sale's
+    /// row (if any), so concurrent PUTs of one sale apply one after another.
+    pub async fn begin_configure(
+        &self,
+        sale: &SaleId,
+    ) -> Result<(Transaction<'static, Postgres>, Option<SaleRow>), StoreError> {
+        let fut = async {
+            let mut tx = self.pool.begin().await?;
+            let sql = concat!(
+                "SELECT ",
+                sale_columns!(),
+                " FROM sales WHERE sale_id = $1 FOR UPDATE"
+            );
+            let row = sqlx::query_as::<_, SaleRow>(sql)
+                .bind(sale.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            Ok((tx, row))
+        };
+        self.bounded(self.timeout, fut).await
+    }
+
+    /// `epoch`: the Redis state's (see `lua/configure.lua`).
+    pub async fn upsert_sale(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        sale: &SaleId,
+        cfg: &SaleConfig,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        let to_time = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
+        let q = sqlx::query(
+            "INSERT INTO sales (sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, epoch)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (sale_id) DO UPDATE SET product_id = EXCLUDED.product_id, stock_limit = EXCLUDED.stock_limit,
+               per_user_limit = EXCLUDED.per_user_limit, hold_ttl_secs = EXCLUDED.hold_ttl_secs,
+               max_hold_secs = EXCLUDED.max_hold_secs, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
+               epoch = EXCLUDED.epoch, updated_at = now()",
+        )
+        .bind(sale.as_str())
+        .bind(cfg.product_id.as_deref())
+        .bind(cfg.stock)
+        .bind(i32::try_from(cfg.per_user_limit).unwrap_or(i32::MAX))
+        .bind(i32::try_from(cfg.hold_ttl_ms / 1000).unwrap_or(i32::MAX))
+        .bind(i32::try_from(cfg.max_hold_ms / 1000).unwrap_or(i32::MAX))
+        .bind(to_time(cfg.starts_ms))
+        .bind(to_time(cfg.ends_ms))
+        .bind(epoch);
+        self.bounded(self.timeout, q.execute(&mut **tx))
+            .await
+            .map(|_| ())
+    }
+
+    /// Per buyer: units in `orders` (the base fact) and in `user_purchases`.
+    pub async fn totals(
+        &self,
+        sale: &SaleId,
+    ) -> Result<(BTreeMap<String, i64>, BTreeMap<String, i64>, i64), StoreError> {
+        let fut = async {
+            let orders: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, sum(quantity)::int8 FROM orders WHERE sale_id = $1 GROUP BY user_id").bind(sale.as_str()).fetch_all(&self.pool).await?;
+            let purchases: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, quantity::int8 FROM user_purchases WHERE sale_id = $1 AND quantity > 0").bind(sale.as_str()).fetch_all(&self.pool).await?;
+            let sold: Option<(i64,)> =
+                sqlx::query_as("SELECT sold_count FROM sales WHERE sale_id = $1")
+                    .bind(sale.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok((
+                orders.into_iter().collect(),
+                purchases.into_iter().collect(),
+                sold.map_or(0, |s| s.0),
+            ))
+        };
+        self.bounded(self.timeout * 2, fut).await
+    }
+
+    /// Recomputes `user_purchases` and `sales.sold_count` from `orders`.
+    pub async fn rebuild_totals(&self, sale: &SaleId) -> Result<(), StoreError> {
+        let fut = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT 1 FROM sales WHERE sale_id = $1 FOR UPDATE")
+                .bind(sale.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM user_purchases WHERE sale_id = $1")
+                .bind(sale.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO user_purchases (sale_id, user_id, quantity) SELECT sale_id, user_id, sum(quantity)::int4 FROM orders WHERE sale_id = $1 GROUP BY sale_id, user_id").bind(sale.as_str()).execute(&mut *tx).await?;
+            sqlx::query("UPDATE sales SET sold_count = (SELECT coalesce(sum(quantity), 0) FROM orders WHERE sale_id = $1), updated_at = now() WHERE sale_id = $1").bind(sale.as_str()).execute(&mut *tx).await?;
+            tx.commit().await
+        };
+        self.bounded(self.timeout * 2, fut).await
+    }
+}
