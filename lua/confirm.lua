@@ -14,26 +14,12 @@
 --                 past its deadline is expired here and its units given back
 --   'not_found' / 'forbidden' / 'not_loaded'
 assert(#KEYS == 5 and #ARGV == 4, 'confirm.lua: wrong arity')
-local base, rid, actor = ARGV[1], ARGV[2], ARGV[3]
-local epoch = redis.call('HMGET', KEYS[1], 'id', 'epoch')
-if not epoch[1] then
-  return {'not_loaded'}
+local base, rid = ARGV[1], ARGV[2]
+local r, now, early = open_transition(base, rid, ARGV[3])
+if early then
+  return early
 end
-epoch = epoch[2]
-local now = now_ms()
-local r = load_rec(base, rid, now)
-if not r then
-  return {'not_found'}
-end
-if actor ~= '' and r[1] ~= actor then
-  return {'forbidden'}
-end
-if r[6] then
-  local qty, user = release_hold(base, rid, 'expired', now)
-  emit(base, 'expired', now, rid, user, qty)
-  r[5] = s(now)
-  return rec_reply('conflict', r, 'expired')
-end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if r[3] == 'confirmed' then
   return rec_reply('replay', r, nil, epoch)
 end

@@ -13,23 +13,10 @@
 --   'conflict'    confirmed, cancelled or expired (status says which)
 --   'not_found' / 'forbidden' / 'not_loaded'
 assert(#KEYS == 5 and #ARGV == 4, 'extend.lua: wrong arity')
-local base, rid, actor = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'not_loaded'}
-end
-local now = now_ms()
-local r = load_rec(base, rid, now)
-if not r then
-  return {'not_found'}
-end
-if actor ~= '' and r[1] ~= actor then
-  return {'forbidden'}
-end
-if r[6] then
-  local qty, user = release_hold(base, rid, 'expired', now)
-  emit(base, 'expired', now, rid, user, qty)
-  r[5] = s(now)
-  return rec_reply('conflict', r, 'expired')
+local base, rid = ARGV[1], ARGV[2]
+local r, now, early = open_transition(base, rid, ARGV[3])
+if early then
+  return early
 end
 if r[3] ~= 'held' then
   return rec_reply('conflict', r)

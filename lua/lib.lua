@@ -106,6 +106,33 @@ local function load_rec(base, rid, now)
   return r
 end
 
+-- The opening every transition of a held reservation shares (confirm,
+-- cancel, extend): the sale must have state here, the reservation must
+-- exist and belong to the acting buyer (`actor`, '' for the admin), and a
+-- hold past its deadline is expired now (its units given back) and answered
+-- as a conflict. Returns r, now to go on with, or nil, nil, the reply to
+-- return at once.
+local function open_transition(base, rid, actor)
+  if redis.call('EXISTS', base .. 'sale') == 0 then
+    return nil, nil, {'not_loaded'}
+  end
+  local now = now_ms()
+  local r = load_rec(base, rid, now)
+  if not r then
+    return nil, nil, {'not_found'}
+  end
+  if actor ~= '' and r[1] ~= actor then
+    return nil, nil, {'forbidden'}
+  end
+  if r[6] then
+    local qty, user = release_hold(base, rid, 'expired', now)
+    emit(base, 'expired', now, rid, user, qty)
+    r[5] = s(now)
+    return nil, nil, rec_reply('conflict', r, 'expired')
+  end
+  return r, now
+end
+
 -- The buyer's active-hold set `key` (see above) has room for one more hold
 -- under `cap`: returns nil, n (n: members before the new one, maybe some
 -- past their deadline); full: the earliest deadline of its live holds.

@@ -8,7 +8,7 @@
 --
 -- Returns {'not_loaded'} or
 --   {'ok', released, stock, limit, ttl_ms, max_hold_ms, starts, ends,
---    product, sold, held, now_ms, created_ms, updated_ms}
+--    product, sold, held, now_ms}
 -- (starts / ends / product are '' when unset).
 assert(#KEYS == 3 and #ARGV == 2, 'sweep.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -17,6 +17,6 @@ end
 local now = now_ms()
 local released = sweep(ARGV[1], now, tonumber(ARGV[2]))
 local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
-  'starts', 'ends', 'product', 'sold', 'held', 'created', 'updated')
+  'starts', 'ends', 'product', 'sold', 'held')
 return {'ok', released, tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4]),
-  c[5], c[6], c[7], tonumber(c[8]), tonumber(c[9]), now, tonumber(c[10]), tonumber(c[11])}
+  c[5], c[6], c[7], tonumber(c[8]), tonumber(c[9]), now}

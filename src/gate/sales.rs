@@ -160,7 +160,7 @@ impl Gate {
     /// effort: on Redis Cluster the index lives on one node, and while that
     /// node is away a sale on another node must still be created and
     /// served; the background tasks also find sales in Postgres (see
-    /// `crate::background::directory`).
+    /// the directory of the background tasks).
     async fn index(&self, sale: &SaleId) {
         let mut conn = self.conn.clone();
         let added: Result<i64, GateError> = self

@@ -18,3 +18,4 @@ mod openapi;
 mod proxy_faults;
 mod reconcile;
 mod recovery;
+mod scripts;

@@ -24,6 +24,8 @@ async fn metrics_count_requests_outcomes_and_latency_histograms() {
         r#"flashgate_http_requests_total{route="/v1/sales/{sale_id}/reservations",method="POST",status="201"}"#,
         r#"flashgate_http_request_duration_seconds_bucket{route="/v1/sales/{sale_id}/reservations",le="0.005"}"#,
         r#"flashgate_script_duration_seconds_bucket{script="reserve",le="0.001"}"#,
+        "# HELP flashgate_reserve_outcomes_total ",
+        "# HELP flashgate_http_request_duration_seconds ",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

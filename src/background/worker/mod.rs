@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply,
-    StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +22,10 @@ use super::directory::Directory;
 use super::readiness::TaskHealth;
 use crate::gate::{Gate, GateError, RedisCode, RedisConn, SaleKeys};
 use crate::ids::SaleId;
-use crate::store::{Event, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::telemetry::chain;
+
+mod batch;
 
 pub const GROUP: &str = "flashgate-writer";
 
@@ -321,137 +322,6 @@ impl Worker {
         }
     }
 
-    /// Writes a batch and acknowledges it. Entries that cannot be parsed go
-    /// straight to the dead letters; a batch Postgres rejects (not a
-    /// connection problem) is retried entry by entry to isolate the culprit.
-    async fn apply(
-        &mut self,
-        sale: &SaleId,
-        keys: &SaleKeys,
-        entries: Vec<StreamId>,
-    ) -> Result<usize, WorkerError> {
-        let n = entries.len();
-        let mut events = Vec::with_capacity(n);
-        let mut seen = HashSet::with_capacity(n);
-        let mut bad = Vec::new();
-        for entry in &entries {
-            if entry.map.is_empty() {
-                // Deleted while pending (acked elsewhere): just acknowledge it.
-                bad.push((entry, None));
-                continue;
-            }
-            match Event::parse(&entry.id, &entry.map) {
-                Ok(e) if seen.insert(e.event_id.clone()) => events.push(e),
-                Ok(_) => {}
-                Err(reason) => bad.push((entry, Some(reason.to_string()))),
-            }
-        }
-        for (entry, reason) in bad {
-            match reason {
-                Some(reason) => self.dead_letter(sale, keys, entry, &reason).await?,
-                None => self.ack(keys, std::slice::from_ref(&entry.id)).await?,
-            }
-        }
-        match self.store.apply_events(&events).await {
-            Ok(recorded) => {
-                self.status.postgres_ok.store(true, Ordering::Relaxed);
-                stale(sale, &recorded.stale);
-                let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-                self.ack(keys, &ids).await?;
-                self.status
-                    .events_written
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                crate::metrics::write_behind_batch(events.len());
-                tracing::debug!(sale = %sale, events = events.len(), "batch written");
-                Ok(n)
-            }
-            Err(e) if e.is_transient() => Err(e.into()),
-            Err(e) => {
-                tracing::warn!(sale = %sale, error = %e, cause = ?std::error::Error::source(&e), "batch rejected by Postgres; applying entry by entry");
-                let by_id: HashMap<&str, &StreamId> =
-                    entries.iter().map(|s| (s.id.as_str(), s)).collect();
-                for event in &events {
-                    match self.store.apply_events(std::slice::from_ref(event)).await {
-                        Ok(recorded) => {
-                            stale(sale, &recorded.stale);
-                            self.ack(keys, &[event.event_id.as_str()]).await?
-                        }
-                        Err(e) if e.is_transient() => return Err(e.into()),
-                        Err(e) => {
-                            let deliveries = self.deliveries(keys, &event.event_id).await?;
-                            if deliveries >= self.cfg.max_deliveries {
-                                if let Some(entry) = by_id.get(event.event_id.as_str()) {
-                                    self.dead_letter(
-                                        sale,
-                                        keys,
-                                        entry,
-                                        &format!("{e}: {:?}", std::error::Error::source(&e)),
-                                    )
-                                    .await?;
-                                }
-                            }
-                        }
-                    }
-                }
-                Ok(n)
-            }
-        }
-    }
-
-    async fn deliveries(&mut self, keys: &SaleKeys, id: &str) -> Result<u64, WorkerError> {
-        let reply: StreamPendingCountReply = self
-            .conn
-            .xpending_count(keys.events(), GROUP, id, id, 1)
-            .await?;
-        Ok(reply
-            .ids
-            .first()
-            .map(|p| p.times_delivered as u64)
-            .unwrap_or(0))
-    }
-
-    async fn ack<S: AsRef<str>>(&mut self, keys: &SaleKeys, ids: &[S]) -> Result<(), WorkerError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
-        // Acknowledge and delete together: the stream only holds unwritten work.
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .xack(keys.events(), GROUP, &ids)
-            .xdel(keys.events(), &ids);
-        let _: () = pipe.query_async(&mut self.conn).await?;
-        Ok(())
-    }
-
-    async fn dead_letter(
-        &mut self,
-        sale: &SaleId,
-        keys: &SaleKeys,
-        entry: &StreamId,
-        reason: &str,
-    ) -> Result<(), WorkerError> {
-        tracing::error!(sale = %sale, entry = %entry.id, reason, "write-behind entry moved to the dead-letter stream");
-        let mut fields: Vec<(String, Vec<u8>)> = vec![
-            ("original_id".into(), entry.id.clone().into_bytes()),
-            ("reason".into(), reason.as_bytes().to_vec()),
-        ];
-        for (k, v) in &entry.map {
-            if let redis::Value::BulkString(b) = v {
-                fields.push((format!("f_{k}"), b.clone()));
-            }
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .xadd(keys.dead_letters(), "*", &fields)
-            .xack(keys.events(), GROUP, &[&entry.id])
-            .xdel(keys.events(), &[&entry.id]);
-        let _: () = pipe.query_async(&mut self.conn).await?;
-        self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::dead_lettered();
-        Ok(())
-    }
-
     /// Counts the backlog of every sale that answers (a sale whose node is
     /// away is left out, and the worker's health already says so).
     async fn refresh_stats(&mut self, sales: &[SaleId]) {
@@ -479,14 +349,5 @@ impl Worker {
         if backlog > 0 {
             tracing::info!(backlog, pending, sales = sales.len(), "write-behind lag");
         }
-    }
-}
-
-/// Confirms of a lost Redis state that Postgres refused (see
-/// `Store::record_orders`): their units were offered again by the rebuild.
-fn stale(sale: &SaleId, rids: &[uuid::Uuid]) {
-    if !rids.is_empty() {
-        crate::metrics::stale_orders("write_behind", rids.len());
-        tracing::warn!(sale = %sale, reservations = ?rids, "confirmed events of a lost Redis state not recorded: the sale was rebuilt from Postgres first");
     }
 }
