@@ -162,22 +162,41 @@ async fn expected(
     })
 }
 
-/// Every way `sold`, `held` and the buyers' units break the invariants.
-fn broken(
-    stock: i64,
-    limit: i64,
+/// A sale's sold and held units, and each buyer's: as found, or as
+/// expected.
+struct Tally<'a> {
     sold: i64,
     held: i64,
-    per_buyer: &BTreeMap<String, i64>,
-    whose: &str,
-) -> Vec<String> {
+    bought: &'a BTreeMap<String, i64>,
+    held_by: &'a BTreeMap<String, i64>,
+}
+
+impl<'a> From<&'a Inspection> for Tally<'a> {
+    fn from(i: &'a Inspection) -> Self {
+        Tally {
+            sold: i.sold,
+            held: i.held,
+            bought: &i.bought,
+            held_by: &i.held_by,
+        }
+    }
+}
+
+/// Every way `t` breaks the invariants: more sold and held than the
+/// stock, a buyer over the cap (`whose` says whose numbers they are).
+fn broken(stock: i64, limit: i64, t: &Tally<'_>, whose: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if sold + held > stock {
+    if t.sold + t.held > stock {
         out.push(format!(
-            "{whose}: {sold} sold + {held} held > stock {stock} (oversold)"
+            "{whose}: {} sold + {} held > stock {stock} (oversold)",
+            t.sold, t.held
         ));
     }
-    for (user, n) in per_buyer {
+    let mut units = t.bought.clone();
+    for (u, q) in t.held_by {
+        *units.entry(u.clone()).or_default() += q;
+    }
+    for (user, n) in &units {
         if *n > limit {
             out.push(format!(
                 "{whose}: buyer {user} has {n} units > per_user_limit {limit}"
@@ -185,15 +204,6 @@ fn broken(
         }
     }
     out
-}
-
-/// A buyer's units: bought plus held.
-fn units(bought: &BTreeMap<String, i64>, held: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
-    let mut all = bought.clone();
-    for (u, q) in held {
-        *all.entry(u.clone()).or_default() += q;
-    }
-    all
 }
 
 async fn sweep_fully(service: &Service, sale: &SaleId) -> Result<(), GateError> {
@@ -225,14 +235,14 @@ async fn check_sale(
         });
     };
     let (orders, purchases, sold_count) = service.store.totals(&sale).await?;
-    for what in broken(
-        row.config.stock,
-        limit,
-        orders.values().sum(),
-        0,
-        &orders,
-        "Postgres orders",
-    ) {
+    let nobody = BTreeMap::new();
+    let recorded = Tally {
+        sold: orders.values().sum(),
+        held: 0,
+        bought: &orders,
+        held_by: &nobody,
+    };
+    for what in broken(row.config.stock, limit, &recorded, "Postgres orders") {
         incident(report, what);
     }
     // Postgres' own derived totals against its orders.
@@ -271,22 +281,15 @@ async fn check_sale(
     for attempt in 0..5 {
         let insp = service.gate.inspect(&sale).await?;
         let want = expected(service, &insp, &orders, opts.max_lag).await?;
-        let redis_broken = broken(
-            insp.stock,
-            insp.per_user_limit,
-            insp.sold,
-            insp.held,
-            &units(&insp.bought, &insp.held_by),
-            "Redis",
-        );
-        let want_broken = broken(
-            insp.stock,
-            insp.per_user_limit,
-            want.sold,
-            want.held,
-            &units(&want.bought, &want.held_by),
-            "Redis repaired from Postgres",
-        );
+        let (stock, cap) = (insp.stock, insp.per_user_limit);
+        let redis_broken = broken(stock, cap, &Tally::from(&insp), "Redis");
+        let repaired = Tally {
+            sold: want.sold,
+            held: want.held,
+            bought: &want.bought,
+            held_by: &want.held_by,
+        };
+        let want_broken = broken(stock, cap, &repaired, "Redis repaired from Postgres");
         let mut drift = Vec::new();
         for p in &want.overdue {
             let mut d = Drift {

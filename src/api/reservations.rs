@@ -10,7 +10,9 @@ use super::extract::{
     idempotency_key, parse_object, reservation_id, sale_id, Buyer, Caller, JsonObject,
 };
 use super::views::answers::{BadRequest, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
-use super::views::{time, ErrorBody, ExtendInput, ReservationView, ReserveInput};
+use super::views::{
+    time, ErrorBody, ExtendInput, ReservationPath, ReservationView, ReserveInput, SalePath,
+};
 use super::{route, AppState};
 use crate::domain::{Record, RecordOutcome, ReserveOutcome, Status};
 use crate::gate::Transition;
@@ -30,7 +32,7 @@ pub const MAX_QUANTITY: u32 = 10_000;
 /// Holds units of a sale for the buyer of the token.
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", tag = "buyer", operation_id = "reserve",
     params(
-        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
+        SalePath,
         ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]; a retry with the same key and body returns the same reservation"),
     ),
     request_body = ReserveInput,
@@ -135,10 +137,7 @@ fn ids(path: &(String, String)) -> Result<(SaleId, Uuid), ApiError> {
 
 /// Reads a reservation: its buyer's, or any for the admin.
 #[utoipa::path(get, path = "/v1/sales/{sale_id}/reservations/{reservation_id}", tag = "buyer", operation_id = "get_reservation",
-    params(
-        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
-        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
-    ),
+    params(ReservationPath),
     responses(
         (status = 200, description = "the reservation", body = ReservationView),
         (status = 403, description = "`forbidden`: another buyer's", body = ErrorBody),
@@ -198,10 +197,7 @@ async fn act(
 
 /// Turns a hold into a sale (again: the same answer).
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", tag = "buyer", operation_id = "confirm_reservation",
-    params(
-        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
-        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
-    ),
+    params(ReservationPath),
     responses(
         (status = 200, description = "confirmed (again: the same)", body = ReservationView),
         (status = 403, description = "`forbidden`", body = ErrorBody),
@@ -222,10 +218,7 @@ pub(crate) async fn confirm(
 
 /// Gives a hold back (again: the same answer).
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", tag = "buyer", operation_id = "cancel_reservation",
-    params(
-        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
-        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
-    ),
+    params(ReservationPath),
     responses(
         (status = 200, description = "cancelled (again: the same)", body = ReservationView),
         (status = 403, description = "`forbidden`", body = ErrorBody),
@@ -247,10 +240,7 @@ pub(crate) async fn cancel(
 /// Pushes a hold's deadline out, up to the sale's maximum hold time. The
 /// body is optional: `{}` or none extends by the sale's hold ttl.
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/extend", tag = "buyer", operation_id = "extend_reservation",
-    params(
-        ("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop"),
-        ("reservation_id" = uuid::Uuid, Path, description = "the reservation id"),
-    ),
+    params(ReservationPath),
     request_body(content = Option<ExtendInput>, description = "optional; without it the hold is extended by the sale's hold_ttl_secs"),
     responses(
         (status = 200, description = "the new expires_at", body = ReservationView),

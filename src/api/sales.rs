@@ -6,7 +6,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::{sale_id, Admin, JsonObject};
 use super::views::answers::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
-use super::views::{ErrorBody, SaleInput, SaleList, SaleView};
+use super::views::{ErrorBody, SaleInput, SaleList, SalePath, SaleView};
 use super::{route, AppState};
 use crate::domain::SaleConfig;
 
@@ -85,7 +85,7 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
 
 /// Creates (201) or updates (200) a sale.
 #[utoipa::path(put, path = "/v1/sales/{sale_id}", tag = "admin", operation_id = "put_sale",
-    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
+    params(SalePath),
     request_body = SaleInput,
     responses(
         (status = 201, description = "created", body = SaleView),
@@ -131,7 +131,7 @@ pub(crate) async fn list(
 
 /// One sale, as anyone sees it.
 #[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", operation_id = "get_sale",
-    params(("sale_id" = String, Path, description = "1-64 characters of [A-Za-z0-9_-]", example = "spring-drop")),
+    params(SalePath),
     responses(
         (status = 200, description = "the sale", body = SaleView),
         (status = 404, description = "`sale_not_found`", body = ErrorBody),

@@ -216,6 +216,26 @@ pub struct ErrorDetail {
     pub details: serde_json::Value,
 }
 
+/// `{sale_id}` in a path, for the OpenAPI description.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SalePath {
+    /// 1-64 characters of `[A-Za-z0-9_-]`
+    #[param(example = "spring-drop")]
+    pub sale_id: String,
+}
+
+/// `{sale_id}/reservations/{reservation_id}` in a path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ReservationPath {
+    /// 1-64 characters of `[A-Za-z0-9_-]`
+    #[param(example = "spring-drop")]
+    pub sale_id: String,
+    /// the reservation id
+    pub reservation_id: Uuid,
+}
+
 /// The error answers most routes share, for the OpenAPI description: one
 /// text each, referenced by the handlers' `responses(...)`.
 pub mod answers {

@@ -75,12 +75,16 @@ impl Gate {
                 qty: r.u32(2)?,
                 expires_ms: r.int(3)?,
             },
-            "replay" => ReserveOutcome::Replay {
-                rid: r.uuid(1)?,
-                qty: r.u32(2)?,
-                status: r.status(3)?,
-                expires_ms: r.int(4)?,
-            },
+            // The hold this key made, as it is now.
+            "replay" => {
+                let status = r.status(3)?;
+                ReserveOutcome::Replay {
+                    status,
+                    rid: r.uuid(1)?,
+                    qty: r.u32(2)?,
+                    expires_ms: r.int(4)?,
+                }
+            }
             "idem_mismatch" => ReserveOutcome::IdempotencyMismatch,
             "not_started" => ReserveOutcome::NotStarted {
                 starts_ms: r.int(1)?,
