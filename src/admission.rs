@@ -42,6 +42,13 @@
 //! line) would look like one and keep a permit for as long as the client
 //! trickles them, which is the attack this stops.
 //!
+//! A read's wait is counted ([`Admission::waited`], [`Admission::expired`])
+//! in `request_started` as well: as soon as that read is known to have
+//! started a request, before the application sees it. Not at the flush that
+//! ends the turn: when the handler is ready at once, the answer is written
+//! in that same turn, just before the flush, and a client (or a scrape)
+//! could see the answer before the wait it had.
+//!
 //! Pipelined requests that arrive in one read are answered under the first
 //! one's permit (actix-http caps them at 16 per connection).
 
@@ -106,11 +113,9 @@ impl Admission {
             io,
             permits: PollSemaphore::new(self.permits.clone()),
             admission: self.clone(),
-            state: Arc::default(),
+            state: Arc::new(ConnState::new(self.stats.clone())),
             permit: None,
             uncounted: false,
-            waited: false,
-            expired: false,
             wrote: false,
             idle_since: Instant::now(),
             wait: None,
@@ -128,7 +133,8 @@ impl Admission {
         self.stats.peak.load(Ordering::Relaxed)
     }
 
-    /// Requests that had to wait for a permit.
+    /// Requests that had to wait for a permit (counted as they start,
+    /// before they are handled).
     pub fn waited(&self) -> u64 {
         self.stats.waited.load(Ordering::Relaxed)
     }
@@ -141,16 +147,52 @@ impl Admission {
 
 /// What a connection shares with its requests (actix-http's connection
 /// data, set in `startup`): whether a request has started since the last
-/// answer, and how long the current one may still wait for a permit.
-#[derive(Default)]
+/// answer, whether the wait of the read that may start one is still to be
+/// counted, and how long the current one may still wait for a permit.
 pub struct ConnState {
     started: AtomicBool,
+    /// The permit (or pass) of the connection's current read had to wait /
+    /// its wait ran out: counted when that read starts a request
+    /// (`request_started`), forgotten if it starts none.
+    waited: AtomicBool,
+    expired: AtomicBool,
     /// The deadline of the permit wait of the connection's last read, if it
     /// had to wait.
     deadline: Mutex<Option<Instant>>,
+    stats: Arc<Stats>,
 }
 
 impl ConnState {
+    fn new(stats: Arc<Stats>) -> Self {
+        Self {
+            started: AtomicBool::new(false),
+            waited: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            stats,
+        }
+    }
+
+    /// A request started: the wait of the read that started it counts,
+    /// now, before the request is handled and so before any of its answer
+    /// is written.
+    fn start(&self) {
+        self.started.store(true, Ordering::Relaxed);
+        if self.waited.swap(false, Ordering::Relaxed) {
+            self.stats.waited.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.expired.swap(false, Ordering::Relaxed) {
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::admission_wait_expired();
+        }
+    }
+
+    /// The current read's wait is not to be counted (it started nothing).
+    fn forget_wait(&self) {
+        self.waited.store(false, Ordering::Relaxed);
+        self.expired.store(false, Ordering::Relaxed);
+    }
+
     /// Until when a request of this connection may wait for the handler
     /// bound: what was left of its permit wait (nothing if that ran out),
     /// or [`MAX_WAIT`] if it did not wait.
@@ -168,10 +210,11 @@ impl ConnState {
 
 /// actix-http has parsed a request head of this connection and hands the
 /// request to the application: the connection keeps its permit until the
-/// answer is flushed. `startup` wraps the application in this.
+/// answer is flushed, and the wait of the read that started it is counted.
+/// `startup` wraps the application in this.
 pub fn request_started(req: &actix_http::Request) {
     if let Some(state) = req.conn_data::<Arc<ConnState>>() {
-        state.started.store(true, Ordering::Relaxed);
+        state.start();
     }
 }
 
@@ -185,10 +228,6 @@ pub struct AdmittedStream {
     permit: Option<OwnedSemaphorePermit>,
     /// The wait ran out: read without a permit (see `permit`).
     uncounted: bool,
-    /// The permit (or pass) of this read had to wait / its wait ran out:
-    /// counted in the stats once it is known to have started a request.
-    waited: bool,
-    expired: bool,
     /// Bytes of an answer written since the last flush.
     wrote: bool,
     /// Last answer flushed (or accepted): where the HTTP layer's idle timer starts.
@@ -236,7 +275,7 @@ impl AdmittedStream {
             }
             Poll::Pending => {
                 if self.wait.is_none() {
-                    self.waited = true;
+                    self.state.waited.store(true, Ordering::Relaxed);
                     let by_layer = (self.idle_since + self.admission.idle_timeout)
                         .checked_sub(TIMEOUT_MARGIN)
                         .unwrap_or(self.idle_since);
@@ -252,21 +291,9 @@ impl AdmittedStream {
                 // Drop the queued acquire: a permit handed to it later would
                 // otherwise sit here unused until this connection closes.
                 self.permits = PollSemaphore::new(self.permits.clone_inner());
-                self.expired = true;
+                self.state.expired.store(true, Ordering::Relaxed);
                 Poll::Ready(())
             }
-        }
-    }
-
-    /// The read that was admitted started a request: its wait counts.
-    fn count_wait(&mut self) {
-        let stats = &self.admission.stats;
-        if std::mem::take(&mut self.waited) {
-            stats.waited.fetch_add(1, Ordering::Relaxed);
-        }
-        if std::mem::take(&mut self.expired) {
-            stats.expired.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::admission_wait_expired();
         }
     }
 
@@ -274,8 +301,7 @@ impl AdmittedStream {
     fn release(&mut self) {
         self.permit = None;
         self.uncounted = false;
-        self.waited = false;
-        self.expired = false;
+        self.state.forget_wait();
     }
 
     /// Every call of `poll_flush` ends a turn of actix-http's dispatcher
@@ -283,20 +309,12 @@ impl AdmittedStream {
     /// no request is given back here: the head is still incomplete, and the
     /// connection must hold nothing while it waits for the rest.
     fn end_of_turn(&mut self) {
-        if !self.admitted() {
-            return;
-        }
-        if self.state.started.load(Ordering::Relaxed) {
-            self.count_wait();
-        } else {
+        if self.admitted() && !self.state.started.load(Ordering::Relaxed) {
             self.release();
         }
     }
 
     fn answered(&mut self) {
-        if self.admitted() {
-            self.count_wait();
-        }
         self.state.started.store(false, Ordering::Relaxed);
         self.release();
         self.wrote = false;
