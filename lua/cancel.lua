@@ -25,5 +25,6 @@ if r[3] ~= 'held' then
 end
 local qty, user = release_hold(base, rid, 'cancelled', now)
 emit(base, 'cancelled', now, rid, user, qty)
+queue_pace(base, now)
 r[5] = s(now)
 return rec_reply('ok', r, 'cancelled')

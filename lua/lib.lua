@@ -5,15 +5,20 @@
 -- EVALSHA. Key layout of one sale (every key carries the sale's hash tag, so a
 -- script touches one Redis Cluster slot):
 --   <base>sale        hash    config (id stock limit ttl_ms max_hold_ms starts
---                             ends product created updated), counters (sold
---                             held), the epoch this state was created or
---                             rebuilt in (`epoch`, see migrations/0002), per
---                             buyer `u:<user>` (held) and `b:<user>` (bought)
+--                             ends product created updated admission
+--                             admit_rate window_ms queue_opens), counters
+--                             (sold held), the epoch this state was created
+--                             or rebuilt in (`epoch`, see migrations/0002),
+--                             `version` (grows with every change), the
+--                             queue's admission clock (q_base q_mark q_run
+--                             q_seq), per buyer `u:<user>` (held) and
+--                             `b:<user>` (bought)
 --   <base>holds       zset    reservation id -> hold deadline (ms, Redis clock)
 --   <base>events      stream  one entry per state change, for the worker
 --   <base>r:<rid>     hash    reservation record (user qty status created
 --                             expires max_until at)
 --   <base>h:<rid>     string  the live hold, expiring by PX at its deadline
+--   <base>queue       zset    a queued sale's buyers -> place (see below)
 --   <base>idem:<len(user)>:<user>:<key>  hash  Idempotency-Key -> rid, qty
 --                             (the length keeps buyers `a:b` + key `k` and
 --                             `a` + key `b:k` apart)
@@ -33,6 +38,19 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Moves the sale's version on: it grows with every change (counters,
+-- configuration, pause, queue), across a loss of Redis' data too, as it
+-- never falls behind the Redis clock in microseconds.
+local function bump(base, now)
+  local sale = base .. 'sale'
+  local v = tonumber(redis.call('HGET', sale, 'version') or '0')
+  local t = now * 1000
+  if t <= v then
+    t = v + 1
+  end
+  redis.call('HSET', sale, 'version', s(t))
+end
+
 -- Appends one event to the sale's stream, with the counters after the event
 -- and the sale's epoch (an order is recorded only in its epoch):
 -- `c` = {id, sold, held, stock, epoch} when the caller knows them, else read here.
@@ -43,6 +61,7 @@ local function emit(base, kind, now, rid, user, qty, c)
     'qty', s(qty or 0), 'at', s(now),
     'sold', c[2] or '0', 'held', c[3] or '0', 'stock', c[4] or '0',
     'epoch', c[5] or '0')
+  bump(base, now)
 end
 
 -- Ends a held reservation as `status` (expired / cancelled) and gives its
@@ -71,6 +90,107 @@ local function release_hold(base, rid, status, now)
   return qty, r[2]
 end
 
+-- The fair queue of a sale whose admission is 'queue' (lua/queue.lua):
+-- <base>queue ranks its buyers by place, a random score in [0, 1) for those
+-- who joined before the start (so joining early buys nothing), 1 + n for
+-- the n-th after it (first come, first served). The admission clock lives
+-- in the sale hash: q_base buyers were admitted by q_mark (ms); while q_run
+-- is '1', admit_rate more each second after it. Nothing has to tick: every
+-- script computes the clock from Redis' time. It stops while nothing can be
+-- sold (sold out, paused) and starts again when units come back.
+local function queue_fields(base)
+  local f = redis.call('HMGET', base .. 'sale', 'admission', 'starts', 'admit_rate',
+    'q_base', 'q_mark', 'q_run', 'window_ms')
+  return {queued = f[1] == 'queue', starts = tonumber(f[2] or ''),
+    rate = tonumber(f[3] or '1') or 1, qbase = tonumber(f[4] or '0') or 0,
+    mark = tonumber(f[5] or '0') or 0, run = f[6] == '1', window = tonumber(f[7] or '0') or 0}
+end
+
+-- How many places are admitted at `now`: none before the start.
+local function admitted(q, now)
+  if q.starts and now < q.starts then
+    return 0
+  end
+  if not q.run or now <= q.mark then
+    return q.qbase
+  end
+  return q.qbase + math.floor((now - q.mark) * q.rate / 1000)
+end
+
+-- When place k is admitted by the current clock; its window ends
+-- q.window later. Places admitted before the clock last (re)started get a
+-- fresh window from then (units came back, the rate changed).
+local function admitted_at(q, k)
+  if k <= q.qbase then
+    return q.mark
+  end
+  return q.mark + math.ceil((k - q.qbase) * 1000 / q.rate)
+end
+
+-- (Re)starts the admission clock at `mark` with `n` places admitted.
+local function queue_anchor(base, q, n, mark, run)
+  q.qbase, q.mark, q.run = n, mark, run
+  redis.call('HSET', base .. 'sale', 'q_base', s(n), 'q_mark', s(mark), 'q_run', run and '1' or '0')
+end
+
+-- Stops the admission clock while nothing can be sold (sold out, paused)
+-- and starts it again when units come back. Every script that moves the
+-- sale's availability calls it.
+local function queue_pace(base, now)
+  local q = queue_fields(base)
+  if not q.queued then
+    return
+  end
+  local c = redis.call('HMGET', base .. 'sale', 'stock', 'sold', 'held', 'paused')
+  local open = c[4] ~= '1' and tonumber(c[1]) - tonumber(c[2]) - tonumber(c[3]) > 0
+  if open == q.run then
+    return
+  end
+  if q.starts and now < q.starts then
+    queue_anchor(base, q, q.qbase, q.mark, open)
+  elseif open then
+    queue_anchor(base, q, q.qbase, now, true)
+  else
+    queue_anchor(base, q, admitted(q, now), now, false)
+  end
+end
+
+-- Sets the admission clock of a queued sale whose configuration was just
+-- written (`old`: its queue fields before; nil after a rebuild from
+-- Postgres, when the queue is gone and nobody is admitted at once). A
+-- clock that runs at an unchanged rate from an unchanged start is kept.
+local function queue_configured(base, now, old)
+  local q = queue_fields(base)
+  if not q.queued then
+    return
+  end
+  if old and old.queued and old.mark > 0 and old.rate == q.rate and old.starts == q.starts then
+    queue_anchor(base, q, old.qbase, old.mark, old.run)
+  elseif q.starts and now < q.starts then
+    queue_anchor(base, q, 1, q.starts, true)
+  elseif old and old.queued and old.mark > 0 then
+    queue_anchor(base, q, admitted(old, now), now, true)
+  elseif old then
+    queue_anchor(base, q, 1, now, true)
+  else
+    queue_anchor(base, q, 0, now, true)
+  end
+  queue_pace(base, now)
+end
+
+-- The configuration fields of the sale hash, in the order the gate sends
+-- them (gate/sales.rs: config_args) from ARGV[i] on.
+local CONFIG_FIELDS = {'stock', 'limit', 'ttl_ms', 'max_hold_ms', 'starts', 'ends', 'product',
+  'admission', 'admit_rate', 'window_ms', 'queue_opens'}
+local function set_config(key, i, now)
+  local kv = {'updated', s(now)}
+  for n, f in ipairs(CONFIG_FIELDS) do
+    kv[#kv + 1] = f
+    kv[#kv + 1] = ARGV[i + n - 1]
+  end
+  redis.call('HSET', key, unpack(kv))
+end
+
 -- Gives back the units of at most `limit` holds whose deadline has passed.
 local function sweep(base, now, limit)
   local due = redis.call('ZRANGE', base .. 'holds', '-inf', s(now), 'BYSCORE', 'LIMIT', 0, limit)
@@ -81,6 +201,9 @@ local function sweep(base, now, limit)
       released = released + 1
       emit(base, 'expired', now, rid, user, qty)
     end
+  end
+  if released > 0 then
+    queue_pace(base, now)
   end
   return released
 end
@@ -127,6 +250,7 @@ local function open_transition(base, rid, actor)
   if r[6] then
     local qty, user = release_hold(base, rid, 'expired', now)
     emit(base, 'expired', now, rid, user, qty)
+    queue_pace(base, now)
     r[5] = s(now)
     return nil, nil, rec_reply('conflict', r, 'expired')
   end

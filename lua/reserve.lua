@@ -8,6 +8,8 @@
 -- KEYS[7] <prefix>:{u:<user>}:active, the buyer's active holds across sales
 --         (any key of the sale when ARGV[9] == '0': on Redis Cluster it sits
 --         in another slot, and the caller runs admit.lua after this script)
+-- KEYS[8] <base>queue, the sale's fair queue (read when its admission is
+--         'queue')
 -- ARGV[1] base   ARGV[2] rid (fresh, made by the caller)   ARGV[3] user
 -- ARGV[4] qty    ARGV[5] sweep limit   ARGV[6] '1' to use the idempotency key
 -- ARGV[7] idempotency key ttl ms   ARGV[8] reservation record ttl ms
@@ -21,6 +23,8 @@
 --   {'idem_mismatch', original_qty}         the key was used with another body
 --   {'not_loaded'}                          the sale has no state in Redis
 --   {'not_started', starts_ms}  {'ended', ends_ms}
+--   {'not_admitted', position (0: not in the queue), serving}
+--   {'admission_expired', admitted_until_ms}  (queued sales)
 --   {'over_limit', per_user_limit}          qty alone exceeds the cap
 --   {'user_limit', per_user_limit, held_by_user, bought_by_user}
 --   {'sold_out', available}
@@ -28,7 +32,7 @@
 --                                           sales already (the earliest ends then)
 -- Everything is checked before the first write: a refusal changes nothing
 -- but the bounded sweep of expired holds (of the sale and of the buyer).
-assert(#KEYS == 7 and #ARGV == 10, 'reserve.lua: wrong arity')
+assert(#KEYS == 8 and #ARGV == 10, 'reserve.lua: wrong arity')
 local base, rid, user = ARGV[1], ARGV[2], ARGV[3]
 local qty = tonumber(ARGV[4])
 local use_idem = ARGV[6] == '1'
@@ -36,7 +40,7 @@ local use_idem = ARGV[6] == '1'
 -- The sale's config and counters (and the buyer's units), read once: also
 -- the check that the sale has state here at all.
 local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
-  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id', 'epoch')
+  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id', 'epoch', 'admission')
 if not c[1] then
   return {'not_loaded'}
 end
@@ -78,6 +82,20 @@ end
 if c[6] ~= '' and now >= tonumber(c[6]) then
   return {'ended', tonumber(c[6])}
 end
+if c[13] == 'queue' then
+  -- A queued sale: only a buyer whose place has come, within its window.
+  local q = queue_fields(base)
+  local open = admitted(q, now)
+  local rank = redis.call('ZRANK', KEYS[8], user)
+  local serving = math.min(open, redis.call('ZCARD', KEYS[8]))
+  if not rank or rank + 1 > open then
+    return {'not_admitted', rank and rank + 1 or 0, serving}
+  end
+  local until_ms = admitted_at(q, rank + 1) + q.window
+  if now >= until_ms then
+    return {'admission_expired', until_ms}
+  end
+end
 if qty > limit then
   return {'over_limit', limit}
 end
@@ -113,4 +131,7 @@ if cap > 0 then
   hold_counted(KEYS[7], ARGV[10], expires, now, nil, counted)
 end
 emit(base, 'reserved', now, rid, user, qty, {c[11], c[7], s(held + qty), c[1], c[12]})
+if c[13] == 'queue' and sold + held + qty >= stock then
+  queue_pace(base, now)
+end
 return {'ok', rid, qty, expires}

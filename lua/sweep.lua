@@ -4,19 +4,31 @@
 -- read of a sale, so a view never counts an expired hold as held.
 --
 -- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
+-- KEYS[4] <base>queue
 -- ARGV[1] base   ARGV[2] sweep limit
 --
 -- Returns {'not_loaded'} or
---   {'ok', released, stock, limit, ttl_ms, max_hold_ms, starts, ends,
---    product, sold, held, now_ms}
--- (starts / ends / product are '' when unset).
-assert(#KEYS == 3 and #ARGV == 2, 'sweep.lua: wrong arity')
+--   {'ok', released, now_ms, sold, held, version, paused, joined, serving,
+--    config...}
+-- with config the sale's CONFIG_FIELDS (lib.lua) in their order (starts,
+-- ends, product and queue_opens are '' when unset); joined and serving are
+-- the queue's (0 for an open sale).
+assert(#KEYS == 4 and #ARGV == 2, 'sweep.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
 end
 local now = now_ms()
 local released = sweep(ARGV[1], now, tonumber(ARGV[2]))
-local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
-  'starts', 'ends', 'product', 'sold', 'held')
-return {'ok', released, tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4]),
-  c[5], c[6], c[7], tonumber(c[8]), tonumber(c[9]), now}
+local c = redis.call('HMGET', KEYS[1], 'sold', 'held', 'version', 'paused')
+local joined, serving = 0, 0
+local q = queue_fields(ARGV[1])
+if q.queued then
+  joined = redis.call('ZCARD', KEYS[4])
+  serving = math.min(admitted(q, now), joined)
+end
+local out = {'ok', released, now, tonumber(c[1]), tonumber(c[2]), tonumber(c[3] or '0'),
+  c[4] == '1' and 1 or 0, joined, serving}
+for _, v in ipairs(redis.call('HMGET', KEYS[1], unpack(CONFIG_FIELDS))) do
+  out[#out + 1] = v or ''
+end
+return out

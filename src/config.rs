@@ -94,6 +94,12 @@ pub struct Settings {
     /// A background task (write-behind, sweeper) failing this long is
     /// stalled: `/readyz` says `degraded`, with the reason.
     pub stall_after: Duration,
+    /// Event streams: views per second per sale at most, and subscribers
+    /// per instance at most.
+    pub events_max_hz: u32,
+    pub events_max_subscribers: usize,
+    /// Origins allowed to call from a browser (CORS); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -127,6 +133,9 @@ impl Default for Settings {
             max_active_holds: 10,
             max_inflight: 256,
             stall_after: Duration::from_secs(10),
+            events_max_hz: 4,
+            events_max_subscribers: 20_000,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -254,6 +263,20 @@ impl Settings {
         if let Some(v) = var("FLASHGATE_MAX_INFLIGHT") {
             s.max_inflight = parse("FLASHGATE_MAX_INFLIGHT", &v)?;
         }
+        if let Some(v) = var("FLASHGATE_EVENTS_MAX_HZ") {
+            s.events_max_hz = parse("FLASHGATE_EVENTS_MAX_HZ", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_EVENTS_MAX_SUBSCRIBERS") {
+            s.events_max_subscribers = parse("FLASHGATE_EVENTS_MAX_SUBSCRIBERS", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_CORS_ORIGINS") {
+            s.cors_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         if let Some(v) = var("FLASHGATE_DEV") {
             s.dev_mode = parse_bool("FLASHGATE_DEV", &v)?;
         }
@@ -289,6 +312,19 @@ impl Settings {
         }
         if self.max_body_bytes < 256 {
             return Err(err("FLASHGATE_MAX_BODY_BYTES", "must be at least 256"));
+        }
+        if !(1..=1000).contains(&self.events_max_hz) {
+            return Err(err("FLASHGATE_EVENTS_MAX_HZ", "must be between 1 and 1000"));
+        }
+        for origin in &self.cors_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.trim_end_matches('/').contains(['*', ' ']);
+            if !ok {
+                return Err(err(
+                    "FLASHGATE_CORS_ORIGINS",
+                    "a comma list of origins like https://shop.example (no wildcards)",
+                ));
+            }
         }
         if self.max_inflight == 0 {
             // No permit would ever be free: every request would wait for ever.

@@ -18,6 +18,32 @@ pub struct SaleConfig {
     pub starts_ms: Option<i64>,
     pub ends_ms: Option<i64>,
     pub product_id: Option<String>,
+    pub admission: Admission,
+}
+
+/// Who may reserve, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Whoever asks first (no queue).
+    Open,
+    /// A fair queue: buyers who joined before the start get a random
+    /// place, later ones queue behind in arrival order; `per_sec` places
+    /// are let in each second from the start, each for `window_ms`.
+    /// Joins before `opens_ms` are refused.
+    Queue {
+        per_sec: u32,
+        window_ms: i64,
+        opens_ms: Option<i64>,
+    },
+}
+
+impl Admission {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Queue { .. } => "queue",
+        }
+    }
 }
 
 /// A sale as Redis holds it, read in one step.
@@ -26,10 +52,67 @@ pub struct SaleState {
     pub config: SaleConfig,
     pub sold: i64,
     pub held: i64,
+    /// Grows with every change of the sale (counters, configuration,
+    /// pause, queue), across a rebuild too.
+    pub version: i64,
+    pub paused: bool,
+    /// A queued sale's queue: buyers in it, and places admitted so far.
+    pub queue: Option<QueueState>,
     /// Redis' clock when it was read (ms).
     pub now_ms: i64,
     /// Expired holds the read gave back.
     pub released: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    pub joined: u64,
+    pub serving: u64,
+}
+
+/// A buyer's place in a queued sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub state: TicketState,
+    /// 1-based; None before the start (the order is drawn then).
+    pub position: Option<u64>,
+    pub serving: u64,
+    pub joined: u64,
+    /// Until when an admitted buyer may reserve.
+    pub admitted_until_ms: Option<i64>,
+    pub admit_per_sec: u32,
+    /// The admission clock runs (not sold out, not paused).
+    pub running: bool,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketState {
+    /// Joined before the start: a random place is drawn at the start.
+    PreQueue,
+    Waiting,
+    Admitted,
+    /// The admission window passed.
+    Expired,
+}
+
+/// What joining a queue (or reading one's ticket) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// `joined`: the buyer joined now (else it was in the queue already).
+    Ticket {
+        joined: bool,
+        ticket: Ticket,
+    },
+    NotQueued,
+    Ended {
+        ends_ms: i64,
+    },
+    NotOpen {
+        opens_ms: i64,
+    },
+    Paused,
+    NotInQueue,
 }
 
 /// Where a sale stands, by the clock of its read.
@@ -42,6 +125,16 @@ pub enum Phase {
 }
 
 impl SaleState {
+    /// The version a reader sees: the sale's, plus the queue's admitted
+    /// places, which move on by the clock between changes (both only
+    /// grow, so this does too).
+    pub fn view_version(&self) -> i64 {
+        self.version
+            + self
+                .queue
+                .map_or(0, |q| i64::try_from(q.serving).unwrap_or(0))
+    }
+
     pub fn available(&self) -> i64 {
         (self.config.stock - self.sold - self.held).max(0)
     }
@@ -127,6 +220,16 @@ pub enum ReserveOutcome {
     OverLimit {
         limit: u32,
     },
+    /// A queued sale: the buyer's place has not come (`position` None: not
+    /// in the queue).
+    NotAdmitted {
+        position: Option<u64>,
+        serving: u64,
+    },
+    /// A queued sale: the buyer's admission window has passed.
+    AdmissionExpired {
+        until_ms: i64,
+    },
     UserLimit {
         limit: u32,
         held: u32,
@@ -152,6 +255,8 @@ impl ReserveOutcome {
             Self::NotStarted { .. } => "sale_not_started",
             Self::Ended { .. } => "sale_ended",
             Self::OverLimit { .. } => "over_limit",
+            Self::NotAdmitted { .. } => "not_admitted",
+            Self::AdmissionExpired { .. } => "admission_expired",
             Self::UserLimit { .. } => "user_limit_exceeded",
             Self::SoldOut { .. } => "sold_out",
             Self::ActiveHoldsFull { .. } => "active_holds",
@@ -254,9 +359,13 @@ mod tests {
                 starts_ms: starts,
                 ends_ms: ends,
                 product_id: None,
+                admission: Admission::Open,
             },
             sold,
             held,
+            version: 1,
+            paused: false,
+            queue: None,
             now_ms: 1_000_000,
             released: 0,
         }

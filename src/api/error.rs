@@ -49,6 +49,20 @@ pub enum ApiError {
     HoldLimitReached { expires_at: Option<DateTime<Utc>> },
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
+    #[error("the buyer's place in the queue has not come yet")]
+    NotAdmitted { position: Option<u64>, serving: u64 },
+    #[error("the buyer's admission window has passed")]
+    AdmissionExpired {
+        admitted_until: Option<DateTime<Utc>>,
+    },
+    #[error("this sale has no queue (its admission is open)")]
+    SaleNotQueued,
+    #[error("the sale's queue is not open yet")]
+    QueueNotOpen { opens_at: Option<DateTime<Utc>> },
+    #[error("this buyer has not joined the sale's queue")]
+    NotInQueue,
+    #[error("the sale is paused")]
+    SalePaused,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     /// A dependency is down, slow, full or rebuilding: retry later.
@@ -108,6 +122,12 @@ impl ApiError {
             Self::ReservationExpired => "reservation_expired",
             Self::HoldLimitReached { .. } => "hold_limit_reached",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::NotAdmitted { .. } => "not_admitted",
+            Self::AdmissionExpired { .. } => "admission_expired",
+            Self::SaleNotQueued => "sale_not_queued",
+            Self::QueueNotOpen { .. } => "queue_not_open",
+            Self::NotInQueue => "not_in_queue",
+            Self::SalePaused => "sale_paused",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
@@ -128,6 +148,13 @@ impl ApiError {
             Self::SaleEnded { ends_at } => json!({ "ends_at": ends_at }),
             Self::StockBelowCommitted { sold, held } => json!({ "sold": sold, "held": held }),
             Self::HoldLimitReached { expires_at } => json!({ "expires_at": expires_at }),
+            Self::NotAdmitted { position, serving } => {
+                json!({ "position": position, "serving": serving })
+            }
+            Self::AdmissionExpired { admitted_until } => {
+                json!({ "admitted_until": admitted_until })
+            }
+            Self::QueueNotOpen { opens_at } => json!({ "queue_opens_at": opens_at }),
             Self::RateLimited { retry_after_secs } => {
                 json!({ "retry_after_secs": retry_after_secs })
             }
@@ -202,7 +229,13 @@ impl ResponseError for ApiError {
             | Self::StockBelowCommitted { .. }
             | Self::ReservationCancelled
             | Self::ReservationConfirmed
-            | Self::HoldLimitReached { .. } => StatusCode::CONFLICT,
+            | Self::HoldLimitReached { .. }
+            | Self::NotAdmitted { .. }
+            | Self::SaleNotQueued
+            | Self::QueueNotOpen { .. }
+            | Self::SalePaused => StatusCode::CONFLICT,
+            Self::NotInQueue => StatusCode::NOT_FOUND,
+            Self::AdmissionExpired { .. } => StatusCode::GONE,
             Self::SaleEnded { .. } | Self::ReservationExpired => StatusCode::GONE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -301,6 +334,29 @@ mod tests {
                 409,
                 "hold_limit_reached",
             ),
+            (
+                ApiError::NotAdmitted {
+                    position: Some(3),
+                    serving: 1,
+                },
+                409,
+                "not_admitted",
+            ),
+            (
+                ApiError::AdmissionExpired {
+                    admitted_until: None,
+                },
+                410,
+                "admission_expired",
+            ),
+            (ApiError::SaleNotQueued, 409, "sale_not_queued"),
+            (
+                ApiError::QueueNotOpen { opens_at: None },
+                409,
+                "queue_not_open",
+            ),
+            (ApiError::NotInQueue, 404, "not_in_queue"),
+            (ApiError::SalePaused, 409, "sale_paused"),
             (
                 ApiError::IdempotencyKeyReused,
                 422,

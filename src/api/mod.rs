@@ -1,7 +1,9 @@
 //! HTTP only: extractors, handlers, and the mapping of outcomes to the
 //! contract. A handler reads: authenticate, validate, one call, map.
 
+pub mod cors;
 pub mod error;
+pub mod events;
 pub mod extract;
 #[cfg(test)]
 mod fuzz_tests;
@@ -9,6 +11,7 @@ pub mod health;
 pub mod limits;
 pub mod observe;
 pub mod openapi;
+pub mod queue;
 pub mod reservations;
 pub mod sales;
 pub mod views;
@@ -41,6 +44,8 @@ pub struct AppState {
     pub worker: Option<Arc<WorkerStatus>>,
     /// Dependencies probed in the background and the tasks' health.
     pub readiness: Arc<Readiness>,
+    /// The watched sales' live views (event streams).
+    pub live: Arc<crate::background::live::Live>,
     pub limits: Arc<Limits>,
     /// Requests being handled at once, over all workers. The socket-level
     /// admission (`crate::admission`) already reads no more than this many
@@ -106,6 +111,8 @@ pub fn served_routes() -> std::collections::BTreeSet<(String, String)> {
 /// In the order the router tries them: the hot buyer routes first.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     reservations::routes(cfg);
+    queue::routes(cfg);
+    events::routes(cfg);
     sales::routes(cfg);
     health::routes(cfg);
     // Not JSON: documented in README, outside the OpenAPI description.

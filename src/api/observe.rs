@@ -94,6 +94,9 @@ pub fn route_template(path: &str) -> &'static str {
         (2, ["v1", "sales", ..]) => "/v1/sales",
         (3, ["v1", "sales", ..]) => "/v1/sales/{sale_id}",
         (4, ["v1", "sales", _, "reservations", ..]) => "/v1/sales/{sale_id}/reservations",
+        (4, ["v1", "sales", _, "queue", ..]) => "/v1/sales/{sale_id}/queue",
+        (5, ["v1", "sales", _, "queue", "me", ..]) => "/v1/sales/{sale_id}/queue/me",
+        (4, ["v1", "sales", _, "events", ..]) => "/v1/sales/{sale_id}/events",
         (5, ["v1", "sales", _, "reservations", ..]) => {
             "/v1/sales/{sale_id}/reservations/{reservation_id}"
         }

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, reservations, sales, views};
+use super::{events, health, queue, reservations, sales, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,10 +19,13 @@ use super::{health, reservations, sales, views};
         reservations::confirm,
         reservations::cancel,
         reservations::extend,
+        events::events,
+        queue::join_queue,
+        queue::my_ticket,
         health::healthz,
         health::readyz,
     ),
-    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName)),
+    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName, views::AdmissionName, views::QueueView, queue::TicketView, queue::TicketStateName)),
     modifiers(&Security),
 )]
 pub struct ApiDoc;

@@ -40,8 +40,8 @@ pub const MAX_QUANTITY: u32 = 10_000;
         (status = 201, description = "held", body = ReservationView),
         (status = 200, description = "an idempotent replay (header Idempotent-Replayed: true)", body = ReservationView),
         (status = 404, description = "`sale_not_found`", body = ErrorBody),
-        (status = 409, description = "`sold_out`, `user_limit_exceeded` or `sale_not_started`", body = ErrorBody),
-        (status = 410, description = "`sale_ended`", body = ErrorBody),
+        (status = 409, description = "`sold_out`, `user_limit_exceeded`, `sale_not_started`, `sale_paused` or (a queued sale) `not_admitted` (details: position, serving)", body = ErrorBody),
+        (status = 410, description = "`sale_ended` or (a queued sale) `admission_expired`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
         BadRequest, Unauthorized, PayloadTooLarge, RateLimited, Unavailable,
     ),
@@ -120,6 +120,12 @@ pub(crate) async fn reserve(
             bought,
         }),
         ReserveOutcome::SoldOut { available } => Err(ApiError::SoldOut { available }),
+        ReserveOutcome::NotAdmitted { position, serving } => {
+            Err(ApiError::NotAdmitted { position, serving })
+        }
+        ReserveOutcome::AdmissionExpired { until_ms } => Err(ApiError::AdmissionExpired {
+            admitted_until: time(until_ms),
+        }),
         ReserveOutcome::ActiveHoldsFull { earliest_ms } => {
             // Retry once the earliest of the buyer's holds has ended.
             crate::metrics::rate_limited("active_holds");

@@ -1,20 +1,25 @@
 //! `PUT /v1/sales/{sale_id}`, `GET /v1/sales`, `GET /v1/sales/{sale_id}`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::{sale_id, Admin, JsonObject};
 use super::views::answers::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
-use super::views::{ErrorBody, SaleInput, SaleList, SalePath, SaleView};
+use super::views::{AdmissionName, ErrorBody, SaleInput, SaleList, SalePath, SaleView};
 use super::{route, AppState};
-use crate::domain::SaleConfig;
+use crate::domain::{Admission, SaleConfig};
 
 pub const DEFAULT_HOLD_TTL_SECS: u32 = 300;
 pub const DEFAULT_MAX_HOLD_SECS: u32 = 1800;
 pub const MAX_STOCK: i64 = 1_000_000_000;
 pub const MAX_PER_USER_LIMIT: u32 = 10_000;
 pub const MAX_HOLD_SECS: u32 = 7 * 24 * 3600;
+pub const DEFAULT_ADMIT_PER_SEC: u32 = 50;
+pub const MAX_ADMIT_PER_SEC: u32 = 100_000;
+pub const DEFAULT_ADMISSION_WINDOW_SECS: u32 = 120;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     route::<__path_list>(cfg, web::get().to(list));
@@ -27,6 +32,53 @@ fn field(field: &str, message: &str) -> ApiError {
         message: format!("{field}: {message}"),
         details: json!({ "field": field }),
     }
+}
+
+/// The admission part of a configuration: the queue's settings are
+/// refused on an open sale, so a typo never silently opens a sale.
+fn admission(input: &SaleInput) -> Result<Admission, ApiError> {
+    let queued = input.admission == Some(AdmissionName::Queue);
+    if !queued {
+        for (name, given) in [
+            ("admit_per_sec", input.admit_per_sec.is_some()),
+            (
+                "admission_window_secs",
+                input.admission_window_secs.is_some(),
+            ),
+            ("queue_opens_at", input.queue_opens_at.is_some()),
+        ] {
+            if given {
+                return Err(field(name, "only for \"admission\": \"queue\""));
+            }
+        }
+        return Ok(Admission::Open);
+    }
+    let per_sec = input.admit_per_sec.unwrap_or(DEFAULT_ADMIT_PER_SEC);
+    if !(1..=MAX_ADMIT_PER_SEC).contains(&per_sec) {
+        return Err(field(
+            "admit_per_sec",
+            &format!("must be between 1 and {MAX_ADMIT_PER_SEC}"),
+        ));
+    }
+    let window = input
+        .admission_window_secs
+        .unwrap_or(DEFAULT_ADMISSION_WINDOW_SECS);
+    if !(1..=MAX_HOLD_SECS).contains(&window) {
+        return Err(field(
+            "admission_window_secs",
+            &format!("must be between 1 and {MAX_HOLD_SECS}"),
+        ));
+    }
+    if let (Some(opens), Some(starts)) = (input.queue_opens_at, input.starts_at) {
+        if opens > starts {
+            return Err(field("queue_opens_at", "must not be after starts_at"));
+        }
+    }
+    Ok(Admission::Queue {
+        per_sec,
+        window_ms: i64::from(window) * 1000,
+        opens_ms: input.queue_opens_at.map(|t| t.timestamp_millis()),
+    })
 }
 
 /// Checks a configuration and fills in the defaults.
@@ -72,6 +124,7 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
             ));
         }
     }
+    let admission = admission(input)?;
     Ok(SaleConfig {
         stock: input.stock,
         per_user_limit: input.per_user_limit,
@@ -80,6 +133,7 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
         starts_ms: input.starts_at.map(|t| t.timestamp_millis()),
         ends_ms: input.ends_at.map(|t| t.timestamp_millis()),
         product_id: input.product_id.clone(),
+        admission,
     })
 }
 
@@ -129,21 +183,49 @@ pub(crate) async fn list(
     Ok(HttpResponse::Ok().json(SaleList { sales, unavailable }))
 }
 
-/// One sale, as anyone sees it.
+/// Does `If-None-Match` name `etag` (or `*`)? Weak tags compare by value.
+fn matches(if_none_match: Option<&HeaderValue>, etag: &str) -> bool {
+    if_none_match
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || t == etag)
+        })
+}
+
+/// One sale, as anyone sees it: `ETag: "<version>"` and a second of
+/// caching, so a CDN or a browser absorbs polling; a request naming the
+/// current version in `If-None-Match` gets 304 and no body.
 #[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "public", operation_id = "get_sale",
-    params(SalePath),
+    params(
+        SalePath,
+        ("If-None-Match" = Option<String>, Header, description = "an ETag of this sale seen before: 304 if it is still the current version"),
+    ),
     responses(
-        (status = 200, description = "the sale", body = SaleView),
+        (status = 200, description = "the sale (headers ETag, Cache-Control: public, max-age=1)", body = SaleView),
+        (status = 304, description = "not modified since the ETag given"),
         (status = 404, description = "`sale_not_found`", body = ErrorBody),
         BadRequest, Unavailable,
     ))]
 pub(crate) async fn get_sale(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let sale = sale_id(&path)?;
     let s = state.service.view(&sale).await?;
-    Ok(HttpResponse::Ok().json(SaleView::new(&sale, &s)))
+    let view = SaleView::new(&sale, &s);
+    let etag = format!("\"{}\"", view.version);
+    let fresh = matches(req.headers().get(header::IF_NONE_MATCH), &etag);
+    let mut res = HttpResponse::build(if fresh {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    });
+    res.insert_header((header::ETAG, etag.as_str()))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=1"));
+    Ok(if fresh { res.finish() } else { res.json(view) })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
-use crate::domain::{Phase, Record, SaleState, Status};
+use crate::domain::{Admission, Phase, Record, SaleState, Status};
 use crate::ids::SaleId;
 
 pub fn time(ms: i64) -> Option<DateTime<Utc>> {
@@ -25,6 +25,17 @@ pub struct SaleInput {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub product_id: Option<String>,
+    /// `"open"` (the default: whoever asks first) or `"queue"` (a fair
+    /// queue from the start).
+    pub admission: Option<AdmissionName>,
+    /// Queued sales: places let in per second after the start (default 50).
+    #[schema(minimum = 1, maximum = 100_000)]
+    pub admit_per_sec: Option<u32>,
+    /// Queued sales: how long an admitted buyer may take to reserve
+    /// (seconds, default 120).
+    pub admission_window_secs: Option<u32>,
+    /// Queued sales: joins before this time are refused (`queue_not_open`).
+    pub queue_opens_at: Option<DateTime<Utc>>,
 }
 
 /// `POST .../reservations`.
@@ -45,6 +56,14 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ExtendInput {
     pub extend_secs: Option<u32>,
+}
+
+/// How buyers are let in (`admission`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionName {
+    Open,
+    Queue,
 }
 
 /// Where a sale stands (`state` in the sale view).
@@ -103,6 +122,25 @@ pub struct SaleView {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub state: SaleStateName,
+    pub admission: AdmissionName,
+    /// Redis' clock when the sale was read (RFC 3339, ms): a countdown
+    /// runs on this, not on the visitor's clock.
+    pub server_time: Option<DateTime<Utc>>,
+    /// Grows with every change of the sale (counters, configuration,
+    /// pause, queue); the `ETag` and the event id.
+    pub version: i64,
+    /// A paused sale answers reserves and queue joins with `sale_paused`.
+    pub paused: bool,
+    /// A queued sale's queue: buyers in it, places admitted so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueView>,
+}
+
+/// `queue` in the sale view.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueueView {
+    pub joined: u64,
+    pub serving: u64,
 }
 
 impl SaleView {
@@ -121,6 +159,19 @@ impl SaleView {
             starts_at: c.starts_ms.and_then(time),
             ends_at: c.ends_ms.and_then(time),
             state: s.phase().into(),
+            admission: match c.admission {
+                Admission::Open => AdmissionName::Open,
+                Admission::Queue { .. } => AdmissionName::Queue,
+            },
+            server_time: time(s.now_ms),
+            // The queue moves on by the clock between changes: its count
+            // of admitted places joins the version, which so still grows.
+            version: s.view_version(),
+            paused: s.paused,
+            queue: s.queue.map(|q| QueueView {
+                joined: q.joined,
+                serving: q.serving,
+            }),
         }
     }
 }

@@ -38,6 +38,10 @@ impl SaleKeys {
     pub fn events(&self) -> String {
         self.key("events")
     }
+    /// A queued sale's fair queue (buyers by place).
+    pub fn queue(&self) -> String {
+        self.key("queue")
+    }
     /// Where the write-behind worker parks entries it cannot apply.
     pub fn dead_letters(&self) -> String {
         self.key("dead")
@@ -143,6 +147,7 @@ mod tests {
             k.holds(),
             k.events(),
             k.dead_letters(),
+            k.queue(),
             k.reservation(&rid),
             k.hold(&rid),
             k.idempotency("u:{x}", "k"),

@@ -8,6 +8,7 @@
 //!   [`Transition`]), lookup;
 //! - `holds.rs`: the buyer's cap of active holds across sales, all of it;
 //! - `sales.rs`: a sale's state (sweep, configure, rebuild) and the index;
+//! - `queue.rs`: a queued sale's fair queue (join, ticket);
 //! - `inspect.rs`: the consistent read and repair `reconcile` uses;
 //! - `keys.rs`, `scripts.rs`, `reply.rs`, `conn.rs`: key names, the
 //!   embedded scripts, reply parsing, the connection.
@@ -16,6 +17,7 @@ pub mod conn;
 mod holds;
 mod inspect;
 pub mod keys;
+mod queue;
 mod reply;
 mod reservations;
 mod sales;

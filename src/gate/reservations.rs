@@ -57,7 +57,8 @@ impl Gate {
             .key(k.reservation(rid))
             .key(k.hold(rid))
             .key(idem_key)
-            .key(cap.key);
+            .key(cap.key)
+            .key(k.queue());
         inv.arg(k.base())
             .arg(rid.to_string())
             .arg(user.as_str())
@@ -91,6 +92,13 @@ impl Gate {
             },
             "ended" => ReserveOutcome::Ended { ends_ms: r.int(1)? },
             "over_limit" => ReserveOutcome::OverLimit { limit: r.u32(1)? },
+            "not_admitted" => ReserveOutcome::NotAdmitted {
+                position: u64::try_from(r.int(1)?).ok().filter(|p| *p > 0),
+                serving: u64::try_from(r.int(2)?).unwrap_or(0),
+            },
+            "admission_expired" => ReserveOutcome::AdmissionExpired {
+                until_ms: r.int(1)?,
+            },
             "user_limit" => ReserveOutcome::UserLimit {
                 limit: r.u32(1)?,
                 held: r.u32(2)?,

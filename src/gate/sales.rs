@@ -5,7 +5,7 @@
 use redis::AsyncCommands;
 
 use super::{keys, Gate, GateError, ScriptName};
-use crate::domain::{ConfigureOutcome, SaleConfig, SaleState};
+use crate::domain::{Admission, ConfigureOutcome, QueueState, SaleConfig, SaleState};
 use crate::ids::SaleId;
 use crate::telemetry::chain;
 
@@ -32,16 +32,29 @@ fn opt(v: Option<i64>) -> String {
     v.map(|n| n.to_string()).unwrap_or_default()
 }
 
-/// The configuration as `configure.lua` and `load.lua` take it, in one
-/// order: stock, limit, hold ttl, max hold, starts, ends, product.
+/// The configuration as `configure.lua` and `load.lua` take it, in the
+/// order of `CONFIG_FIELDS` in `lua/lib.lua`: stock, limit, hold ttl, max
+/// hold, starts, ends, product, admission, admit rate, window, queue opens.
 fn config_args(inv: &mut redis::ScriptInvocation<'_>, cfg: &SaleConfig) {
+    let (rate, window, opens) = match &cfg.admission {
+        Admission::Open => (0, 0, None),
+        Admission::Queue {
+            per_sec,
+            window_ms,
+            opens_ms,
+        } => (*per_sec, *window_ms, *opens_ms),
+    };
     inv.arg(cfg.stock)
         .arg(cfg.per_user_limit)
         .arg(cfg.hold_ttl_ms)
         .arg(cfg.max_hold_ms)
         .arg(opt(cfg.starts_ms))
         .arg(opt(cfg.ends_ms))
-        .arg(cfg.product_id.as_deref().unwrap_or(""));
+        .arg(cfg.product_id.as_deref().unwrap_or(""))
+        .arg(cfg.admission.as_str())
+        .arg(rate)
+        .arg(window)
+        .arg(opt(opens));
 }
 
 impl Gate {
@@ -52,26 +65,50 @@ impl Gate {
         inv.key(k.sale())
             .key(k.holds())
             .key(k.events())
+            .key(k.queue())
             .arg(k.base())
             .arg(self.opts.sweep_batch);
         let r = self.invoke(ScriptName::Sweep, &inv).await?;
         if r.tag()? != "ok" {
             return Err(r.unexpected());
         }
+        // {'ok', released, now, sold, held, version, paused, joined,
+        //  serving, CONFIG_FIELDS...}
+        const C: usize = 9;
+        let admission = match r.str(C + 7)? {
+            "queue" => Admission::Queue {
+                per_sec: r.u32(C + 8)?,
+                window_ms: r.int(C + 9)?,
+                opens_ms: r.opt_int(C + 10)?,
+            },
+            _ => Admission::Open,
+        };
+        let queued = matches!(admission, Admission::Queue { .. });
         Ok(SaleState {
             released: r.int(1)?,
+            now_ms: r.int(2)?,
+            sold: r.int(3)?,
+            held: r.int(4)?,
+            version: r.int(5)?,
+            paused: r.int(6)? == 1,
+            queue: queued
+                .then(|| {
+                    Ok::<_, GateError>(QueueState {
+                        joined: u64::try_from(r.int(7)?).unwrap_or(0),
+                        serving: u64::try_from(r.int(8)?).unwrap_or(0),
+                    })
+                })
+                .transpose()?,
             config: SaleConfig {
-                stock: r.int(2)?,
-                per_user_limit: r.u32(3)?,
-                hold_ttl_ms: r.int(4)?,
-                max_hold_ms: r.int(5)?,
-                starts_ms: r.opt_int(6)?,
-                ends_ms: r.opt_int(7)?,
-                product_id: r.opt_str(8)?,
+                stock: r.int(C)?,
+                per_user_limit: r.u32(C + 1)?,
+                hold_ttl_ms: r.int(C + 2)?,
+                max_hold_ms: r.int(C + 3)?,
+                starts_ms: r.opt_int(C + 4)?,
+                ends_ms: r.opt_int(C + 5)?,
+                product_id: r.opt_str(C + 6)?,
+                admission,
             },
-            sold: r.int(9)?,
-            held: r.int(10)?,
-            now_ms: r.int(11)?,
         })
     }
 
@@ -126,7 +163,10 @@ impl Gate {
     ) -> Result<bool, GateError> {
         let k = self.keys(sale);
         let mut inv = self.prepare(ScriptName::Load);
-        inv.key(k.sale()).key(k.holds()).key(k.events());
+        inv.key(k.sale())
+            .key(k.holds())
+            .key(k.events())
+            .key(k.queue());
         inv.arg(k.base()).arg(sale.as_str());
         config_args(&mut inv, cfg);
         inv.arg(sold).arg(epoch);

@@ -48,6 +48,7 @@ scripts! {
     Configure = "configure",
     Load = "load",
     Unload = "unload",
+    Queue = "queue",
     Admit = "admit",
     Inspect = "inspect",
     Repair = "repair",

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError};
 use crate::config::ConfirmDurability;
-use crate::domain::{Actor, Order, Record, RecordOutcome, ReserveOutcome};
+use crate::domain::{Actor, Order, QueueOutcome, Record, RecordOutcome, ReserveOutcome};
 use crate::gate::Transition;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 
@@ -123,5 +123,22 @@ impl Service {
             return Err(ServiceError::Forbidden);
         }
         Ok(Some(order.record()))
+    }
+}
+
+impl Service {
+    /// Joins a queued sale's fair queue (`join`), or reads the buyer's
+    /// ticket. A buyer who joins before the start gets a uniformly random
+    /// place, drawn here.
+    pub async fn queue(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        join: bool,
+    ) -> Result<QueueOutcome, ServiceError> {
+        // 53 random bits: every place in [0, 1) a double can tell apart.
+        let place = (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
+        self.loaded(sale, || self.gate.queue(sale, user, join, place))
+            .await
     }
 }

@@ -17,6 +17,7 @@ use crate::api::limits::Limits;
 use crate::api::AppState;
 use crate::auth::Auth;
 use crate::background::directory::Directory;
+use crate::background::live::Live;
 use crate::background::readiness::{Readiness, TaskHealth};
 use crate::background::sweeper;
 use crate::background::worker::{Worker, WorkerConfig, WorkerStatus};
@@ -216,6 +217,13 @@ impl Application {
         let shutdown = CancellationToken::new();
         let bg = background(&settings, &opts, &gate, &store, &shutdown).await?;
 
+        let closing_streams = shutdown.child_token();
+        let live = Live::new(
+            service.clone(),
+            settings.events_max_hz,
+            settings.events_max_subscribers,
+            closing_streams.clone(),
+        );
         let (admission, inflight) = server::inflight_bounds(&settings);
         let state = web::Data::new(AppState {
             service: service.clone(),
@@ -224,9 +232,16 @@ impl Application {
             worker: bg.worker.clone(),
             readiness: bg.readiness.clone(),
             limits: bg.limits.clone(),
+            live,
             inflight,
         });
-        let (server, port) = server::serve(&settings, state, admission.clone(), &shutdown)?;
+        let (server, port) = server::serve(
+            &settings,
+            state,
+            admission.clone(),
+            &shutdown,
+            closing_streams,
+        )?;
         tracing::info!(port, worker = opts.run_worker, durability = ?settings.confirm_durability, "flashgate listening");
         Ok(Self {
             port,

@@ -12,7 +12,7 @@ use actix_http::{Extensions, HttpService, Protocol, Request};
 use actix_service::{apply_fn_factory, fn_service, map_config, Service as _, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::http::StatusCode;
-use actix_web::middleware::ErrorHandlers;
+use actix_web::middleware::{Condition, ErrorHandlers};
 use actix_web::{web, App};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +84,7 @@ pub(super) fn serve(
     state: web::Data<AppState>,
     admission: Admission,
     shutdown: &CancellationToken,
+    closing_streams: CancellationToken,
 ) -> anyhow::Result<(Server, u16)> {
     let listener = listen(settings.listen)?;
     let addr = listener.local_addr()?;
@@ -93,6 +94,14 @@ pub(super) fn serve(
     // connection is wrapped in `AdmittedStream` (see `admission`).
     let mut builder = actix_server::Server::build();
     let shutdown_signal = builder.graceful_shutdown_signal();
+    // Event streams never end by themselves: close them as soon as the
+    // server begins a graceful shutdown, so it does not wait on them.
+    let streams_signal = shutdown_signal.clone();
+    tokio::spawn(async move {
+        streams_signal.notified().await;
+        closing_streams.cancel();
+    });
+    let cors_origins = settings.cors_origins.clone();
     let conns = admission.clone();
     let stop_probes = shutdown.clone();
     builder = builder
@@ -107,6 +116,13 @@ pub(super) fn serve(
             ));
             let app = App::new()
                 .wrap(actix_web::middleware::from_fn(api::limit_headers))
+                .wrap(Condition::new(
+                    !cors_origins.is_empty(),
+                    api::cors::cors(&cors_origins),
+                ))
+                .wrap(actix_web::middleware::from_fn(
+                    api::cors::preflight_no_content,
+                ))
                 .wrap(
                     ErrorHandlers::new()
                         .default_handler_client(api::ensure_json_error)

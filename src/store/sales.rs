@@ -8,7 +8,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{bound_statements, Store, StoreError};
-use crate::domain::SaleConfig;
+use crate::domain::{Admission, SaleConfig};
 use crate::ids::SaleId;
 
 /// A sale as Postgres keeps it.
@@ -43,6 +43,15 @@ impl<'r> sqlx::FromRow<'r, PgRow> for SaleRow {
                 starts_ms: ms("starts_at")?,
                 ends_ms: ms("ends_at")?,
                 product_id: row.try_get("product_id")?,
+                admission: match row.try_get::<&str, _>("admission")? {
+                    "queue" => Admission::Queue {
+                        per_sec: u32::try_from(row.try_get::<i32, _>("admit_per_sec")?)
+                            .unwrap_or(1),
+                        window_ms: secs_ms("admission_window_secs")?,
+                        opens_ms: ms("queue_opens_at")?,
+                    },
+                    _ => Admission::Open,
+                },
             },
             sold_count: row.try_get("sold_count")?,
             epoch: row.try_get("epoch")?,
@@ -69,7 +78,7 @@ pub struct Snapshot {
 /// The columns of [`SaleRow`], for `concat!` into static SQL.
 macro_rules! sale_columns {
     () => {
-        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count, epoch"
+        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count, epoch, admission, admit_per_sec, admission_window_secs, queue_opens_at"
     };
 }
 
@@ -180,23 +189,43 @@ impl Store {
         epoch: i64,
     ) -> Result<(), StoreError> {
         let to_time = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
+        let secs = |ms: i64| i32::try_from(ms / 1000).unwrap_or(i32::MAX);
+        let (rate, window, opens) = match &cfg.admission {
+            Admission::Open => (50, 120, None),
+            Admission::Queue {
+                per_sec,
+                window_ms,
+                opens_ms,
+            } => (
+                i32::try_from(*per_sec).unwrap_or(i32::MAX),
+                secs(*window_ms),
+                *opens_ms,
+            ),
+        };
         let q = sqlx::query(
-            "INSERT INTO sales (sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, epoch)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO sales (sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, epoch,
+                admission, admit_per_sec, admission_window_secs, queue_opens_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (sale_id) DO UPDATE SET product_id = EXCLUDED.product_id, stock_limit = EXCLUDED.stock_limit,
                per_user_limit = EXCLUDED.per_user_limit, hold_ttl_secs = EXCLUDED.hold_ttl_secs,
                max_hold_secs = EXCLUDED.max_hold_secs, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
-               epoch = EXCLUDED.epoch, updated_at = now()",
+               epoch = EXCLUDED.epoch, admission = EXCLUDED.admission, admit_per_sec = EXCLUDED.admit_per_sec,
+               admission_window_secs = EXCLUDED.admission_window_secs, queue_opens_at = EXCLUDED.queue_opens_at,
+               updated_at = now()",
         )
         .bind(sale.as_str())
         .bind(cfg.product_id.as_deref())
         .bind(cfg.stock)
         .bind(i32::try_from(cfg.per_user_limit).unwrap_or(i32::MAX))
-        .bind(i32::try_from(cfg.hold_ttl_ms / 1000).unwrap_or(i32::MAX))
-        .bind(i32::try_from(cfg.max_hold_ms / 1000).unwrap_or(i32::MAX))
+        .bind(secs(cfg.hold_ttl_ms))
+        .bind(secs(cfg.max_hold_ms))
         .bind(to_time(cfg.starts_ms))
         .bind(to_time(cfg.ends_ms))
-        .bind(epoch);
+        .bind(epoch)
+        .bind(cfg.admission.as_str())
+        .bind(rate)
+        .bind(window)
+        .bind(to_time(opens));
         self.bounded(self.timeout, q.execute(&mut **tx))
             .await
             .map(|_| ())
