@@ -686,3 +686,68 @@ pub async fn readyz_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A `flashgate serve` process of its own (its own metrics and log),
+/// sharing `settings`' database and key prefix; killed on drop.
+pub struct Process {
+    pub child: std::process::Child,
+    pub app: TestApp,
+}
+
+impl Process {
+    pub async fn serve(settings: &flashgate::config::Settings, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashgate"));
+        cmd.arg("serve")
+            .env("FLASHGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
+            .env("FLASHGATE_REDIS_URL", settings.redis_urls.join(","))
+            .env(
+                "FLASHGATE_REDIS_CLUSTER",
+                if settings.redis_cluster { "1" } else { "0" },
+            )
+            .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
+            .env("FLASHGATE_ADMIN_TOKEN", ADMIN)
+            .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+            .env("FLASHGATE_HTTP_WORKERS", "1")
+            .env("FLASHGATE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start flashgate serve");
+        let pool = sqlx::PgPool::connect(settings.database_url.expose())
+            .await
+            .expect("pool");
+        let app = TestApp::external(format!("http://127.0.0.1:{port}"), settings, pool).await;
+        let me = Self { child, app };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while me
+            .app
+            .client
+            .get(me.app.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flashgate serve did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        me
+    }
+
+    /// Stops the process and returns what it logged.
+    pub fn log(mut self) -> String {
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().expect("output");
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
