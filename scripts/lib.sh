@@ -9,7 +9,7 @@
 #   ensure_services              Redis on 127.0.0.1:$REDIS_PORT, Postgres on 127.0.0.1:$PG_PORT
 #   ensure_database, drop_database
 #   cargo_target_dir             where cargo puts what it builds
-#   start_instance, stop_instance    a throwaway flashgate on a free port
+#   start_instance, stop_instance, end_instance   a throwaway flashgate on a free port
 #
 # JSON (load-test reports, /readyz) is read with jq, installed when missing.
 
@@ -192,8 +192,8 @@ drop_database() { # drop_database <name>: warns (only) when it cannot
 # (standalone Redis on $REDIS_PORT, or the Redis Cluster at <seeds>), its
 # log, in text without colour, in target/<name>-server.log. Sets URL,
 # INSTANCE_PID, INSTANCE_DB, INSTANCE_LOG, FLASHGATE_BIN and exports the
-# FLASHGATE_* variables a client needs. stop_instance stops it and drops
-# the database: `trap stop_instance EXIT` before calling this.
+# FLASHGATE_* variables a client needs. stop_instance stops it (it must exit
+# 0) and drops the database: `trap stop_instance EXIT` before calling this.
 start_instance() {
   local name=$1 profile=debug redis="redis://127.0.0.1:$REDIS_PORT" cluster=0
   shift
@@ -236,11 +236,28 @@ instance_ready() { gone "$INSTANCE_PID" || curl -fsS "$URL/readyz"; }
 
 gone() { ! kill -0 "$1" 2>/dev/null; }
 
-# stop_instance: stops the server and drops its database.
-stop_instance() {
+# stop_instance: SIGTERM, then the server must exit 0 (a graceful shutdown
+# is bounded by FLASHGATE_SHUTDOWN_TIMEOUT_MS, 10 s by default; after 30 s
+# it is killed); the database is dropped either way. Anything but exit 0
+# fails the script, with the log's tail. Meant for `trap stop_instance EXIT`.
+stop_instance() { end_instance || exit 1; }
+
+# end_instance: stop_instance that returns 1 instead of exiting, for a trap
+# with more to clean up after it.
+end_instance() {
   [ -n "${INSTANCE_PID:-}" ] || return 0
-  kill "$INSTANCE_PID" 2>/dev/null || true
-  wait "$INSTANCE_PID" 2>/dev/null || true
-  drop_database "$INSTANCE_DB"
+  local pid=$INSTANCE_PID status=0 when="after SIGTERM"
   INSTANCE_PID=""
+  if kill -TERM "$pid" 2>/dev/null; then
+    poll 30 gone "$pid" || { kill -KILL "$pid" 2>/dev/null || true; when="30 s after SIGTERM, then killed"; }
+  else
+    when="before it was stopped"
+  fi
+  wait "$pid" || status=$?
+  drop_database "$INSTANCE_DB"
+  if [ "$status" -ne 0 ]; then
+    tail -n 20 "$INSTANCE_LOG" >&2
+    printf 'error: flashgate exited with status %s %s (log: %s)\n' "$status" "$when" "$INSTANCE_LOG" >&2
+    return 1
+  fi
 }
