@@ -129,7 +129,18 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    // 3. Units held == the exact expectation.
+    // 3. Something was granted: on a sale with nothing left every other check
+    //    passes, having tested nothing.
+    checks.push(Check::new(
+        "some_granted",
+        granted > 0,
+        format!(
+            "granted {granted} units (available before the burst: {})",
+            f.before.available
+        ),
+    ));
+
+    // 4. Units held == the exact expectation.
     let exp = expected_units(
         f.before.available,
         f.before.per_user_limit,
@@ -145,7 +156,7 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    // 4. Nobody above the per-user cap.
+    // 5. Nobody above the per-user cap.
     let limit = f.before.per_user_limit;
     let over: Vec<_> = granted_by_buyer
         .iter()
@@ -161,7 +172,7 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    // 5. The sale view agrees.
+    // 6. The sale view agrees.
     let held_expected = f.before.held + granted;
     checks.push(Check::new(
         "sale_view_held",
@@ -510,10 +521,23 @@ mod tests {
     #[test]
     fn rate_limited_is_a_violation() {
         let attempts = [refused(0, 429, "rate_limited")];
-        let before = view(0, 0, 0, 1);
-        let after = view(0, 0, 0, 1);
+        let before = view(1, 0, 0, 1);
+        let after = view(1, 0, 0, 1);
         let checks = checks_of(&attempts, &[1], &before, &after);
-        assert_eq!(failed(&checks), vec!["answers"]);
+        assert_eq!(
+            failed(&checks),
+            vec!["answers", "some_granted", "units_granted"]
+        );
+    }
+
+    #[test]
+    fn a_burst_on_an_exhausted_sale_fails() {
+        // Every other check holds when nothing was left to grant.
+        let attempts = [refused(0, 409, "sold_out"), refused(1, 409, "sold_out")];
+        let before = view(2, 2, 0, 1);
+        let after = view(2, 2, 0, 1);
+        let checks = checks_of(&attempts, &[1, 1], &before, &after);
+        assert_eq!(failed(&checks), vec!["some_granted"]);
     }
 
     #[test]

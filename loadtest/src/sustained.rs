@@ -20,10 +20,55 @@ use crate::session::Session;
 /// Largest stock flashgate accepts: "huge" for the success mode.
 pub const HUGE_STOCK: i64 = 1_000_000_000;
 
-/// The checks of a sustained run.
+/// Slack for the clocks: flashgate dates a hold by Redis' clock, this tool
+/// by its own.
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
+
+/// When one task's holds were asked for: their count by the whole second
+/// (since `begun`) in which their request went out. A hold asked for at `t`
+/// was made at `t` or later, so it lasts at least until `t + TTL`.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    begun: Instant,
+    per_second: Vec<u64>,
+}
+
+impl Grants {
+    pub fn new(begun: Instant) -> Self {
+        Self {
+            begun,
+            per_second: Vec::new(),
+        }
+    }
+
+    /// A 201 to a request sent at `sent`.
+    pub fn record(&mut self, sent: Instant) {
+        let s = usize::try_from(sent.saturating_duration_since(self.begun).as_secs())
+            .unwrap_or(usize::MAX);
+        if self.per_second.len() <= s {
+            self.per_second.resize(s + 1, 0);
+        }
+        self.per_second[s] += 1;
+    }
+
+    /// Holds that cannot have expired by `at` (nobody confirms or cancels
+    /// them): those asked for less than `ttl` before it, with slack.
+    pub fn live_at(&self, at: Instant, ttl: Duration) -> u64 {
+        self.per_second
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| self.begun + Duration::from_secs(*s as u64) + ttl > at + CLOCK_SLACK)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The checks of a sustained run. `live` is how many of the run's holds
+/// the view must still show (see [`Grants::live_at`]).
 pub fn sustained_checks(
     mode: SustainedMode,
     tally: &Tally,
+    live: u64,
     before: &SaleView,
     after: &SaleView,
 ) -> Vec<Check> {
@@ -49,13 +94,19 @@ pub fn sustained_checks(
     ));
     match mode {
         SustainedMode::Success => {
-            // Nothing was confirmed; holds may have expired, never grown past the grants.
+            // Nothing was confirmed, so nothing sold. Held: at most what was
+            // held before plus every grant (some may have expired), at
+            // least the grants too recent to have expired.
             let granted = tally.outcomes.get("201").copied().unwrap_or(0) as i64;
+            let live = live as i64;
             checks.push(Check::new(
                 "sale_view_holds",
-                after.sold == before.sold && after.held <= before.held + granted,
+                after.sold == before.sold
+                    && after.held <= before.held + granted
+                    && after.held >= live,
                 format!(
-                    "sold {} (before {}), held {} <= before {} + granted {granted}",
+                    "sold {} (before {}); held {}, between {live} granted less than a hold TTL ago \
+                     and before {} + granted {granted}",
                     after.sold, before.sold, after.held, before.held
                 ),
             ));
@@ -143,6 +194,7 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
             let begun = Instant::now();
             let deadline = begun + duration;
             let mut tally = Tally::new();
+            let mut grants = Grants::new(begun);
             let mut seq = 0u64;
             let mut last = begun;
             let sale = session.sale.as_str();
@@ -161,11 +213,14 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
                         timed(session.api.reserve(client, sale, &token, 1, None)).await
                     }
                 };
+                if answer.is(201) {
+                    grants.record(sent);
+                }
                 tally.record_answer(&answer);
                 counter.fetch_add(1, Ordering::Relaxed);
                 last = Instant::now();
             }
-            Ok::<_, anyhow::Error>((tally, last))
+            Ok::<_, anyhow::Error>((tally, grants, last))
         }));
     }
 
@@ -202,12 +257,14 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
     };
 
     let mut tally = Tally::new();
+    let mut grants = Vec::with_capacity(n);
     let mut end = start;
     let mut first_err = None;
     for h in handles {
         match h.await.context("a load task panicked")? {
-            Ok((t, last)) => {
+            Ok((t, g, last)) => {
                 tally.merge(&t);
+                grants.push(g);
                 end = end.max(last);
             }
             Err(e) => {
@@ -222,7 +279,12 @@ pub async fn run(common: &Common, args: &SustainedArgs) -> Result<Report> {
     }
     let wall = end.saturating_duration_since(start);
     let after = session.view().await?;
-    let checks = sustained_checks(args.mode, &tally, &before, &after);
+    let viewed = Instant::now();
+    // The shorter TTL, should the sale have been reconfigured meanwhile.
+    let ttl_secs = before.hold_ttl_secs.min(after.hold_ttl_secs);
+    let ttl = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0));
+    let live = grants.iter().map(|g| g.live_at(viewed, ttl)).sum();
+    let checks = sustained_checks(args.mode, &tally, live, &before, &after);
     let mode = match args.mode {
         SustainedMode::Success => "success",
         SustainedMode::SoldOut => "sold-out",
@@ -255,22 +317,23 @@ mod tests {
         t
     }
 
-    /// (answers, the view after, the checks that fail)
+    /// (answers, holds still due, the view after, the checks that fail)
     type Case = (
         &'static [(&'static str, u64)],
+        u64,
         SaleView,
         &'static [&'static str],
     );
 
     fn run_cases(mode: SustainedMode, before: &SaleView, cases: Vec<Case>) {
-        for (entries, after, want) in cases {
-            let c = sustained_checks(mode, &tally(entries), before, &after);
+        for (entries, live, after, want) in cases {
+            let c = sustained_checks(mode, &tally(entries), live, before, &after);
             let failed: Vec<&str> = c
                 .iter()
                 .filter(|c| !c.ok)
                 .map(|c| c.name.as_str())
                 .collect();
-            assert_eq!(failed, want, "{entries:?}, after {after:?}");
+            assert_eq!(failed, want, "{entries:?}, {live} due, after {after:?}");
         }
     }
 
@@ -282,16 +345,19 @@ mod tests {
             &view(huge, 0, 0),
             vec![
                 // 100 granted, 20 of them expired already.
-                (&[("201", 100)], view(huge, 0, 80), &[]),
+                (&[("201", 100)], 80, view(huge, 0, 80), &[]),
                 (
                     &[("201", 100), ("503:unavailable", 1)],
+                    100,
                     view(huge, 0, 100),
                     &["answers"],
                 ),
                 // More held than was ever granted.
-                (&[("201", 10)], view(huge, 0, 11), &["sale_view_holds"]),
+                (&[("201", 10)], 10, view(huge, 0, 11), &["sale_view_holds"]),
+                // Fewer held than the grants too recent to have expired.
+                (&[("201", 10)], 10, view(huge, 0, 9), &["sale_view_holds"]),
                 // Something sold, though nobody confirmed.
-                (&[("201", 10)], view(huge, 1, 9), &["sale_view_holds"]),
+                (&[("201", 10)], 0, view(huge, 1, 9), &["sale_view_holds"]),
             ],
         );
     }
@@ -303,20 +369,38 @@ mod tests {
             SustainedMode::SoldOut,
             &view(1, 0, 1),
             vec![
-                (&[("409:sold_out", 50)], view(1, 0, 1), &[]),
+                (&[("409:sold_out", 50)], 0, view(1, 0, 1), &[]),
                 (
                     &[("409:sold_out", 50), ("201", 1)],
+                    0,
                     view(1, 0, 1),
                     &["answers"],
                 ),
-                (&[], view(1, 0, 1), &["answers"]),
+                (&[], 0, view(1, 0, 1), &["answers"]),
                 // A unit given back during a sold-out run.
                 (
                     &[("409:sold_out", 50)],
+                    0,
                     view(1, 0, 0),
                     &["sale_view_unchanged"],
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn grants_still_due_are_those_younger_than_the_ttl() {
+        let begun = Instant::now();
+        let mut g = Grants::new(begun);
+        for s in [0, 0, 1, 5, 9] {
+            g.record(begun + Duration::from_millis(s * 1000 + 300));
+        }
+        let ttl = Duration::from_secs(30);
+        // Viewed right after a 10 s run: none can have expired.
+        assert_eq!(g.live_at(begun + Duration::from_secs(10), ttl), 5);
+        // Viewed at 33.5 s: those of seconds 0 to 3 may have expired (with
+        // a second of slack for the clocks), those of 5 and 9 cannot.
+        assert_eq!(g.live_at(begun + Duration::from_millis(33_500), ttl), 2);
+        assert_eq!(g.live_at(begun + Duration::from_secs(60), ttl), 0);
     }
 }
