@@ -1,18 +1,36 @@
 //! Logging: built once. `RUST_LOG` filters; `FLASHGATE_LOG_FORMAT=json` for
-//! machine-readable lines.
+//! machine-readable lines. Lines go to stdout, in colour only when stdout
+//! is a terminal (and `NO_COLOR` is unset): a log file or a pipe gets plain
+//! text, `<timestamp> <LEVEL> <message>`, that `grep` can read.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::{fmt, EnvFilter};
 
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("FLASHGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    let ansi = colour(
+        json,
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
     // try_init: tests may initialise more than once.
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Colour for text lines on a terminal, unless `NO_COLOR` is set to
+/// something (<https://no-color.org>); never in a file, a pipe or JSON.
+fn colour(json: bool, terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    !json && terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The root span of every request: route, method, client, request id, and
@@ -71,4 +89,18 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_follows_the_terminal() {
+        assert!(colour(false, true, None));
+        assert!(colour(false, true, Some("".into())));
+        assert!(!colour(false, false, None), "a file or a pipe");
+        assert!(!colour(true, true, None), "JSON lines");
+        assert!(!colour(false, true, Some("1".into())), "NO_COLOR");
+    }
 }

@@ -2,18 +2,17 @@
 //! every reserve released at one instant; then the invariant check.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::cli::{check_share, BurstArgs, Common};
 use crate::client::{
-    build_client, release_together, short_id, timed, unix_ms, wall_time, Answer, Api, Fired,
-    SaleView, TokenMinter,
+    build_client, release_together, timed, unix_ms, wall_time, Answer, Fired, SaleView,
 };
 use crate::raw::{Conn, Target};
-use crate::report::{Check, Head, Params, Report, Tally};
+use crate::report::{count_outcomes, Check, Params, Report, Tally};
+use crate::session::Session;
 
 /// How many reserve requests each buyer sends: 1, or 3 for the retrying share
 /// (the original plus two extra attempts).
@@ -79,46 +78,18 @@ pub struct BurstFacts<'a> {
     pub after: &'a SaleView,
 }
 
-/// An answer a reserve may legitimately get during a burst.
-pub fn allowed_reserve_answer(a: &Answer) -> bool {
-    a.is(201) || a.has(409, "sold_out") || a.has(409, "user_limit_exceeded")
-}
-
-fn summarize(keys: &HashMap<String, u64>) -> String {
-    let mut v: Vec<_> = keys.iter().collect();
-    v.sort();
-    v.iter()
-        .map(|(k, n)| format!("{k} x{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+/// The answers a reserve may legitimately get while buyers race for stock.
+pub const RESERVE_ANSWERS: &[&str] = &["201", "409:sold_out", "409:user_limit_exceeded"];
 
 pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
     let mut checks = Vec::new();
 
     // 1. Every answer is 201 or 409 sold_out / user_limit_exceeded.
-    let mut bad: HashMap<String, u64> = HashMap::new();
-    for a in f.attempts {
-        if !allowed_reserve_answer(&a.answer) {
-            *bad.entry(a.answer.key()).or_insert(0) += 1;
-        }
-    }
-    checks.push(if bad.is_empty() {
-        Check::new(
-            "answers",
-            true,
-            format!(
-                "all {} answers are 201 or 409 sold_out/user_limit_exceeded",
-                f.attempts.len()
-            ),
-        )
-    } else {
-        Check::new(
-            "answers",
-            false,
-            format!("unexpected answers: {}", summarize(&bad)),
-        )
-    });
+    checks.push(Check::answers(
+        "answers",
+        &count_outcomes(f.attempts.iter().map(|a| &a.answer)),
+        RESERVE_ANSWERS,
+    ));
 
     // 2. Every 201 carries a well-formed hold for its buyer; ids are unique.
     let mut granted_by_buyer: HashMap<usize, i64> = HashMap::new();
@@ -158,7 +129,18 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    // 3. Units held == the exact expectation.
+    // 3. Something was granted: on a sale with nothing left every other check
+    //    passes, having tested nothing.
+    checks.push(Check::new(
+        "some_granted",
+        granted > 0,
+        format!(
+            "granted {granted} units (available before the burst: {})",
+            f.before.available
+        ),
+    ));
+
+    // 4. Units held == the exact expectation.
     let exp = expected_units(
         f.before.available,
         f.before.per_user_limit,
@@ -174,7 +156,7 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    // 4. Nobody above the per-user cap.
+    // 5. Nobody above the per-user cap.
     let limit = f.before.per_user_limit;
     let over: Vec<_> = granted_by_buyer
         .iter()
@@ -190,7 +172,7 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    // 5. The sale view agrees.
+    // 6. The sale view agrees.
     let held_expected = f.before.held + granted;
     checks.push(Check::new(
         "sale_view_held",
@@ -222,14 +204,10 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     if args.buyers == 0 {
         bail!("--buyers must be at least 1");
     }
-    let secret = common.jwt_secret()?;
-    let timeout = Duration::from_secs(common.timeout_secs);
-    let api = Api::new(&common.url, common.admin_token.clone(), timeout)?;
-    api.check_reachable().await?;
-    let sale = common.sale.clone().unwrap_or_else(|| short_id("lt"));
+    let session = Session::open(common).await?;
+    let (api, sale, timeout) = (&session.api, session.sale.as_str(), session.timeout);
 
-    let existing = api.get_sale(&sale).await?;
-    let before = match existing {
+    let before = match api.get_sale(sale).await? {
         Some(view) if !args.configure => {
             if view.stock != args.stock || view.per_user_limit != i64::from(args.per_user_limit) {
                 eprintln!(
@@ -241,9 +219,9 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
             view
         }
         _ => {
-            api.configure_sale(&sale, args.stock, args.per_user_limit, args.hold_ttl_secs)
-                .await?;
-            api.require_sale(&sale).await?
+            session
+                .configure(args.stock, args.per_user_limit, args.hold_ttl_secs)
+                .await?
         }
     };
     if args.quantity == 0 || i64::from(args.quantity) > before.per_user_limit {
@@ -254,25 +232,17 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     }
 
     // Buyers, their tokens (minted up front) and their request slots.
-    let run = short_id("r");
     let attempts = plan_attempts(args.buyers, args.retry_share);
-    let minter = TokenMinter::new(&secret);
-    let mut user_ids = Vec::with_capacity(attempts.len());
-    let mut tokens = Vec::with_capacity(attempts.len());
-    for i in 0..attempts.len() {
-        let uid = format!("{sale}-{run}-{i}");
-        tokens.push(minter.mint(&uid)?);
-        user_ids.push(uid);
-    }
+    let buyers = session.buyers(attempts.len())?;
+    let tokens = &buyers.tokens;
 
     let mut slot_buyer = Vec::new();
     let total: usize = attempts.iter().map(|&n| n as usize).sum();
-    if !common.json {
-        eprintln!(
-            "burst: {} buyers, {total} requests; opening connections...",
-            attempts.len()
-        );
-    }
+    session.note(format_args!(
+        "burst: {} buyers, {total} requests; opening connections...",
+        attempts.len()
+    ));
+
     // One connection per request slot, opened (and served a GET /healthz)
     // before the release; each request is ready as bytes. The connections
     // stay open until every answer is in (`keep_open`): a buyer's browser
@@ -284,7 +254,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
             for (buyer, &n) in attempts.iter().enumerate() {
                 for _ in 0..n {
                     let target = target.clone();
-                    let req = target.reserve(&sale, &tokens[buyer], args.quantity);
+                    let req = target.reserve(sale, &tokens[buyer], args.quantity);
                     slot_buyer.push(buyer);
                     jobs.push((
                         move || async move { Conn::open(&target, timeout).await },
@@ -318,7 +288,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
                     let warm = if slot == 0 { n as usize } else { 0 };
                     let c1 = client.clone();
                     let url = healthz.clone();
-                    let req = api.reserve(&client, &sale, &tokens[buyer], args.quantity, None);
+                    let req = api.reserve(&client, sale, &tokens[buyer], args.quantity, None);
                     slot_buyer.push(buyer);
                     jobs.push((
                         move || async move {
@@ -336,7 +306,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     };
     let released_at = unix_ms(released);
     let wall = wall_time(&fired);
-    let after = api.require_sale(&sale).await?;
+    let after = session.view().await?;
     drop(keep_open);
 
     let recorded: Vec<Attempt> = fired
@@ -350,7 +320,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     let tally = Tally::from_answers(recorded.iter().map(|a| &a.answer));
     let checks = burst_checks(&BurstFacts {
         attempts: &recorded,
-        user_ids: &user_ids,
+        user_ids: &buyers.ids,
         attempts_per_buyer: &attempts,
         quantity: args.quantity,
         before: &before,
@@ -379,31 +349,36 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
         // connections-open phase from the burst itself.
         ("released_at_unix_ms", json!(released_at)),
     ]);
-    Ok(Report::new(
-        Head::new("burst", api.base(), &sale, params),
-        &tally,
-        wall,
-        vec![],
-        checks,
-    ))
+    Ok(session.report("burst", params, &tally, wall, vec![], checks))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
+    use std::time::Duration;
 
     fn view(stock: i64, sold: i64, held: i64, limit: i64) -> SaleView {
-        SaleView {
-            sale_id: "s".into(),
-            stock,
-            sold,
-            held,
-            available: stock - sold - held,
-            per_user_limit: limit,
-            hold_ttl_secs: 300,
-            state: "live".into(),
-        }
+        SaleView::live(stock, sold, held, limit)
+    }
+
+    /// The checks of a burst of buyers `u0, u1, ...` (`per_buyer` attempts
+    /// each) asking for one unit per request.
+    fn checks_of(
+        attempts: &[Attempt],
+        per_buyer: &[u32],
+        before: &SaleView,
+        after: &SaleView,
+    ) -> Vec<Check> {
+        let users: Vec<String> = (0..per_buyer.len()).map(|i| format!("u{i}")).collect();
+        burst_checks(&BurstFacts {
+            attempts,
+            user_ids: &users,
+            attempts_per_buyer: per_buyer,
+            quantity: 1,
+            before,
+            after,
+        })
     }
 
     fn hold(buyer: usize, uid: &str, rid: &str, q: i64) -> Attempt {
@@ -472,7 +447,6 @@ mod tests {
 
     #[test]
     fn a_correct_burst_passes_every_check() {
-        let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
         // Stock 3, cap 2, buyer 0 retries (3 attempts): demand 2 + 1 + 1 + 1 = 5.
         let attempts = [
             hold(0, "u0", "r1", 1),
@@ -484,20 +458,12 @@ mod tests {
         ];
         let before = view(3, 0, 0, 2);
         let after = view(3, 0, 3, 2);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[3, 1, 1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[3, 1, 1, 1], &before, &after);
         assert!(failed(&checks).is_empty(), "{checks:?}");
     }
 
     #[test]
     fn overselling_fails() {
-        let users: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
         let attempts = [
             hold(0, "u0", "r1", 1),
             hold(1, "u1", "r2", 1),
@@ -505,14 +471,7 @@ mod tests {
         ];
         let before = view(2, 0, 0, 1);
         let after = view(2, 0, 3, 1);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1, 1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[1, 1, 1], &before, &after);
         let f = failed(&checks);
         assert!(f.contains(&"units_granted"), "{checks:?}");
         assert!(f.contains(&"sale_view_available"), "{checks:?}");
@@ -521,24 +480,15 @@ mod tests {
     #[test]
     fn underselling_fails() {
         // Stock 2 and two buyers, but one was refused sold_out.
-        let users: Vec<String> = (0..2).map(|i| format!("u{i}")).collect();
         let attempts = [hold(0, "u0", "r1", 1), refused(1, 409, "sold_out")];
         let before = view(2, 0, 0, 1);
         let after = view(2, 0, 1, 1);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[1, 1], &before, &after);
         assert_eq!(failed(&checks), vec!["units_granted"]);
     }
 
     #[test]
     fn a_buyer_above_the_cap_fails() {
-        let users = vec!["u0".to_string()];
         let attempts = [
             hold(0, "u0", "r1", 1),
             hold(0, "u0", "r2", 1),
@@ -546,14 +496,7 @@ mod tests {
         ];
         let before = view(10, 0, 0, 2);
         let after = view(10, 0, 3, 2);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[3],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[3], &before, &after);
         let f = failed(&checks);
         assert!(f.contains(&"per_user_cap"), "{checks:?}");
         assert!(f.contains(&"units_granted"), "{checks:?}");
@@ -561,20 +504,12 @@ mod tests {
 
     #[test]
     fn server_errors_and_transport_errors_fail() {
-        let users: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
         let mut t = refused(2, 0, "timeout");
         t.answer.status = None;
         let attempts = [hold(0, "u0", "r1", 1), refused(1, 503, "unavailable"), t];
         let before = view(1, 0, 0, 1);
         let after = view(1, 0, 1, 1);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1, 1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[1, 1, 1], &before, &after);
         assert_eq!(failed(&checks), vec!["answers"]);
         let detail = &checks[0].detail;
         assert!(
@@ -585,65 +520,47 @@ mod tests {
 
     #[test]
     fn rate_limited_is_a_violation() {
-        let users = vec!["u0".to_string()];
         let attempts = [refused(0, 429, "rate_limited")];
-        let before = view(0, 0, 0, 1);
-        let after = view(0, 0, 0, 1);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
-        assert_eq!(failed(&checks), vec!["answers"]);
+        let before = view(1, 0, 0, 1);
+        let after = view(1, 0, 0, 1);
+        let checks = checks_of(&attempts, &[1], &before, &after);
+        assert_eq!(
+            failed(&checks),
+            vec!["answers", "some_granted", "units_granted"]
+        );
+    }
+
+    #[test]
+    fn a_burst_on_an_exhausted_sale_fails() {
+        // Every other check holds when nothing was left to grant.
+        let attempts = [refused(0, 409, "sold_out"), refused(1, 409, "sold_out")];
+        let before = view(2, 2, 0, 1);
+        let after = view(2, 2, 0, 1);
+        let checks = checks_of(&attempts, &[1, 1], &before, &after);
+        assert_eq!(failed(&checks), vec!["some_granted"]);
     }
 
     #[test]
     fn a_view_that_disagrees_fails() {
-        let users: Vec<String> = (0..2).map(|i| format!("u{i}")).collect();
         let attempts = [hold(0, "u0", "r1", 1), hold(1, "u1", "r2", 1)];
         let before = view(5, 0, 0, 1);
         let mut after = view(5, 0, 1, 1); // says 1 held, 2 were granted
         after.available = 4;
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[1, 1], &before, &after);
         assert_eq!(failed(&checks), vec!["sale_view_held"]);
         // available must be stock - sold - held.
         let mut after = view(5, 0, 2, 1);
         after.available = 5;
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[1, 1], &before, &after);
         assert_eq!(failed(&checks), vec!["sale_view_available"]);
     }
 
     #[test]
     fn duplicate_or_foreign_holds_fail() {
-        let users: Vec<String> = (0..2).map(|i| format!("u{i}")).collect();
         let attempts = [hold(0, "u0", "r1", 1), hold(1, "someone-else", "r1", 1)];
         let before = view(5, 0, 0, 1);
         let after = view(5, 0, 2, 1);
-        let checks = burst_checks(&BurstFacts {
-            attempts: &attempts,
-            user_ids: &users,
-            attempts_per_buyer: &[1, 1],
-            quantity: 1,
-            before: &before,
-            after: &after,
-        });
+        let checks = checks_of(&attempts, &[1, 1], &before, &after);
         assert_eq!(failed(&checks), vec!["hold_bodies"]);
     }
 }

@@ -78,6 +78,23 @@ pub struct SaleView {
     pub state: String,
 }
 
+#[cfg(test)]
+impl SaleView {
+    /// A live sale as flashgate shows it: `available = stock - sold - held`.
+    pub fn live(stock: i64, sold: i64, held: i64, per_user_limit: i64) -> Self {
+        Self {
+            sale_id: "s".into(),
+            stock,
+            sold,
+            held,
+            available: stock - sold - held,
+            per_user_limit,
+            hold_ttl_secs: 30,
+            state: "live".into(),
+        }
+    }
+}
+
 /// The body of a successful reserve (201) or an idempotent replay (200).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Reservation {
@@ -109,10 +126,6 @@ impl Answer {
 
     pub fn is(&self, status: u16) -> bool {
         self.status == Some(status)
-    }
-
-    pub fn has(&self, status: u16, code: &str) -> bool {
-        self.status == Some(status) && self.code.as_deref() == Some(code)
     }
 
     pub fn reservation(&self) -> Option<Reservation> {

@@ -11,12 +11,11 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::burst::allowed_reserve_answer;
+use crate::burst::RESERVE_ANSWERS;
 use crate::cli::{check_share, Common, FlowArgs};
-use crate::client::{
-    build_client, release_together, short_id, timed, wall_time, Answer, Api, SaleView, TokenMinter,
-};
-use crate::report::{Check, Head, Params, Phase, Report, Tally};
+use crate::client::{build_client, release_together, timed, wall_time, Answer, SaleView};
+use crate::report::{count_outcomes, Check, Params, Phase, Report, Tally};
+use crate::session::Session;
 
 /// A granted hold, as the reserve answer described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,51 +44,22 @@ pub struct DbState {
     pub purchases: Vec<(String, i64)>,
 }
 
+/// What the phases sent and got.
 pub struct FlowFacts<'a> {
     pub buyers: u32,
     pub stock: i64,
     pub reserve: &'a [Answer],
     pub confirms: &'a [(Hold, Answer)],
     pub cancels: &'a [(Hold, Answer)],
-    pub db: &'a DbState,
-    pub view: &'a SaleView,
-}
-
-fn answers_check(
-    name: &str,
-    answers: &[&Answer],
-    ok: impl Fn(&Answer) -> bool,
-    what: &str,
-) -> Check {
-    let mut bad: BTreeMap<String, u64> = BTreeMap::new();
-    for a in answers.iter().filter(|a| !ok(a)) {
-        *bad.entry(a.key()).or_insert(0) += 1;
-    }
-    if bad.is_empty() {
-        Check::new(
-            name,
-            true,
-            format!("all {} answers are {what}", answers.len()),
-        )
-    } else {
-        let list: Vec<String> = bad.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-        Check::new(
-            name,
-            false,
-            format!("unexpected answers: {}", list.join(", ")),
-        )
-    }
 }
 
 /// The checks on the phases' answers (known as soon as the phases end).
 pub fn answer_checks(f: &FlowFacts<'_>) -> Vec<Check> {
     let mut checks = Vec::new();
-    let reserve: Vec<&Answer> = f.reserve.iter().collect();
-    checks.push(answers_check(
+    checks.push(Check::answers(
         "reserve_answers",
-        &reserve,
-        allowed_reserve_answer,
-        "201 or 409 sold_out/user_limit_exceeded",
+        &count_outcomes(f.reserve),
+        RESERVE_ANSWERS,
     ));
     let granted: i64 = f
         .reserve
@@ -106,26 +76,22 @@ pub fn answer_checks(f: &FlowFacts<'_>) -> Vec<Check> {
             f.stock, f.buyers
         ),
     ));
-    let confirms: Vec<&Answer> = f.confirms.iter().map(|(_, a)| a).collect();
-    checks.push(answers_check(
+    checks.push(Check::answers(
         "confirm_answers",
-        &confirms,
-        |a| a.is(200),
-        "200",
+        &count_outcomes(f.confirms.iter().map(|(_, a)| a)),
+        &["200"],
     ));
-    let cancels: Vec<&Answer> = f.cancels.iter().map(|(_, a)| a).collect();
-    checks.push(answers_check(
+    checks.push(Check::answers(
         "cancel_answers",
-        &cancels,
-        |a| a.is(200),
-        "200",
+        &count_outcomes(f.cancels.iter().map(|(_, a)| a)),
+        &["200"],
     ));
     checks
 }
 
-/// The checks on the durable record and the sale view (polled until they
-/// pass or the drain timeout runs out).
-pub fn settled_checks(f: &FlowFacts<'_>) -> Vec<Check> {
+/// The checks on the durable record `db` and the sale `view` (polled until
+/// they pass or the drain timeout runs out).
+pub fn settled_checks(f: &FlowFacts<'_>, db: &DbState, v: &SaleView) -> Vec<Check> {
     let mut checks = Vec::new();
     let confirmed: Vec<&Hold> = f
         .confirms
@@ -142,7 +108,7 @@ pub fn settled_checks(f: &FlowFacts<'_>) -> Vec<Check> {
         .collect();
     let mut seen = BTreeSet::new();
     let (mut unexpected, mut wrong, mut duplicate) = (0u64, 0u64, 0u64);
-    for (rid, uid, q) in &f.db.orders {
+    for (rid, uid, q) in &db.orders {
         if !seen.insert(rid.as_str()) {
             duplicate += 1;
         }
@@ -159,7 +125,7 @@ pub fn settled_checks(f: &FlowFacts<'_>) -> Vec<Check> {
         format!(
             "{} order rows for {} acknowledged confirms: {missing} missing, {unexpected} unexpected, \
              {wrong} with wrong user/quantity, {duplicate} duplicated",
-            f.db.orders.len(),
+            db.orders.len(),
             want.len()
         ),
     ));
@@ -170,7 +136,7 @@ pub fn settled_checks(f: &FlowFacts<'_>) -> Vec<Check> {
         *want_users.entry(h.user_id.as_str()).or_insert(0) += h.quantity;
     }
     let mut got_users: BTreeMap<&str, i64> = BTreeMap::new();
-    for (uid, q) in f.db.purchases.iter().filter(|(_, q)| *q != 0) {
+    for (uid, q) in db.purchases.iter().filter(|(_, q)| *q != 0) {
         *got_users.entry(uid.as_str()).or_insert(0) += *q;
     }
     let differing = want_users
@@ -190,7 +156,6 @@ pub fn settled_checks(f: &FlowFacts<'_>) -> Vec<Check> {
         ),
     ));
 
-    let v = f.view;
     checks.push(Check::new(
         "sale_view_sold",
         v.sold == confirmed_units,
@@ -258,10 +223,8 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
     if args.buyers == 0 {
         bail!("--buyers must be at least 1");
     }
-    let secret = common.jwt_secret()?;
-    let timeout = Duration::from_secs(common.timeout_secs);
-    let api = Api::new(&common.url, common.admin_token.clone(), timeout)?;
-    api.check_reachable().await?;
+    let session = Session::open(common).await?;
+    let (api, sale, timeout) = (&session.api, session.sale.as_str(), session.timeout);
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
@@ -269,10 +232,9 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
         .await
         .context("connecting to Postgres (--database-url)")?;
 
-    let sale = common.sale.clone().unwrap_or_else(|| short_id("lt"));
-    api.configure_sale(&sale, args.stock, args.per_user_limit, args.hold_ttl_secs)
+    let before = session
+        .configure(args.stock, args.per_user_limit, args.hold_ttl_secs)
         .await?;
-    let before = api.require_sale(&sale).await?;
     if before.sold != 0 || before.held != 0 {
         bail!(
             "sale {sale} already has sold {} / held {}: flow needs a fresh sale (omit --sale)",
@@ -281,29 +243,19 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
         );
     }
 
-    let run = short_id("r");
-    let minter = TokenMinter::new(&secret);
     let n = args.buyers as usize;
-    let mut user_ids = Vec::with_capacity(n);
-    let mut tokens = Vec::with_capacity(n);
-    for i in 0..n {
-        let uid = format!("{sale}-{run}-{i}");
-        tokens.push(minter.mint(&uid)?);
-        user_ids.push(uid);
-    }
+    let tokens = session.buyers(n)?.tokens;
     let client = build_client(n, timeout)?;
     let healthz = api.healthz_url();
 
     // Phase 1: every buyer reserves one unit, released at one instant.
-    if !common.json {
-        eprintln!("flow: {n} buyers reserve 1 unit each...");
-    }
+    session.note(format_args!("flow: {n} buyers reserve 1 unit each..."));
     let jobs: Vec<_> = tokens
         .iter()
         .map(|t| {
             let c = client.clone();
             let url = healthz.clone();
-            let req = api.reserve(&client, &sale, t, 1, None);
+            let req = api.reserve(&client, sale, t, 1, None);
             (
                 move || async move { crate::client::warm_up(&c, &url, 1).await },
                 move |()| timed(req),
@@ -331,16 +283,14 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
         } else {
             continue;
         };
-        let req = api.action(&client, &sale, &h.reservation_id, action, &tokens[h.buyer]);
+        let req = api.action(&client, sale, &h.reservation_id, action, &tokens[h.buyer]);
         actions.push((action, h.clone(), req));
     }
-    if !common.json {
-        eprintln!(
-            "flow: {} holds; confirming {n_confirm}, cancelling {n_cancel}, letting {} expire...",
-            holds.len(),
-            holds.len() - n_confirm - n_cancel
-        );
-    }
+    session.note(format_args!(
+        "flow: {} holds; confirming {n_confirm}, cancelling {n_cancel}, letting {} expire...",
+        holds.len(),
+        holds.len() - n_confirm - n_cancel
+    ));
     let kinds: Vec<(&str, Hold)> = actions.iter().map(|(a, h, _)| (*a, h.clone())).collect();
     let jobs: Vec<_> = actions
         .into_iter()
@@ -382,29 +332,25 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
             .saturating_add(Duration::from_millis(500)),
         None => Duration::from_secs(u64::from(args.hold_ttl_secs)) + Duration::from_millis(500),
     };
-    if !common.json {
-        eprintln!(
-            "flow: waiting {:.1} s past the hold TTL, then for the worker to drain (up to {} s)...",
-            wait.as_secs_f64(),
-            args.drain_timeout_secs
-        );
-    }
+    session.note(format_args!(
+        "flow: waiting {:.1} s past the hold TTL, then for the worker to drain (up to {} s)...",
+        wait.as_secs_f64(),
+        args.drain_timeout_secs
+    ));
     tokio::time::sleep(wait).await;
+    let facts = FlowFacts {
+        buyers: args.buyers,
+        stock: before.stock,
+        reserve: &reserve,
+        confirms: &confirms,
+        cancels: &cancels,
+    };
     let drain_start = Instant::now();
     let drain_deadline = drain_start + Duration::from_secs(args.drain_timeout_secs);
     let (db, view, settled) = loop {
-        let db = read_db(&pool, &sale).await?;
-        let view = api.require_sale(&sale).await?;
-        let facts = FlowFacts {
-            buyers: args.buyers,
-            stock: before.stock,
-            reserve: &reserve,
-            confirms: &confirms,
-            cancels: &cancels,
-            db: &db,
-            view: &view,
-        };
-        let ok = settled_checks(&facts).iter().all(|c| c.ok);
+        let db = read_db(&pool, sale).await?;
+        let view = session.view().await?;
+        let ok = settled_checks(&facts, &db, &view).iter().all(|c| c.ok);
         if ok || Instant::now() >= drain_deadline {
             break (db, view, ok);
         }
@@ -413,17 +359,8 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
     let drained_after = drain_start.elapsed();
     pool.close().await;
 
-    let facts = FlowFacts {
-        buyers: args.buyers,
-        stock: before.stock,
-        reserve: &reserve,
-        confirms: &confirms,
-        cancels: &cancels,
-        db: &db,
-        view: &view,
-    };
     let mut checks = answer_checks(&facts);
-    checks.extend(settled_checks(&facts));
+    checks.extend(settled_checks(&facts, &db, &view));
     checks.push(Check::new(
         "drained",
         settled,
@@ -476,13 +413,7 @@ pub async fn run(common: &Common, args: &FlowArgs) -> Result<Report> {
         ("sale_after", json!(view)),
     ]);
     let wall = reserve_wall + wall_time(&confirm_fired).max(wall_time(&cancel_fired));
-    Ok(Report::new(
-        Head::new("flow", api.base(), &sale, params),
-        &all,
-        wall,
-        phases,
-        checks,
-    ))
+    Ok(session.report("flow", params, &all, wall, phases, checks))
 }
 
 #[cfg(test)]
@@ -520,16 +451,7 @@ mod tests {
     }
 
     fn view(stock: i64, sold: i64, held: i64) -> SaleView {
-        SaleView {
-            sale_id: "s".into(),
-            stock,
-            sold,
-            held,
-            available: stock - sold - held,
-            per_user_limit: 2,
-            hold_ttl_secs: 2,
-            state: "live".into(),
-        }
+        SaleView::live(stock, sold, held, 2)
     }
 
     struct World {
@@ -569,12 +491,10 @@ mod tests {
             reserve: &w.reserve,
             confirms: &w.confirms,
             cancels: &w.cancels,
-            db: &w.db,
-            view: &w.view,
         };
         answer_checks(&f)
             .into_iter()
-            .chain(settled_checks(&f))
+            .chain(settled_checks(&f, &w.db, &w.view))
             .filter(|c| !c.ok)
             .map(|c| c.name)
             .collect()

@@ -9,6 +9,7 @@ mod client;
 mod flow;
 mod raw;
 mod report;
+mod session;
 mod sustained;
 
 use std::process::ExitCode;

@@ -121,6 +121,48 @@ impl Check {
             detail: detail.into(),
         }
     }
+
+    /// Passes when every answer counted in `outcomes` has one of the
+    /// `allowed` outcome keys (`201`, `409:sold_out`, ...); the detail
+    /// counts the others.
+    pub fn answers(name: &str, outcomes: &BTreeMap<String, u64>, allowed: &[&str]) -> Self {
+        let total: u64 = outcomes.values().sum();
+        let allowed_text = match allowed {
+            [] => String::from("nothing"),
+            [one] => (*one).to_string(),
+            [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+        };
+        let others: Vec<String> = outcomes
+            .iter()
+            .filter(|(k, _)| !allowed.contains(&k.as_str()))
+            .map(|(k, n)| format!("{k} x{n}"))
+            .collect();
+        if others.is_empty() {
+            Self::new(
+                name,
+                true,
+                format!("all {total} answers are {allowed_text}"),
+            )
+        } else {
+            Self::new(
+                name,
+                false,
+                format!(
+                    "unexpected answers (of {total}; allowed {allowed_text}): {}",
+                    others.join(", ")
+                ),
+            )
+        }
+    }
+}
+
+/// How many of `answers` had each outcome (`201`, `409:sold_out`, ...).
+pub fn count_outcomes<'a>(answers: impl IntoIterator<Item = &'a Answer>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for a in answers {
+        *counts.entry(a.key()).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// Requests, outcomes and latency of one phase of a run.
@@ -477,6 +519,37 @@ mod tests {
         assert!(table.contains("[FAIL] b"));
         assert!(table.contains("result: FAILED (1 of 2 checks violated)"));
         assert!(table.contains("409:sold_out"));
+    }
+
+    #[test]
+    fn answers_check_names_what_is_not_allowed() {
+        let counts = count_outcomes(&[
+            answer(Some(201), None, 1),
+            answer(Some(409), Some("sold_out"), 1),
+            answer(Some(401), Some("unauthorized"), 1),
+            answer(None, Some("timeout"), 1),
+        ]);
+        let c = Check::answers("answers", &counts, &["201", "409:sold_out"]);
+        assert!(!c.ok);
+        assert_eq!(
+            c.detail,
+            "unexpected answers (of 4; allowed 201 or 409:sold_out): 401:unauthorized x1, error:timeout x1"
+        );
+        let c = Check::answers(
+            "answers",
+            &counts,
+            &["201", "409:sold_out", "401:unauthorized", "error:timeout"],
+        );
+        assert!(c.ok);
+        assert_eq!(
+            c.detail,
+            "all 4 answers are 201, 409:sold_out, 401:unauthorized or error:timeout"
+        );
+        let empty = Check::answers("confirms", &BTreeMap::new(), &["200"]);
+        assert!(
+            empty.ok,
+            "no answers to check is not a violation: {empty:?}"
+        );
     }
 
     #[test]
