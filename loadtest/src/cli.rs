@@ -76,6 +76,60 @@ pub enum Command {
     Flow(FlowArgs),
     /// Closed-loop load for a fixed time: throughput and latency.
     Sustained(SustainedArgs),
+    /// N subscribers on a sale's event stream: connect time, update latency.
+    Watch(WatchArgs),
+    /// Fast and slow buyers: who wins, through the fair queue or open.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Event-stream subscribers (one connection each; http:// targets).
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: u32,
+    /// Changes to make once all are connected (a hold each, a fresh buyer).
+    #[arg(long, default_value_t = 20)]
+    pub changes: u32,
+    /// Time between two changes, so each is an event of its own (more than
+    /// the server's 1 / FLASHGATE_EVENTS_MAX_HZ).
+    #[arg(long, default_value_t = 500)]
+    pub spacing_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueMode {
+    /// The sale's fair queue (`admission: queue`).
+    Queue,
+    /// No queue: whoever reserves first.
+    Open,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    #[arg(long, value_enum, default_value = "queue")]
+    pub mode: QueueMode,
+    #[arg(long, default_value_t = 1000)]
+    pub buyers: u32,
+    #[arg(long, default_value_t = 100)]
+    pub stock: i64,
+    /// Share of the buyers that send every request at once.
+    #[arg(long, default_value_t = 0.2)]
+    pub fast_share: f64,
+    /// What the other buyers add before every request.
+    #[arg(long, default_value_t = 300)]
+    pub slow_ms: u64,
+    /// Queue mode: places let in per second, and each one's window.
+    #[arg(long, default_value_t = 200)]
+    pub admit_per_sec: u32,
+    #[arg(long, default_value_t = 60)]
+    pub window_secs: u32,
+    /// The sale starts this long after it is configured (plus 0.5 ms a
+    /// buyer, for the joins).
+    #[arg(long, default_value_t = 2)]
+    pub start_in_secs: u64,
+    /// Buyers still without a unit stop trying this long after the start.
+    #[arg(long, default_value_t = 60)]
+    pub give_up_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -282,11 +282,16 @@ impl Api {
             "per_user_limit": per_user_limit,
             "hold_ttl_secs": hold_ttl_secs,
         });
+        self.put_sale(sale, &body).await
+    }
+
+    /// `PUT /v1/sales/{id}` with `body` (201 or 200 expected).
+    pub async fn put_sale(&self, sale: &str, body: &serde_json::Value) -> Result<SaleView> {
         let resp = self
             .admin
             .put(self.sale_url(sale))
             .bearer_auth(self.admin_token()?)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .with_context(|| format!("PUT {}", self.sale_url(sale)))?;
@@ -344,6 +349,13 @@ impl Api {
             req = req.header("Idempotency-Key", k);
         }
         req
+    }
+
+    /// `POST /v1/sales/{id}/queue`: the buyer joins the sale's queue.
+    pub fn join_queue(&self, client: &Client, sale: &str, token: &str) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/v1/sales/{sale}/queue", self.base))
+            .bearer_auth(token)
     }
 
     /// `POST .../reservations/{rid}/{confirm|cancel}` with the owner's token.

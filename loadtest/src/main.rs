@@ -7,10 +7,12 @@ mod burst;
 mod cli;
 mod client;
 mod flow;
+mod queue;
 mod raw;
 mod report;
 mod session;
 mod sustained;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,8 @@ fn main() -> ExitCode {
             Command::Burst(a) => burst::run(&cli.common, a).await,
             Command::Flow(a) => flow::run(&cli.common, a).await,
             Command::Sustained(a) => sustained::run(&cli.common, a).await,
+            Command::Watch(a) => watch::run(&cli.common, a).await,
+            Command::Queue(a) => queue::run(&cli.common, a).await,
         }
     });
     match result {

@@ -70,6 +70,20 @@ impl Target {
         .into_bytes()
     }
 
+    /// `host:port`, to connect to.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// `GET {prefix}{path}`, as bytes.
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        format!(
+            "GET {}{path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.prefix, self.authority
+        )
+        .into_bytes()
+    }
+
     /// `GET {prefix}/healthz`, to open a connection the server has served.
     pub fn healthz(&self) -> Vec<u8> {
         format!(
