@@ -94,6 +94,12 @@ pub struct WatchArgs {
     /// the server's 1 / FLASHGATE_EVENTS_MAX_HZ).
     #[arg(long, default_value_t = 500)]
     pub spacing_ms: u64,
+    /// Once every subscriber is connected, wait this long (idle streams)
+    /// before the changes: a window to sample the server's memory and
+    /// Redis' command rate in (a line "... subscribers connected" on
+    /// stderr marks its start).
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

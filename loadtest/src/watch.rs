@@ -131,7 +131,13 @@ pub async fn run(common: &Common, args: &WatchArgs) -> Result<Report> {
         }
     }
     let connect_wall = connect_start.elapsed();
-    session.note(format!("{n} subscribers connected in {connect_wall:?}"));
+    // Always on stderr (also with --json): `loadtest/bench` waits for it.
+    eprintln!("{n} subscribers connected in {connect_wall:?}");
+    if args.hold_secs > 0 {
+        // Idle streams: keep reading (keep-alives), and forget nothing.
+        tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+        while rx.try_recv().is_ok() {}
+    }
 
     // Changes: a hold each, spaced so each one is its own event.
     let buyers = session.buyers(args.changes as usize)?;
