@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Sends one request on a raw connection and returns the status line.
 async fn exchange(conn: &mut TcpStream, request: &str) -> String {

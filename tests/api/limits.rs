@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_hammering_one_account_gets_429_with_retry_after() {
@@ -23,11 +23,7 @@ async fn a_script_hammering_one_account_gets_429_with_retry_after() {
     let tasks = (0..30).map(|_| {
         let (app, sale) = (app.clone(), sale.clone());
         tokio::spawn(async move {
-            let r = app
-                .client
-                .post(app.url(&format!("/v1/sales/{sale}/reservations")))
-                .bearer_auth(token("bot"))
-                .json(&serde_json::json!({"quantity": 1}))
+            let r = reserve_req(&app, &sale, "bot")
                 .send()
                 .await
                 .expect("reserve");
@@ -129,11 +125,7 @@ async fn a_flooding_buyer_is_limited_while_500_others_in_the_same_burst_are_serv
         .map(|user| {
             let (app, sale, barrier) = (app.clone(), sale.clone(), barrier.clone());
             tokio::spawn(async move {
-                let req = app
-                    .client
-                    .post(app.url(&format!("/v1/sales/{sale}/reservations")))
-                    .bearer_auth(token(&user))
-                    .json(&serde_json::json!({"quantity": 1}));
+                let req = reserve_req(&app, &sale, &user);
                 barrier.wait().await;
                 let r = req.send().await.expect("reserve");
                 let retry_after = r

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::process::Serve;
+use crate::support::*;
 
 #[tokio::test]
 async fn metrics_count_requests_outcomes_and_latency_histograms() {
@@ -72,71 +73,6 @@ async fn metric_until(app: &TestApp, line: &str) {
     }
 }
 
-/// A `flashgate serve` process of its own (its own metrics and log),
-/// sharing `settings`' database and key prefix; killed on drop.
-struct Process {
-    child: std::process::Child,
-    app: TestApp,
-}
-
-impl Process {
-    async fn serve(settings: &flashgate::config::Settings, env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashgate"));
-        cmd.arg("serve")
-            .env("FLASHGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
-            .env("FLASHGATE_REDIS_URL", settings.redis_urls.join(","))
-            .env(
-                "FLASHGATE_REDIS_CLUSTER",
-                if settings.redis_cluster { "1" } else { "0" },
-            )
-            .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
-            .env("FLASHGATE_ADMIN_TOKEN", ADMIN)
-            .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
-            .env("FLASHGATE_HTTP_WORKERS", "1")
-            .env("FLASHGATE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start flashgate serve");
-        let pool = sqlx::PgPool::connect(settings.database_url.expose())
-            .await
-            .expect("pool");
-        let app = TestApp::external(format!("http://127.0.0.1:{port}"), settings, pool).await;
-        let me = Self { child, app };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while me
-            .app
-            .client
-            .get(me.app.url("/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "flashgate serve did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        me
-    }
-
-    /// Stops the process and returns what it logged.
-    fn log(mut self) -> String {
-        let _ = self.child.kill();
-        let out = self.child.wait_with_output().expect("output");
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
-    }
-}
-
 /// Issue 12.2: a write-behind that cannot write a sale (here its stream is
 /// not a stream any more) was invisible: `/readyz` said `ready`, nothing
 /// moved, reconcile called it lag. A stall now shows in `/readyz`
@@ -145,8 +81,15 @@ impl Process {
 /// instance is a process of its own: metrics are per process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_write_behind_shows_in_readyz_metrics_and_the_log() {
-    let settings = Spawn::new().await.settings;
-    let proc = Process::serve(&settings, &[("FLASHGATE_STALL_AFTER_MS", "500")]).await;
+    let spawn = Spawn::new().await;
+    let proc = Serve::start(
+        &spawn,
+        &[
+            ("FLASHGATE_STALL_AFTER_MS", "500"),
+            ("FLASHGATE_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
     let app = &proc.app;
     let sale = app.sale(10, 2, 60).await;
     readyz_until(app, Duration::from_secs(10), |s, v| {
