@@ -1,6 +1,6 @@
 //! Integration tests: the real service against real Redis and Postgres.
-//! One binary; every test isolates itself (fresh database, key prefix).
-//! `support/` is what they stand on.
+//! One binary; every test isolates itself (fresh database, dropped when it
+//! ends, and a key prefix of its own). `support/` is what they stand on.
 
 mod support;
 

@@ -1,6 +1,6 @@
 //! `spawn_app()`: the real service on a random port against real Redis and
-//! Postgres, isolated per test by a fresh database and a unique key
-//! prefix.
+//! Postgres, isolated per test by a fresh database (dropped when the app
+//! is) and a unique key prefix.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //!   and buyer tokens; [`calls`]: the calls tests make through it;
 //! - [`http`]: answers (status, JSON body, timing) and a raw HTTP/1.1
 //!   client for requests reqwest would refuse or normalise;
-//! - [`pg`]: a fresh database per test;
+//! - [`pg`]: a fresh database per test, dropped when the test ends;
 //! - [`redis_server`]: a `redis-server` process of a test's own;
 //! - [`cluster`]: Redis Cluster nodes as `CLUSTER NODES` shows them, and a
 //!   cluster of a test's own on free ports;

@@ -1,4 +1,6 @@
-//! Postgres for the tests: a fresh database per test.
+//! Postgres for the tests: a fresh database per test, dropped when the
+//! test ends (however it ends), so the shared server never piles up
+//! hundreds of `fg_test_*` databases.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -19,8 +21,10 @@ pub fn pg_host_port(base: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-/// A fresh, empty database of one test: its URL (it derefs to it).
+/// A fresh, empty database of one test: its URL (it derefs to it), and
+/// `DROP DATABASE ... WITH (FORCE)` when dropped.
 pub struct TestDb {
+    name: String,
     url: String,
 }
 
@@ -37,7 +41,42 @@ impl Deref for TestDb {
     }
 }
 
-/// A fresh, empty database for one test.
+impl Drop for TestDb {
+    /// Runs on a thread of its own with its own runtime: a `Drop` is
+    /// synchronous, and may run inside the test's runtime, outside it, or
+    /// while a failed test unwinds. `WITH (FORCE)` (Postgres 13+) ends the
+    /// app's connections that are still open. Never panics: a database
+    /// left behind is dropped by the next `scripts/test`.
+    fn drop(&mut self) {
+        let (admin, name) = (format!("{}/postgres", pg_base()), self.name.clone());
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                )))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+                conn.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test database {} left behind: {e}", self.name),
+            Err(_) => eprintln!("test database {} left behind: the drop panicked", self.name),
+        }
+    }
+}
+
+/// A fresh, empty database for one test, dropped with the returned guard.
 pub async fn fresh_database() -> TestDb {
     let name = format!("fg_test_{}", Uuid::new_v4().simple());
     let mut conn = PgConnection::connect(&format!("{}/postgres", pg_base()))
@@ -50,6 +89,7 @@ pub async fn fresh_database() -> TestDb {
     let _ = conn.close().await;
     TestDb {
         url: format!("{}/{name}", pg_base()),
+        name,
     }
 }
 
