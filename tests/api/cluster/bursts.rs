@@ -15,10 +15,9 @@ use crate::support::*;
 /// three flashgate instances that share one cluster, one database and one
 /// key prefix: exactly the stock is held, whichever instance answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn a_burst_over_three_instances_sells_exactly_the_stock() {
-    if skip("a_burst_over_three_instances_sells_exactly_the_stock") {
-        return;
-    }
+    require_cluster();
     let db = fresh_database().await;
     let prefix = unique_prefix();
     let mut apps = Vec::new();
@@ -33,10 +32,9 @@ async fn a_burst_over_three_instances_sells_exactly_the_stock() {
 /// confirm, cancel and the write-behind work for all of them; a flushed
 /// script cache (a restarted node) is refilled on the node that needs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn sales_on_every_primary_reserve_confirm_and_reach_postgres() {
-    if skip("sales_on_every_primary_reserve_confirm_and_reach_postgres") {
-        return;
-    }
+    require_cluster();
     let app = spawn_app().await;
     let nodes = cluster_nodes(&redis_urls()).await;
     let primaries: Vec<&Node> = nodes

@@ -18,10 +18,9 @@ use crate::support::*;
 /// within the stock, nobody over the cap), every confirm answered 200 is in
 /// Postgres, and the service recovered without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn a_primary_killed_mid_burst_sells_no_unit_twice_and_recovers() {
-    if skip("a_primary_killed_mid_burst_sells_no_unit_twice_and_recovers") {
-        return;
-    }
+    require_cluster();
     let cluster = OwnCluster::start(true).await;
     let db = fresh_database().await;
     let prefix = unique_prefix();
@@ -234,10 +233,9 @@ async fn reserve_until_granted(app: &TestApp, sale: &str, within: Duration) -> D
 /// the other primaries keep serving, even one that lost its scripts. Then a
 /// manual `CLUSTER FAILOVER` on another shard's replica: served again too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn a_hung_primary_and_a_manual_failover_are_recovered_from() {
-    if skip("a_hung_primary_and_a_manual_failover_are_recovered_from") {
-        return;
-    }
+    require_cluster();
     let cluster = OwnCluster::start(true).await;
     let app = Spawn::new()
         .await

@@ -17,10 +17,9 @@ use crate::support::*;
 /// and afterwards the counters match the holds exactly (no unit lost or
 /// counted twice by a script stopped half-way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn a_sale_whose_slot_migrates_mid_traffic_keeps_exact_counts() {
-    if skip("a_sale_whose_slot_migrates_mid_traffic_keeps_exact_counts") {
-        return;
-    }
+    require_cluster();
     let cluster = OwnCluster::start(false).await;
     let app = Arc::new(
         Spawn::new()

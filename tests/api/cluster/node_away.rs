@@ -16,10 +16,9 @@ use crate::support::*;
 /// is given back and answered 503: every hold a buyer gets is counted, and
 /// the buyer never has more than the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn a_stalled_buyer_slot_never_lets_a_hold_past_the_cap() {
-    if skip("a_stalled_buyer_slot_never_lets_a_hold_past_the_cap") {
-        return;
-    }
+    require_cluster();
     let cluster = OwnCluster::start(false).await;
     cluster
         .config_set("cluster-require-full-coverage", "no")
@@ -129,10 +128,9 @@ async fn a_stalled_buyer_slot_never_lets_a_hold_past_the_cap() {
 /// still be created there, `GET /v1/sales` answers (naming what it cannot
 /// read), and `/readyz` says what cannot run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster (FLASHGATE_TEST_REDIS_CLUSTER=1)"]
 async fn the_sales_index_node_away_stops_no_other_sale() {
-    if skip("the_sales_index_node_away_stops_no_other_sale") {
-        return;
-    }
+    require_cluster();
     let cluster = OwnCluster::start(false).await;
     cluster
         .config_set("cluster-require-full-coverage", "no")

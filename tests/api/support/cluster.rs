@@ -13,13 +13,17 @@ use redis::aio::MultiplexedConnection;
 use super::app::{cluster_mode, split_urls, unique_sale};
 use super::process::send_signal;
 
-/// True (and says so) outside cluster mode: the cluster-only tests return.
-pub fn skip(test: &str) -> bool {
-    if cluster_mode() {
-        return false;
-    }
-    println!("{test}: skipped (needs FLASHGATE_TEST_REDIS_CLUSTER=1 and FLASHGATE_TEST_REDIS=<seeds>, see scripts/cluster)");
-    true
+/// Cluster-only tests are `#[ignore]`d (so that a run outside cluster
+/// mode shows them as skipped); the cluster leg of `scripts/test` runs
+/// them with the ignored ones. Run that way outside cluster mode, they
+/// stop here, saying why.
+pub fn require_cluster() {
+    assert!(
+        cluster_mode(),
+        "this test needs a Redis Cluster: run it with FLASHGATE_TEST_REDIS_CLUSTER=1 and \
+         FLASHGATE_TEST_REDIS=<seeds> (scripts/cluster start --replicas prints them), as \
+         the cluster leg of scripts/test does"
+    );
 }
 
 /// One node as `CLUSTER NODES` describes it.
