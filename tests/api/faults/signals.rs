@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flashgate::gate::Inspection;
+use flashgate::ids::SaleId;
 use serde_json::{json, Value};
 
 use crate::support::process::Serve;
@@ -15,8 +17,10 @@ use crate::support::*;
 #[derive(Debug)]
 enum Outcome {
     Answered(u16, Value),
-    /// Refused at connect, or the connection reset.
-    Refused(String),
+    /// No connection: refused or reset before the request was written.
+    NotSent,
+    /// Written, then the connection closed without an answer.
+    Unanswered(String),
 }
 
 impl Outcome {
@@ -34,7 +38,11 @@ impl Outcome {
             }
             Err(e) => {
                 assert!(!e.is_timeout(), "{what}: timed out: {e}");
-                Outcome::Refused(format!("{e:?}"))
+                if e.is_connect() {
+                    Outcome::NotSent
+                } else {
+                    Outcome::Unanswered(format!("{e:?}"))
+                }
             }
         }
     }
@@ -47,18 +55,43 @@ impl Outcome {
     }
 }
 
-/// One request of the burst: reserve or confirm, of which reservation (a
-/// reserve's, once answered), and what became of it.
+/// One request of the burst: reserve or confirm, by whom, of which
+/// reservation (a reserve's, once answered), and what became of it.
 struct Sent {
     what: &'static str,
+    user: String,
     rid: String,
     outcome: Outcome,
 }
 
+/// A request written but never answered is allowed only if it decided
+/// nothing (README: a request still waiting, unread, for a permit is not
+/// in flight, "nothing was decided, so the client can retry it
+/// elsewhere"); a request in flight is answered. What Redis holds for its
+/// buyer (each buyer reserves once, one unit, and confirms only that)
+/// says which it was.
+fn check_unanswered(sent: &Sent, redis: &Inspection) -> Result<(), String> {
+    let of = |m: &BTreeMap<String, i64>| m.get(&sent.user).copied().unwrap_or(0);
+    let (held, bought) = (of(&redis.held_by), of(&redis.bought));
+    let decided = match sent.what {
+        "reserve" => held + bought > 0,
+        _ => bought > 0,
+    };
+    if decided {
+        return Err(format!(
+            "{} by {} was dropped without an answer after it took effect (held {held}, bought {bought})",
+            sent.what, sent.user
+        ));
+    }
+    Ok(())
+}
+
 /// SIGTERM to the real binary while buyers reserve and confirm: every
-/// request is answered with a documented status or refused at connect,
-/// never another 5xx; the process exits 0 within its shutdown timeout; and
-/// every confirm answered 200 is in Postgres.
+/// request is answered with a documented status, or was never sent
+/// (refused at connect), or was dropped unanswered having decided nothing;
+/// never another 5xx, never a request in flight dropped; the process exits
+/// 0 within its shutdown timeout; and every confirm answered 200 is in
+/// Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
     let shutdown = Duration::from_millis(5000);
@@ -112,6 +145,7 @@ async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
                     };
                     let sent = Sent {
                         what: "reserve",
+                        user: user.clone(),
                         rid: rid.clone(),
                         outcome,
                     };
@@ -133,6 +167,7 @@ async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
                     }
                     let sent = Sent {
                         what: "confirm",
+                        user,
                         rid,
                         outcome,
                     };
@@ -170,8 +205,11 @@ async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
     );
 
     let log = std::mem::take(&mut *log.lock().expect("lock"));
+    let id = SaleId::parse(&sale).expect("sale id");
+    let redis = proc.app.service.gate.inspect(&id).await.expect("inspect");
     let mut acked = BTreeSet::new();
     let mut not_answered = BTreeMap::<String, usize>::new();
+    let mut dropped_in_flight = Vec::new();
     for sent in &log {
         let what = sent.what;
         match &sent.outcome {
@@ -186,13 +224,16 @@ async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
                     acked.insert(sent.rid.clone());
                 }
             }
-            Outcome::Refused(e) => {
-                let kind = if e.contains("onnection refused") {
-                    "refused"
-                } else {
-                    "reset"
-                };
-                *not_answered.entry(format!("{what} {kind}")).or_default() += 1;
+            Outcome::NotSent => {
+                *not_answered.entry(format!("{what} not sent")).or_default() += 1;
+            }
+            Outcome::Unanswered(e) => {
+                *not_answered
+                    .entry(format!("{what} sent, unanswered"))
+                    .or_default() += 1;
+                if let Err(why) = check_unanswered(sent, &redis) {
+                    dropped_in_flight.push(format!("{why}: {e}"));
+                }
             }
         }
     }
@@ -200,6 +241,11 @@ async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
         "SIGTERM: exit after {took:?}; {} requests, {} confirms acknowledged; not answered: {not_answered:?}",
         log.len(),
         acked.len()
+    );
+    assert!(
+        dropped_in_flight.is_empty(),
+        "requests in flight dropped:\n{}",
+        dropped_in_flight.join("\n")
     );
     assert!(
         !not_answered.is_empty(),
