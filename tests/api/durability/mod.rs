@@ -6,6 +6,9 @@ mod write_behind;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use flashgate::gate::RedisConn;
+use flashgate::store::worker::GROUP;
+
 use crate::support::*;
 
 /// What the buyers were told: confirmed reservations and units per user.
@@ -47,4 +50,34 @@ async fn assert_postgres_matches(app: &TestApp, sale: &str, told: &Told, cap: i6
     let sold = sold_count(&app.pool, sale).await;
     assert_eq!(sold, told.per_user.values().sum::<i64>());
     assert!(sold <= stock);
+}
+
+/// `XPENDING` of a sale's event stream for the write-behind's group:
+/// entries delivered to a consumer and not acknowledged, per consumer
+/// (none before a worker made the group).
+async fn pending_by_consumer(conn: &mut RedisConn, events: &str) -> BTreeMap<String, i64> {
+    type Summary = (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, i64)>>,
+    );
+    let reply: redis::RedisResult<Summary> = redis::cmd("XPENDING")
+        .arg(events)
+        .arg(GROUP)
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok((_, _, _, consumers)) => consumers.unwrap_or_default().into_iter().collect(),
+        Err(e) if e.code() == Some("NOGROUP") => BTreeMap::new(),
+        Err(e) => panic!("XPENDING {events}: {e}"),
+    }
+}
+
+async fn stream_len(conn: &mut RedisConn, events: &str) -> i64 {
+    redis::cmd("XLEN")
+        .arg(events)
+        .query_async(conn)
+        .await
+        .expect("xlen")
 }

@@ -1,22 +1,41 @@
 //! The write-behind worker in trouble: killed mid-batch, Postgres away.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flashgate::config::ConfirmDurability;
 use flashgate::startup;
 use futures_util::future::join_all;
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
-use super::{assert_postgres_matches, Told};
-use crate::support::proxy::FaultProxy;
+use super::{assert_postgres_matches, pending_by_consumer, stream_len, Told};
+use crate::support::proxy::{FaultProxy, ProxyMode};
 use crate::support::*;
 
-/// The worker killed (task aborted) three times during a 200-confirm run:
-/// Postgres ends exact, no duplicate rows.
+/// A worker task that ended by itself (it runs until cancelled): its panic
+/// goes on as the test's, anything else fails the test too.
+fn worker_ended(ended: Result<(), JoinError>) -> ! {
+    match ended {
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("the worker task ended: {e}"),
+        Ok(()) => panic!("the worker stopped by itself"),
+    }
+}
+
+/// The worker killed (its task aborted) three times during a 200-confirm
+/// run, each time while it held a batch it had read and not acknowledged:
+/// Postgres ends exact, no duplicate rows. That each kill landed mid-batch
+/// is checked, not assumed: the killed consumer still has entries pending
+/// in the group after the kill (a kill that finds the batch acknowledged
+/// already does not count, and another worker is started and killed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_batch_three_times() {
-    let spawn = Spawn::new()
+    // The workers reach Postgres through a proxy that adds 10 ms each way:
+    // a batch then spends most of its time between its read and its
+    // acknowledgement (the write's round trips), where the kills must land.
+    let proxy = FaultProxy::postgres().await;
+    let spawn = Spawn::via_pg_proxy(&proxy)
         .await
         .durability(ConfirmDurability::Redis)
         .no_worker()
@@ -27,6 +46,7 @@ async fn worker_killed_mid_batch_three_times() {
     let settings = spawn.settings.clone();
     let app = Arc::new(spawn.start().await);
     let sale = app.sale(200, 1, 300).await;
+    proxy.set(ProxyMode::Delay(Duration::from_millis(10)));
     let buyers = (0..200).map(|i| {
         let (app, sale) = (app.clone(), sale.clone());
         tokio::spawn(async move {
@@ -39,20 +59,60 @@ async fn worker_killed_mid_batch_three_times() {
         })
     });
     let load = tokio::spawn(join_all(buyers));
-    for _ in 0..3 {
+    let events = app.events_key(&sale);
+    let mut conn = app.redis().await;
+    let (mut kills, mut tries) = (0, 0);
+    while kills < 3 {
+        tries += 1;
+        assert!(
+            tries <= 20,
+            "{tries} workers killed, only {kills} mid-batch"
+        );
+        let known = pending_by_consumer(&mut conn, &events).await;
         let w = startup::worker(&settings, &app.service.gate, &app.service.store)
             .await
             .expect("worker");
         let task = tokio::spawn(w.run(CancellationToken::new()));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The new consumer has read a batch: kill it now.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let consumer = loop {
+            let pending = pending_by_consumer(&mut conn, &events).await;
+            if let Some((c, _)) = pending
+                .iter()
+                .find(|(c, n)| **n > 0 && !known.contains_key(*c))
+            {
+                break c.clone();
+            }
+            assert!(
+                !load.is_finished() || stream_len(&mut conn, &events).await > 0,
+                "the stream was drained before three kills landed mid-batch ({kills} did)"
+            );
+            if task.is_finished() {
+                worker_ended(task.await);
+            }
+            assert!(Instant::now() < deadline, "the worker never read a batch");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
         task.abort();
-        let _ = task.await;
+        match task.await {
+            Err(e) if e.is_cancelled() => {}
+            ended => worker_ended(ended),
+        }
+        let left = pending_by_consumer(&mut conn, &events).await;
+        let unacked = left.get(&consumer).copied().unwrap_or(0);
+        if unacked > 0 {
+            kills += 1;
+            eprintln!(
+                "kill {kills}: the worker died with {unacked} entries read and not acknowledged"
+            );
+        }
     }
     let mut told = Told::default();
     for r in load.await.expect("load") {
         let (user, r) = r.expect("buyer");
         told.add(&user, r);
     }
+    proxy.restore();
     let w = startup::worker(&settings, &app.service.gate, &app.service.store)
         .await
         .expect("worker");

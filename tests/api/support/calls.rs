@@ -146,6 +146,11 @@ impl TestApp {
         redis_conn(&self.redis_urls, self.redis_cluster).await
     }
 
+    /// The Redis key of `sale`'s event stream.
+    pub fn events_key(&self, sale: &str) -> String {
+        format!("{}:{{{sale}}}:events", self.prefix)
+    }
+
     /// Deletes every Redis key of this test (what a Redis restart without
     /// persistence does to it), without touching other tests' keys.
     pub async fn wipe_redis(&self) {
