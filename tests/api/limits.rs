@@ -2,6 +2,7 @@
 //! holds across sales.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::join_all;
 
@@ -20,6 +21,7 @@ async fn a_script_hammering_one_account_gets_429_with_retry_after() {
             .await,
     );
     let sale = app.sale(1000, 1000, 60).await;
+    let started = Instant::now();
     let tasks = (0..30).map(|_| {
         let (app, sale) = (app.clone(), sale.clone());
         tokio::spawn(async move {
@@ -40,11 +42,16 @@ async fn a_script_hammering_one_account_gets_429_with_retry_after() {
         .into_iter()
         .map(|r| r.expect("task"))
         .collect();
+    // The 30 requests are not synchronised: on a loaded machine they reach
+    // the limiter over a while, and it refills 2 a second meanwhile. What
+    // passes is the burst of 5, plus at most what refilled while they ran.
+    let took = started.elapsed();
+    let refilled = (took.as_secs_f64() * 2.0).ceil() as usize;
     let ok = results.iter().filter(|((s, _), _)| *s == 201).count();
     let limited: Vec<_> = results.iter().filter(|((s, _), _)| *s == 429).collect();
     assert!(
-        (5..=7).contains(&ok),
-        "a burst of 5 (plus what 2/s refills), got {ok}"
+        (5..=5 + refilled).contains(&ok),
+        "a burst of 5, plus at most {refilled} refilled in {took:?}: got {ok}"
     );
     assert_eq!(ok + limited.len(), 30);
     for ((_, v), retry_after) in &limited {
