@@ -1,5 +1,6 @@
 //! Tokens: buyer routes want a buyer JWT, admin routes the admin token,
-//! reservation routes either (the owner or the admin).
+//! reservation routes either (the owner or the admin); and a buyer token is
+//! judged with 5 s of leeway on its times, no more.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -186,4 +187,66 @@ async fn wrong_tokens_on_every_route() {
     assert_eq!(v["per_user_limit"], 2, "a refused PUT changed the sale");
     let (s, v) = app.get_reservation(&sale, &rid, Some("ann")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("held")), "{v}");
+}
+
+/// A token's claims, given the time it is minted (s since the epoch).
+type Claims = fn(u64) -> serde_json::Value;
+
+/// README, Buyer tokens: `exp` and `nbf` get 5 s of leeway (the clocks of
+/// whoever mints tokens and of flashgate drift a little apart), and no
+/// more: a token expired 2 s ago is accepted, one expired 30 s ago
+/// refused; a token valid from 2 s from now is accepted, one valid from
+/// 30 s from now refused. Each token is minted just before it is sent.
+#[tokio::test]
+async fn buyer_tokens_get_five_seconds_of_leeway_and_no_more() {
+    let app = spawn().await;
+    let sale = app.sale(10, 1, 60).await;
+    let cases: [(&str, Claims, u16); 4] = [
+        (
+            "expired 2 s ago",
+            |now| json!({"sub": "exp-2", "exp": now - 2}),
+            201,
+        ),
+        (
+            "expired 30 s ago",
+            |now| json!({"sub": "exp-30", "exp": now - 30}),
+            401,
+        ),
+        (
+            "valid from 2 s from now",
+            |now| json!({"sub": "nbf-2", "exp": now + 600, "nbf": now + 2}),
+            201,
+        ),
+        (
+            "valid from 30 s from now",
+            |now| json!({"sub": "nbf-30", "exp": now + 600, "nbf": now + 30}),
+            401,
+        ),
+    ];
+    for (what, claims, want) in cases {
+        let minted = std::time::Instant::now();
+        let tok = signed(
+            HS256,
+            JWT_SECRET,
+            claims(jsonwebtoken::get_current_timestamp()),
+        );
+        let reserve = app
+            .client
+            .post(app.url(&format!("/v1/sales/{sale}/reservations")))
+            .bearer_auth(&tok)
+            .json(&json!({"quantity": 1}));
+        let (s, v) = body(reserve.send().await.expect("reserve")).await;
+        // Within the leeway only while the answer comes within 3 s of the
+        // minting: a slower one would say nothing about the 2 s cases.
+        assert!(
+            minted.elapsed() < std::time::Duration::from_secs(3),
+            "{what}: answered {:?} after minting",
+            minted.elapsed()
+        );
+        assert_eq!(s, want, "{what}: {v}");
+        if want == 401 {
+            assert_eq!(error_code(&v), "unauthorized", "{what}: {v}");
+        }
+    }
+    assert_eq!(app.view(&sale).await["held"], 2, "the two tokens accepted");
 }
