@@ -178,3 +178,54 @@ async fn reset_postgres_confirms_503_then_200_on_retry_once() {
         assert_eq!(a.status, 503, "not durable: {}", a.body);
     }
 }
+
+/// README, "Postgres down or slow": "Admin `PUT /v1/sales/…` and `GET
+/// /v1/sales` need Postgres: 503." With Postgres black-holed, then with
+/// its connections reset, an update, a new sale and the listing all
+/// answer 503 `unavailable` with Retry-After, in bounded time (never a
+/// hang, never a 500); with Postgres back, they answer as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_put_and_list_answer_503_while_postgres_is_down() {
+    let rig = pg_rig().await;
+    let app = rig.app.clone();
+    let sale = app.sale(5, 1, 60).await;
+    let put = |sale: &str, stock: i64| {
+        app.client
+            .put(app.url(&format!("/v1/sales/{sale}")))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"stock": stock, "per_user_limit": 1}))
+    };
+    let list = || app.client.get(app.url("/v1/sales")).bearer_auth(ADMIN);
+    // Its Redis calls, and the Postgres transaction bounded by twice the
+    // database timeout.
+    let bound = redis_bound() + 2 * CONFIRM_TIMEOUT;
+    for mode in [ProxyMode::Drop, ProxyMode::Reset] {
+        rig.proxy.set(mode);
+        let answers = [
+            timed("update a sale", put(&sale, 6)).await,
+            timed("create a sale", put(&unique_sale(), 6)).await,
+            timed("list the sales", list()).await,
+        ];
+        for a in &answers {
+            assert_eq!(
+                a.status, 503,
+                "{} with Postgres {mode:?}: {}",
+                a.what, a.body
+            );
+            check(&format!("{} with Postgres {mode:?}", a.what), a, &[], bound);
+        }
+        rig.proxy.restore();
+    }
+    let a = until_answered("update once Postgres is back", &[200], bound, || {
+        put(&sale, 7)
+    })
+    .await;
+    assert_eq!(a.body["stock"], 7, "{}", a.body);
+    let a = until_answered("list once Postgres is back", &[200], bound, list).await;
+    let listed = a.body["sales"].as_array().expect("sales");
+    assert!(
+        listed.iter().any(|s| s["sale_id"] == sale.as_str()),
+        "{}",
+        a.body
+    );
+}
