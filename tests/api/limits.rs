@@ -196,3 +196,74 @@ async fn a_flooding_buyer_is_limited_while_500_others_in_the_same_burst_are_serv
         "flood: {flood_held} held, {flood_limited} refused with 429; {served} other buyers served; burst answered in {took:?}"
     );
 }
+
+/// README, Limits: the per-buyer rate covers confirm, cancel and extend,
+/// not only reserve. A buyer calling one of them again and again gets the
+/// burst (less what its reserve took), then 429 `rate_limited` with
+/// Retry-After; what passed answered as usual.
+#[tokio::test]
+async fn the_buyer_rate_covers_confirm_cancel_and_extend() {
+    let (rate, burst) = (1u32, 3u32);
+    let app = Spawn::new()
+        .await
+        .with(|s| {
+            s.rate.per_user_per_sec = rate;
+            s.rate.per_user_burst = burst;
+        })
+        .start()
+        .await;
+    let sale = app.sale(100, 1, 60).await;
+    for action in ["confirm", "cancel", "extend"] {
+        let user = format!("hammer-{action}");
+        let started = Instant::now();
+        let (s, v) = app.reserve(&sale, &user, 1, None).await;
+        assert_eq!(s, 201, "{v}");
+        let url = app.url(&format!(
+            "/v1/sales/{sale}/reservations/{}/{action}",
+            rid(&v)
+        ));
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            let req = app.client.post(&url).bearer_auth(token(&user));
+            answers.push(timed(action, req).await);
+        }
+        let took = started.elapsed();
+        let (limited, passed): (Vec<&Answer>, Vec<&Answer>) =
+            answers.iter().partition(|a| a.status == 429);
+        for a in &limited {
+            assert_eq!(error_code(&a.body), "rate_limited", "{action}: {}", a.body);
+            assert!(
+                a.retry_after.is_some_and(|n| n >= 1),
+                "{action}: a 429 without Retry-After"
+            );
+        }
+        for a in &passed {
+            let (s, v) = (a.status, &a.body);
+            let fine = match action {
+                "confirm" => (s, v["status"].as_str()) == (200, Some("confirmed")),
+                "cancel" => (s, v["status"].as_str()) == (200, Some("cancelled")),
+                _ => {
+                    (s, v["status"].as_str()) == (200, Some("held"))
+                        || (s == 409 && error_code(v) == "hold_limit_reached")
+                }
+            };
+            assert!(fine, "{action}: {s} {v}");
+        }
+        // The reserve took one of the burst; the limiter refills `rate` a
+        // second while the calls run (measured, not assumed).
+        let refilled = (took.as_secs_f64() * f64::from(rate)).ceil() as usize;
+        let at_once = (burst - 1) as usize;
+        assert!(
+            (at_once..=at_once + refilled).contains(&passed.len()),
+            "{action}: {} of 10 passed in {took:?} (burst {burst}, {rate}/s)",
+            passed.len()
+        );
+        assert!(!limited.is_empty(), "{action} is not rate limited");
+    }
+    let v = app.view(&sale).await;
+    assert_eq!(
+        (v["sold"].as_i64(), v["held"].as_i64()),
+        (Some(1), Some(1)),
+        "one confirmed, one cancelled, one held: {v}"
+    );
+}
