@@ -1,5 +1,5 @@
 //! Signals to the real binary (`flashgate serve` as a child process):
-//! SIGTERM drains.
+//! SIGTERM drains, SIGINT and SIGQUIT stop at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,6 +11,7 @@ use flashgate::ids::SaleId;
 use serde_json::{json, Value};
 
 use crate::support::process::Serve;
+use crate::support::redis_server::RedisServer;
 use crate::support::*;
 
 /// What became of one request sent while the server stopped.
@@ -259,4 +260,64 @@ async fn sigterm_mid_burst_drains_and_loses_no_acknowledged_confirm() {
         missing.len()
     );
     assert!(acked.len() >= 100);
+}
+
+/// README, SIGTERM: "SIGINT and SIGQUIT stop at once, dropping the
+/// requests in flight." A reserve is held in flight by a frozen Redis
+/// (SIGSTOP, with a Redis timeout of 5 s: it would answer 503 after 10 s),
+/// and the shutdown timeout is 10 s, which SIGTERM would wait out: after
+/// `sig` the process is gone within 3 s, and the reserve got no answer.
+async fn a_signal_stops_at_once(sig: &str) {
+    let redis = RedisServer::start(&[]);
+    let spawn = Spawn::new().await.redis(&[redis.url()], false);
+    let mut proc = Serve::start(
+        &spawn,
+        &[
+            ("FLASHGATE_SHUTDOWN_TIMEOUT_MS", "10000"),
+            ("FLASHGATE_REDIS_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    let sale = proc.app.sale(10, 1, 60).await;
+    redis.signal("STOP");
+    let reserve = reserve_req(&proc.app, &sale, "in-flight");
+    let sent = Instant::now();
+    let in_flight = tokio::spawn(async move { (reserve.send().await, sent.elapsed()) });
+    // The reserve is on its way to Redis (a local round trip takes
+    // milliseconds); it stays there until Redis times out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!in_flight.is_finished(), "the reserve was answered already");
+
+    let signalled = Instant::now();
+    proc.signal(sig);
+    let status = proc.wait_exit(Duration::from_secs(30)).await;
+    let took = signalled.elapsed();
+    let (answer, waited) = in_flight.await.expect("request task");
+    redis.signal("CONT");
+    eprintln!("SIG{sig}: exited {took:?} after the signal ({status}); the reserve in flight: {answer:?} after {waited:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "SIG{sig}: exited {took:?} after the signal, as if it had waited for the request in flight (shutdown timeout 10 s):\n{}",
+        proc.log()
+    );
+    match answer {
+        Err(e) => assert!(
+            !e.is_connect() && !e.is_timeout(),
+            "SIG{sig}: the reserve was sent and then dropped, not {e:?}"
+        ),
+        Ok(r) => panic!(
+            "SIG{sig}: the reserve in flight was answered {} after {waited:?}",
+            r.status()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_at_once_dropping_requests_in_flight() {
+    a_signal_stops_at_once("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_stops_at_once_dropping_requests_in_flight() {
+    a_signal_stops_at_once("QUIT").await;
 }
