@@ -1,5 +1,6 @@
 //! Write-behind to Postgres: every confirmed sale exactly once, through
-//! worker crashes and Postgres outages.
+//! worker crashes and Postgres outages, and nothing acknowledged in Redis
+//! before Postgres committed it.
 
 mod worker_faults;
 mod write_behind;
@@ -72,6 +73,11 @@ async fn pending_by_consumer(conn: &mut RedisConn, events: &str) -> BTreeMap<Str
         Err(e) if e.code() == Some("NOGROUP") => BTreeMap::new(),
         Err(e) => panic!("XPENDING {events}: {e}"),
     }
+}
+
+/// Entries delivered and not acknowledged, over all consumers.
+async fn pending_total(conn: &mut RedisConn, events: &str) -> i64 {
+    pending_by_consumer(conn, events).await.values().sum()
 }
 
 async fn stream_len(conn: &mut RedisConn, events: &str) -> i64 {

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
-use super::{assert_postgres_matches, pending_by_consumer, stream_len, Told};
+use super::{assert_postgres_matches, pending_by_consumer, pending_total, stream_len, Told};
 use crate::support::proxy::{FaultProxy, ProxyMode};
 use crate::support::*;
 
@@ -181,4 +181,85 @@ async fn postgres_outage_keeps_buyers_going_and_catches_up() {
     told.add("bob", rid(&held));
     told.add("ann", rid(&before));
     assert_postgres_matches(&app, &sale, &told, 2, 10).await;
+}
+
+/// README: the worker "never acknowledges unwritten work", shown on its
+/// own. A worker whose Postgres is black-holed (nothing it sends arrives)
+/// reads the sale's entries, cannot commit them, and leaves every one in
+/// the stream, delivered and unacknowledged, for as long as Postgres is
+/// away; once it is back the same entries are written, once each, and
+/// only then acknowledged and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_never_acknowledges_what_postgres_did_not_commit() {
+    let proxy = FaultProxy::postgres().await;
+    let spawn = Spawn::via_pg_proxy(&proxy)
+        .await
+        .durability(ConfirmDurability::Redis)
+        .no_worker()
+        .with(|s| s.db_timeout = Duration::from_millis(500));
+    let settings = spawn.settings.clone();
+    let app = spawn.start().await;
+    let sale = app.sale(10, 2, 300).await;
+    let mut told = Told::default();
+    for user in ["ann", "bob", "cid"] {
+        let (s, v) = app.reserve(&sale, user, 1, None).await;
+        assert_eq!(s, 201, "{v}");
+        // `redis` durability: acknowledged without Postgres.
+        assert_eq!(app.act(&sale, &rid(&v), "confirm", Some(user)).await.0, 200);
+        told.add(user, rid(&v));
+    }
+    let events = app.events_key(&sale);
+    let mut conn = app.redis().await;
+    let entries = stream_len(&mut conn, &events).await;
+    assert!(
+        entries >= 6,
+        "3 reserves and 3 confirms in the stream: {entries}"
+    );
+
+    proxy.set(ProxyMode::Drop);
+    let w = startup::worker(&settings, &app.service.gate, &app.service.store)
+        .await
+        .expect("worker");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(w.run(stop.clone()));
+    // It reads every entry (each is then pending, delivered to it), and,
+    // while its writes go nowhere (several of its tries, each bounded by
+    // the 500 ms database timeout, and its backoff), it acknowledges and
+    // deletes none of them.
+    let read_by = Instant::now() + Duration::from_secs(10);
+    let mut watch_until = None;
+    while watch_until.is_none_or(|t| Instant::now() < t) {
+        if task.is_finished() {
+            worker_ended(task.await);
+        }
+        assert_eq!(
+            stream_len(&mut conn, &events).await,
+            entries,
+            "an entry left the stream (acknowledged) while Postgres was away"
+        );
+        let pending = pending_total(&mut conn, &events).await;
+        if watch_until.is_some() {
+            assert_eq!(pending, entries, "an entry was acknowledged");
+        } else if pending == entries {
+            watch_until = Some(Instant::now() + Duration::from_secs(3));
+        } else {
+            assert!(
+                Instant::now() < read_by,
+                "the worker never read the entries"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        orders(&app.pool, &sale).await.is_empty(),
+        "an order reached Postgres through a black hole"
+    );
+
+    // Back: the same entries are written, then acknowledged and deleted.
+    proxy.restore();
+    app.drained(Duration::from_secs(20)).await;
+    assert_eq!(pending_total(&mut conn, &events).await, 0);
+    assert_postgres_matches(&app, &sale, &told, 2, 10).await;
+    stop.cancel();
+    task.await.expect("worker stops");
 }
