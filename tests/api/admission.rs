@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use flashgate::admission::MAX_WAIT;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Sends one request on a raw connection and returns the status line.
 async fn exchange(conn: &mut TcpStream, request: &str) -> String {

@@ -7,29 +7,33 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::sync::Barrier;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// 500 distinct buyers plus 50 of them retrying twice, all released at one
 /// instant; stock 10, cap 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flash_sale_burst_sells_exactly_the_stock() {
     let app = Arc::new(spawn_app().await);
-    let sale = app.sale(10, 2, 300).await;
+    burst_sells_exactly_the_stock(&[app]).await;
+}
+
+/// The burst of [`flash_sale_burst_sells_exactly_the_stock`] over `apps`
+/// (instances of one deployment: a buyer's attempts land on different
+/// ones): every answer is a hold or a documented 409, exactly the stock is
+/// held, nobody above the cap, and every instance sees the sale sold out.
+pub(crate) async fn burst_sells_exactly_the_stock(apps: &[Arc<TestApp>]) {
+    let sale = apps[0].sale(10, 2, 300).await;
     let mut attempts: Vec<String> = (0..500).map(|i| format!("buyer-{i}")).collect();
     for i in 0..50 {
         attempts.push(format!("buyer-{i}"));
         attempts.push(format!("buyer-{i}"));
     }
     let barrier = Arc::new(Barrier::new(attempts.len()));
-    let tasks = attempts.into_iter().map(|user| {
-        let (app, sale, barrier) = (app.clone(), sale.clone(), barrier.clone());
+    let tasks = attempts.into_iter().enumerate().map(|(i, user)| {
+        let app = apps[i % apps.len()].clone();
+        let (sale, barrier) = (sale.clone(), barrier.clone());
         tokio::spawn(async move {
-            let tok = token(&user);
-            let req = app
-                .client
-                .post(app.url(&format!("/v1/sales/{sale}/reservations")))
-                .bearer_auth(tok)
-                .json(&serde_json::json!({"quantity": 1}));
+            let req = reserve_req(&app, &sale, &user);
             barrier.wait().await;
             let r = req.send().await.expect("reserve");
             (user, body(r).await)
@@ -69,17 +73,19 @@ async fn flash_sale_burst_sells_exactly_the_stock() {
         held_by.values().all(|&q| q <= 2),
         "nobody above the cap: {held_by:?}"
     );
-    let v = app.view(&sale).await;
-    assert_eq!(
-        (
-            v["held"].as_i64(),
-            v["available"].as_i64(),
-            v["sold"].as_i64()
-        ),
-        (Some(10), Some(0), Some(0)),
-        "{v}"
-    );
-    assert_eq!(v["state"], "sold_out");
+    for app in apps {
+        let v = app.view(&sale).await;
+        assert_eq!(
+            (
+                v["held"].as_i64(),
+                v["available"].as_i64(),
+                v["sold"].as_i64()
+            ),
+            (Some(10), Some(0), Some(0)),
+            "every instance sees the same sale: {v}"
+        );
+        assert_eq!(v["state"], "sold_out");
+    }
 }
 
 /// 50 concurrent reserves by one buyer with cap 2 never yield more than 2.

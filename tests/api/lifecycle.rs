@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn confirm_cancel_and_double_confirm() {

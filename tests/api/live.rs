@@ -9,7 +9,8 @@ use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::process::Serve;
+use crate::support::*;
 
 type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
@@ -418,8 +419,8 @@ async fn cors_answers_the_listed_origins_only() {
 /// shutdown begins, and the process exits long before its shutdown bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_streams_at_once() {
-    let settings = Spawn::new().await.settings;
-    let proc = Process::serve(&settings, &[("FLASHGATE_SHUTDOWN_TIMEOUT_MS", "30000")]).await;
+    let spawn = Spawn::new().await;
+    let mut proc = Serve::start(&spawn, &[("FLASHGATE_SHUTDOWN_TIMEOUT_MS", "30000")]).await;
     let sale = proc.app.sale(5, 2, 60).await;
     let mut streams = Vec::new();
     for _ in 0..3 {
@@ -430,30 +431,14 @@ async fn sigterm_closes_idle_streams_at_once() {
         streams.push(e);
     }
     let t0 = std::time::Instant::now();
-    let pid = proc.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    proc.signal("TERM");
     for e in &mut streams {
         let end = tokio::time::timeout(Duration::from_secs(10), e.next())
             .await
             .expect("the stream ended within 10 s");
         assert!(end.is_none(), "no event after SIGTERM: {end:?}");
     }
-    let mut child = proc.child;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = proc.wait_exit(Duration::from_secs(10)).await;
     println!(
         "streams closed and the process exited {:?} after SIGTERM",
         t0.elapsed()

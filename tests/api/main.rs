@@ -1,7 +1,8 @@
 //! Integration tests: the real service against real Redis and Postgres.
-//! One binary; every test isolates itself (fresh database, key prefix).
+//! One binary; every test isolates itself (fresh database, dropped when it
+//! ends, and a key prefix of its own). `support/` is what they stand on.
 
-mod helpers;
+mod support;
 
 mod admission;
 mod bad_input;

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::support::process::Serve;
+use crate::support::*;
 
 #[tokio::test]
 async fn metrics_count_requests_outcomes_and_latency_histograms() {
@@ -82,8 +83,15 @@ async fn metric_until(app: &TestApp, line: &str) {
 /// instance is a process of its own: metrics are per process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_write_behind_shows_in_readyz_metrics_and_the_log() {
-    let settings = Spawn::new().await.settings;
-    let proc = Process::serve(&settings, &[("FLASHGATE_STALL_AFTER_MS", "500")]).await;
+    let spawn = Spawn::new().await;
+    let proc = Serve::start(
+        &spawn,
+        &[
+            ("FLASHGATE_STALL_AFTER_MS", "500"),
+            ("FLASHGATE_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
     let app = &proc.app;
     let sale = app.sale(10, 2, 60).await;
     readyz_until(app, Duration::from_secs(10), |s, v| {
@@ -143,5 +151,147 @@ async fn a_stalled_write_behind_shows_in_readyz_metrics_and_the_log() {
             && l.contains("background task stalled")
             && l.contains(&sale)),
         "an error log line names the stall: {log}"
+    );
+}
+
+/// README, Secrets: request headers are not logged, and neither are the
+/// secrets nor the database URL, so none reaches a log line — even at
+/// `RUST_LOG=debug`. A `flashgate serve` process logging JSON at debug
+/// level serves an admin and a buyer whose headers carry recognisable
+/// values (both tokens, a refused token, an `Idempotency-Key`, a
+/// `User-Agent`, a header of no meaning to it) on a database URL with a
+/// password: none of them is anywhere in its output, which does show the
+/// requests (their request ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_and_secrets_never_reach_the_log() {
+    let canary = format!("canary{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut spawn = Spawn::new().await;
+    // Postgres here trusts local connections: the password is never checked.
+    let password = format!("pw-{canary}");
+    let db_url = spawn.settings.database_url.expose().replacen(
+        "://postgres@",
+        &format!("://postgres:{password}@"),
+        1,
+    );
+    assert!(db_url.contains(&password), "{db_url}");
+    spawn.settings.database_url = flashgate::config::Secret::new(db_url);
+    let proc = Serve::start(
+        &spawn,
+        &[("RUST_LOG", "debug"), ("FLASHGATE_LOG_FORMAT", "json")],
+    )
+    .await;
+    let app = &proc.app;
+    let buyer = token(&format!("buyer-{canary}"));
+    let secrets = [
+        ("the admin token", ADMIN.to_string()),
+        ("the JWT secret", JWT_SECRET.to_string()),
+        ("the database password", password),
+        ("a buyer token", buyer.clone()),
+        ("a refused token", format!("refused-{canary}")),
+        ("an Idempotency-Key", format!("idem-{canary}")),
+        ("a User-Agent", format!("agent-{canary}")),
+        ("a header of no meaning", format!("header-{canary}")),
+    ];
+    let secret = |what: &str| {
+        secrets
+            .iter()
+            .find(|(w, _)| *w == what)
+            .map(|(_, v)| v.clone())
+            .expect("secret")
+    };
+    let headers = |req: reqwest::RequestBuilder| {
+        req.header("User-Agent", secret("a User-Agent"))
+            .header("X-Flashgate-Test", secret("a header of no meaning"))
+    };
+    let mut ids = Vec::new();
+    let call = |what: &'static str, req: reqwest::RequestBuilder, want: u16| {
+        let req = headers(req);
+        async move {
+            let r = req.send().await.expect(what);
+            let id = r
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .expect("x-request-id");
+            let (s, v) = body(r).await;
+            assert_eq!(s, want, "{what}: {v}");
+            (id, v)
+        }
+    };
+    let sale = unique_sale();
+    let (id, _) = call(
+        "create the sale",
+        app.client
+            .put(app.url(&format!("/v1/sales/{sale}")))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"stock": 5, "per_user_limit": 2})),
+        201,
+    )
+    .await;
+    ids.push(id);
+    let reservations = app.url(&format!("/v1/sales/{sale}/reservations"));
+    let (id, v) = call(
+        "reserve",
+        app.client
+            .post(&reservations)
+            .bearer_auth(&buyer)
+            .header("Idempotency-Key", secret("an Idempotency-Key"))
+            .json(&serde_json::json!({"quantity": 1})),
+        201,
+    )
+    .await;
+    ids.push(id);
+    let (id, _) = call(
+        "confirm",
+        app.client
+            .post(app.url(&format!(
+                "/v1/sales/{sale}/reservations/{}/confirm",
+                rid(&v)
+            )))
+            .bearer_auth(&buyer),
+        200,
+    )
+    .await;
+    ids.push(id);
+    for (what, path) in [
+        ("a buyer route with a refused token", reservations.clone()),
+        ("an admin route with a refused token", app.url("/v1/sales")),
+    ] {
+        let req = if path.ends_with("/reservations") {
+            app.client
+                .post(&path)
+                .json(&serde_json::json!({"quantity": 1}))
+        } else {
+            app.client.get(&path)
+        };
+        let (id, _) = call(what, req.bearer_auth(secret("a refused token")), 401).await;
+        ids.push(id);
+    }
+    let (id, _) = call(
+        "list the sales",
+        app.client.get(app.url("/v1/sales")).bearer_auth(ADMIN),
+        200,
+    )
+    .await;
+    ids.push(id);
+    app.drained(Duration::from_secs(10)).await;
+
+    let log = proc.log();
+    let logged: Vec<&String> = ids.iter().filter(|id| log.contains(id.as_str())).collect();
+    assert!(
+        !logged.is_empty(),
+        "the log shows none of the requests {ids:?}: it proves nothing:\n{log}"
+    );
+    for (what, value) in &secrets {
+        if let Some(line) = log.lines().find(|l| l.contains(value.as_str())) {
+            panic!("{what} reached the log: {line}");
+        }
+    }
+    eprintln!(
+        "debug log: {} lines, {} of {} requests in it by id, no header value nor secret",
+        log.lines().count(),
+        logged.len(),
+        ids.len()
     );
 }

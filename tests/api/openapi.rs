@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn the_document_lists_every_route_the_app_serves() {

@@ -10,7 +10,7 @@ use chrono::{SecondsFormat, Utc};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn at(in_ms: i64) -> String {
     (Utc::now() + chrono::Duration::milliseconds(in_ms))

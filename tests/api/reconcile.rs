@@ -1,19 +1,15 @@
 //! `flashgate reconcile`: drift between Redis and Postgres is found, lag is
 //! not drift, and `--fix` repairs it.
 
-use std::process::Command;
-
-use flashgate::config::ConfirmDurability;
-use flashgate::ids::SaleId;
+use std::process::Output;
 use std::time::Duration;
 
+use flashgate::config::{ConfirmDurability, Settings};
+use flashgate::ids::SaleId;
 use flashgate::reconcile::{reconcile, Options};
 
-use crate::helpers::*;
-
-async fn redis_conn() -> flashgate::gate::RedisConn {
-    test_redis().await
-}
+use crate::support::process::flashgate_command;
+use crate::support::*;
 
 fn check() -> Options {
     Options::default()
@@ -24,6 +20,14 @@ fn fix() -> Options {
         fix: true,
         ..Options::default()
     }
+}
+
+/// `flashgate reconcile <args>` on `settings`' database, Redis and prefix.
+fn reconcile_cli(settings: &Settings, args: &[&str]) -> Output {
+    flashgate_command("reconcile", settings)
+        .args(args)
+        .output()
+        .expect("run reconcile")
 }
 
 #[tokio::test]
@@ -56,7 +60,7 @@ async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
 
     // Corrupt Redis: sold, one buyer's bought total, the held counter (7
     // sold + 4 held > 10: Redis shows an oversell, an incident).
-    let mut conn = redis_conn().await;
+    let mut conn = test_redis().await;
     let key = format!("{}:{{{sale}}}:sale", app.prefix);
     let _: () = redis::cmd("HSET")
         .arg(&key)
@@ -117,21 +121,11 @@ async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_sa
     app.wipe_redis().await;
 
     let run = |fix: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
-        cmd.arg("reconcile").arg("--sale").arg(&sale);
+        let mut args = vec!["--sale", sale.as_str()];
         if fix {
-            cmd.arg("--fix");
+            args.push("--fix");
         }
-        cmd.env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
-            .env("FLASHGATE_REDIS_URL", redis_url())
-            .env(
-                "FLASHGATE_REDIS_CLUSTER",
-                if cluster_mode() { "1" } else { "0" },
-            )
-            .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run reconcile")
+        reconcile_cli(&settings, &args)
     };
     let out = run(false);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -283,18 +277,7 @@ async fn an_oversell_is_an_incident_and_fix_never_writes_it_into_redis() {
         "Redis keeps a state within the stock: {v}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_flashgate"))
-        .args(["reconcile", "--fix", "--sale", &sale])
-        .env("FLASHGATE_DATABASE_URL", settings.database_url.expose())
-        .env("FLASHGATE_REDIS_URL", redis_url())
-        .env(
-            "FLASHGATE_REDIS_CLUSTER",
-            if cluster_mode() { "1" } else { "0" },
-        )
-        .env("FLASHGATE_KEY_PREFIX", &settings.key_prefix)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run reconcile");
+    let out = reconcile_cli(&settings, &["--fix", "--sale", &sale]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("INCIDENT"), "{text}");

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::proxy::FaultProxy;
+use crate::support::*;
 
 #[tokio::test]
 async fn a_wiped_sale_is_rebuilt_with_its_sold_count_and_caps() {
@@ -57,16 +58,10 @@ async fn a_wiped_sale_is_rebuilt_with_its_sold_count_and_caps() {
 
 #[tokio::test]
 async fn a_wiped_sale_fails_closed_while_postgres_is_unreachable() {
-    let proxy = FaultProxy::start("127.0.0.1:5432").await;
-    let db = fresh_database().await;
-    let name = db.rsplit('/').next().expect("db name").to_string();
-    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
-    let app = Spawn::new()
+    let proxy = FaultProxy::postgres().await;
+    let app = Spawn::via_pg_proxy(&proxy)
         .await
-        .with(|s| {
-            s.database_url = flashgate::config::Secret::new(via_proxy.clone());
-            s.db_timeout = Duration::from_millis(500);
-        })
+        .with(|s| s.db_timeout = Duration::from_millis(500))
         .start()
         .await;
     let sale = app.sale(3, 3, 60).await;
@@ -173,18 +168,8 @@ async fn after_a_flush_a_burst_sells_exactly_the_remaining_stock() {
 
 /// Orders in Postgres for a sale: the units, and `sales.sold_count`.
 async fn recorded_units(app: &TestApp, sale: &str) -> (i64, i64) {
-    let (orders,): (i64,) =
-        sqlx::query_as("SELECT coalesce(sum(quantity), 0)::int8 FROM orders WHERE sale_id = $1")
-            .bind(sale)
-            .fetch_one(&app.pool)
-            .await
-            .expect("orders");
-    let (sold,): (i64,) = sqlx::query_as("SELECT sold_count FROM sales WHERE sale_id = $1")
-        .bind(sale)
-        .fetch_one(&app.pool)
-        .await
-        .expect("sold_count");
-    (orders, sold)
+    let units = orders(&app.pool, sale).await.values().map(|(_, q)| q).sum();
+    (units, sold_count(&app.pool, sale).await)
 }
 
 /// The attack (issue 12.1): a confirm whose Postgres write waits on a lock

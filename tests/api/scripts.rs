@@ -4,7 +4,7 @@
 
 use flashgate::gate::ScriptName;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Every script asserts its arity on a known line: called with no keys at
 /// all, the error Redis raises names exactly that line of the file.

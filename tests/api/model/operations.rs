@@ -1,0 +1,471 @@
+//! The operations of a history: each op sent to the service, and what
+//! its answer tells the model (checked against the contract on the way).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::{History, Op};
+use crate::support::*;
+
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+pub(super) fn ms(v: &Value) -> Option<i64> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+}
+
+/// Clock slack between the test and Redis' `TIME` (one host, one clock).
+pub(super) const SLACK_MS: i64 = 50;
+
+/// What the API told about one reservation.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Told {
+    pub(super) rid: String,
+    pub(super) user: usize,
+    pub(super) qty: i64,
+    /// When the 201 was received (the hold started before that).
+    pub(super) reserved_by_ms: i64,
+    /// The latest deadline the API gave (deadlines only move forward).
+    pub(super) deadline_ms: i64,
+    pub(super) confirmed: bool,
+    pub(super) cancelled: bool,
+    pub(super) expired: bool,
+}
+
+impl Told {
+    pub(super) fn ended(&self) -> bool {
+        self.confirmed || self.cancelled || self.expired
+    }
+}
+
+/// One answer, with when it was sent and received.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Value,
+    pub(super) sent_ms: i64,
+    pub(super) recv_ms: i64,
+}
+
+/// Answers seen across all cases, by op and outcome (printed at the end,
+/// to show what the histories exercised).
+pub(super) static SEEN: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+pub(super) fn seen(what: &str, a: &Answer) {
+    let outcome = match code(&a.body) {
+        "" => a.status.to_string(),
+        c => format!("{} {c}", a.status),
+    };
+    *SEEN
+        .lock()
+        .expect("lock")
+        .entry(format!("{what} {outcome}"))
+        .or_default() += 1;
+}
+
+pub(super) fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+pub(super) struct Case<'a> {
+    pub(super) app: &'a TestApp,
+    pub(super) h: &'a History,
+    pub(super) sale: String,
+    pub(super) users: Vec<String>,
+    pub(super) resv: Vec<Told>,
+    pub(super) stock: i64,
+}
+
+impl Case<'_> {
+    pub(super) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, String> {
+        let mut req = self
+            .app
+            .client
+            .request(method, self.app.url(path))
+            .bearer_auth(auth);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let sent_ms = now_ms();
+        let r = req.send().await.map_err(|e| format!("{path}: {e}"))?;
+        let status = r.status().as_u16();
+        let text = r.text().await.map_err(|e| format!("{path}: {e}"))?;
+        let recv_ms = now_ms();
+        let body: Value = serde_json::from_str(&text)
+            .map_err(|_| format!("{path}: {status} non-JSON body {text:?}"))?;
+        if status >= 400 {
+            ensure!(
+                body["error"]["message"].is_string() && body["error"]["details"].is_object(),
+                "{path}: {status} without the error shape: {body}"
+            );
+        }
+        Ok(Answer {
+            status,
+            body,
+            sent_ms,
+            recv_ms,
+        })
+    }
+
+    /// `GET` of reservation `r`, as its buyer.
+    pub(super) async fn get_as_owner(&self, r: &Told) -> Result<Answer, String> {
+        let path = format!("/v1/sales/{}/reservations/{}", self.sale, r.rid);
+        let auth = self.actor(r.user, false);
+        self.call(reqwest::Method::GET, &path, &auth, None).await
+    }
+
+    pub(super) fn actor(&self, user: usize, admin: bool) -> String {
+        if admin {
+            ADMIN.to_string()
+        } else {
+            token(&self.users[user])
+        }
+    }
+
+    /// Runs one op; returns what the model learns from it.
+    pub(super) async fn run(&self, op: &Op, known: usize) -> Result<Learned, String> {
+        let sale = &self.sale;
+        let target = |t: usize| (known > 0).then(|| &self.resv[t % known]);
+        match op {
+            Op::Wait => {
+                let ms = u64::from(self.h.ttl_secs) * 1000 + 150;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Learned::Nothing)
+            }
+            Op::Reserve { user, qty } => {
+                let a = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/v1/sales/{sale}/reservations"),
+                        &token(&self.users[*user]),
+                        Some(json!({ "quantity": qty })),
+                    )
+                    .await?;
+                seen("reserve", &a);
+                let over_cap = *qty > self.h.cap;
+                match (a.status, code(&a.body)) {
+                    (201, _) => {
+                        ensure!(!over_cap, "reserve {qty} > cap {} granted", self.h.cap);
+                        let b = &a.body;
+                        ensure!(
+                            b["status"] == "held"
+                                && b["quantity"] == json!(qty)
+                                && b["user_id"] == self.users[*user].as_str(),
+                            "reserve 201 body: {b}"
+                        );
+                        let deadline = ms(&b["expires_at"]).ok_or("no expires_at")?;
+                        let ttl = i64::from(self.h.ttl_secs) * 1000;
+                        ensure!(
+                            deadline >= a.sent_ms + ttl - SLACK_MS
+                                && deadline <= a.recv_ms + ttl + SLACK_MS,
+                            "reserve: deadline {deadline} not sent+ttl ({}..{} + {ttl})",
+                            a.sent_ms,
+                            a.recv_ms
+                        );
+                        Ok(Learned::Reserved(Told {
+                            rid: b["reservation_id"].as_str().ok_or("rid")?.to_string(),
+                            user: *user,
+                            qty: i64::from(*qty),
+                            reserved_by_ms: a.recv_ms,
+                            deadline_ms: deadline,
+                            ..Told::default()
+                        }))
+                    }
+                    (400, "invalid_request") => {
+                        ensure!(
+                            over_cap,
+                            "reserve {qty} (cap {}) refused: {}",
+                            self.h.cap,
+                            a.body
+                        );
+                        Ok(Learned::Nothing)
+                    }
+                    (409, "sold_out") => {
+                        ensure!(!over_cap, "reserve over the cap: {}", a.body);
+                        let avail = a.body["error"]["details"]["available"].as_i64();
+                        ensure!(
+                            avail.is_some_and(|n| n < i64::from(*qty)),
+                            "sold_out with enough available: {}",
+                            a.body
+                        );
+                        Ok(Learned::Nothing)
+                    }
+                    (409, "user_limit_exceeded") => {
+                        ensure!(!over_cap, "reserve over the cap: {}", a.body);
+                        let d = &a.body["error"]["details"];
+                        let (held, bought) = (d["held"].as_i64(), d["bought"].as_i64());
+                        ensure!(
+                            d["per_user_limit"] == json!(self.h.cap)
+                                && held.zip(bought).is_some_and(|(h, b)| {
+                                    h + b + i64::from(*qty) > i64::from(self.h.cap)
+                                }),
+                            "user_limit_exceeded within the cap: {}",
+                            a.body
+                        );
+                        Ok(Learned::Nothing)
+                    }
+                    (s, c) => Err(format!("reserve: unexpected {s} {c}: {}", a.body)),
+                }
+            }
+            Op::Confirm { target: t, admin } => {
+                let Some(r) = target(*t) else {
+                    return Ok(Learned::Nothing);
+                };
+                let path = format!("/v1/sales/{sale}/reservations/{}/confirm", r.rid);
+                let auth = self.actor(r.user, *admin);
+                // 503 = not yet durable in Postgres: the documented answer
+                // is to retry, and the retry must end in 200.
+                let mut tries = 0;
+                let a = loop {
+                    let a = self.call(reqwest::Method::POST, &path, &auth, None).await?;
+                    tries += 1;
+                    if a.status != 503 || tries == 10 {
+                        break a;
+                    }
+                    ensure!(code(&a.body) == "unavailable", "confirm 503: {}", a.body);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                };
+                self.transition("confirm", r, a, &[(409, "reservation_cancelled")])
+            }
+            Op::Cancel { target: t, admin } => {
+                let Some(r) = target(*t) else {
+                    return Ok(Learned::Nothing);
+                };
+                let path = format!("/v1/sales/{sale}/reservations/{}/cancel", r.rid);
+                let a = self
+                    .call(
+                        reqwest::Method::POST,
+                        &path,
+                        &self.actor(r.user, *admin),
+                        None,
+                    )
+                    .await?;
+                self.transition("cancel", r, a, &[(409, "reservation_confirmed")])
+            }
+            Op::Extend { target: t, secs } => {
+                let Some(r) = target(*t) else {
+                    return Ok(Learned::Nothing);
+                };
+                let path = format!("/v1/sales/{sale}/reservations/{}/extend", r.rid);
+                let body = secs.map(|s| json!({ "extend_secs": s }));
+                let a = self
+                    .call(
+                        reqwest::Method::POST,
+                        &path,
+                        &token(&self.users[r.user]),
+                        body,
+                    )
+                    .await?;
+                if a.status == 200 {
+                    let by = i64::from(secs.unwrap_or(self.h.ttl_secs)) * 1000;
+                    let deadline = ms(&a.body["expires_at"]).ok_or("no expires_at")?;
+                    let max = r.reserved_by_ms + i64::from(self.h.max_hold_secs) * 1000;
+                    ensure!(
+                        deadline <= a.recv_ms + by + SLACK_MS && deadline <= max + SLACK_MS,
+                        "extend {}: deadline {deadline} past now+{by} ({}) or the max hold ({max})",
+                        r.rid,
+                        a.recv_ms
+                    );
+                }
+                self.transition(
+                    "extend",
+                    r,
+                    a,
+                    &[
+                        (409, "reservation_confirmed"),
+                        (409, "reservation_cancelled"),
+                        (409, "hold_limit_reached"),
+                    ],
+                )
+            }
+            Op::Get { target: t } => {
+                let Some(r) = target(*t) else {
+                    return Ok(Learned::Nothing);
+                };
+                let a = self.get_as_owner(r).await?;
+                self.transition("get", r, a, &[])
+            }
+            Op::Restock { stock } => {
+                let a = self
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/v1/sales/{sale}"),
+                        ADMIN,
+                        Some(json!({
+                            "stock": stock,
+                            "per_user_limit": self.h.cap,
+                            "hold_ttl_secs": self.h.ttl_secs,
+                            "max_hold_secs": self.h.max_hold_secs,
+                        })),
+                    )
+                    .await?;
+                seen("restock", &a);
+                match (a.status, code(&a.body)) {
+                    (200, _) => {
+                        let (sold, held) = (a.body["sold"].as_i64(), a.body["held"].as_i64());
+                        ensure!(
+                            a.body["stock"] == json!(stock)
+                                && sold.zip(held).is_some_and(|(s, h)| s + h <= *stock),
+                            "restock to {stock} accepted below committed: {}",
+                            a.body
+                        );
+                        Ok(Learned::Restocked(*stock))
+                    }
+                    (409, "stock_below_committed") => {
+                        let d = &a.body["error"]["details"];
+                        ensure!(
+                            d["sold"]
+                                .as_i64()
+                                .zip(d["held"].as_i64())
+                                .is_some_and(|(s, h)| s + h > *stock),
+                            "restock to {stock} refused though not below: {}",
+                            a.body
+                        );
+                        Ok(Learned::Nothing)
+                    }
+                    (s, c) => Err(format!("restock: unexpected {s} {c}: {}", a.body)),
+                }
+            }
+        }
+    }
+
+    /// Maps an answer about reservation `r` to what it says; `conflicts`
+    /// are the op's allowed 409s besides 410 `reservation_expired`.
+    pub(super) fn transition(
+        &self,
+        what: &str,
+        r: &Told,
+        a: Answer,
+        conflicts: &[(u16, &str)],
+    ) -> Result<Learned, String> {
+        seen(what, &a);
+        let rid = r.rid.clone();
+        let c = code(&a.body).to_string();
+        if a.status == 200 {
+            ensure!(
+                a.body["reservation_id"] == rid.as_str(),
+                "{what}: {}",
+                a.body
+            );
+            let status = a.body["status"].as_str().unwrap_or("").to_string();
+            let want: &[&str] = match what {
+                "confirm" => &["confirmed"],
+                "cancel" => &["cancelled"],
+                "extend" => &["held"],
+                _ => &["held", "confirmed", "cancelled", "expired"],
+            };
+            ensure!(
+                want.contains(&status.as_str()),
+                "{what} {rid}: 200 status {status}"
+            );
+            let deadline = ms(&a.body["expires_at"]);
+            if status == "expired" {
+                // Never before its deadline.
+                let d = deadline.unwrap_or(0).max(r.deadline_ms);
+                ensure!(
+                    d <= a.recv_ms + SLACK_MS,
+                    "{what} {rid}: expired at {} before its deadline {d}",
+                    a.recv_ms
+                );
+            }
+            if status == "held" {
+                ensure!(
+                    deadline.is_some_and(|d| d > a.sent_ms - SLACK_MS),
+                    "{what} {rid}: held past its deadline {deadline:?} at {}",
+                    a.sent_ms
+                );
+            }
+            return Ok(Learned::Status {
+                rid,
+                status,
+                deadline: if what == "get" { None } else { deadline },
+            });
+        }
+        if a.status == 410 && c == "reservation_expired" {
+            ensure!(
+                r.deadline_ms <= a.recv_ms + SLACK_MS,
+                "{what} {rid}: 410 expired at {} before its deadline {}",
+                a.recv_ms,
+                r.deadline_ms
+            );
+            return Ok(Learned::Status {
+                rid,
+                status: "expired".into(),
+                deadline: None,
+            });
+        }
+        if conflicts.contains(&(a.status, c.as_str())) {
+            let status = match c.as_str() {
+                "reservation_confirmed" => "confirmed",
+                "reservation_cancelled" => "cancelled",
+                _ => "held", // hold_limit_reached: still held
+            };
+            return Ok(Learned::Status {
+                rid,
+                status: status.into(),
+                deadline: None,
+            });
+        }
+        Err(format!(
+            "{what} {rid}: unexpected {} {c}: {}",
+            a.status, a.body
+        ))
+    }
+
+    pub(super) fn learn(&mut self, l: Learned) -> Result<(), String> {
+        match l {
+            Learned::Nothing => {}
+            Learned::Reserved(t) => self.resv.push(t),
+            Learned::Restocked(s) => self.stock = s,
+            Learned::Status {
+                rid,
+                status,
+                deadline,
+            } => {
+                let t = self
+                    .resv
+                    .iter_mut()
+                    .find(|t| t.rid == rid)
+                    .ok_or("unknown rid")?;
+                if let Some(d) = deadline {
+                    t.deadline_ms = t.deadline_ms.max(d);
+                }
+                match status.as_str() {
+                    "confirmed" => t.confirmed = true,
+                    "cancelled" => t.cancelled = true,
+                    "expired" => t.expired = true,
+                    _ => {}
+                }
+                let ends = [t.confirmed, t.cancelled, t.expired];
+                ensure!(
+                    ends.iter().filter(|e| **e).count() <= 1,
+                    "{rid} was told two different ends: {t:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) enum Learned {
+    Nothing,
+    Reserved(Told),
+    Restocked(i64),
+    Status {
+        rid: String,
+        status: String,
+        deadline: Option<i64>,
+    },
+}
