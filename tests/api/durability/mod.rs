@@ -7,8 +7,8 @@ mod write_behind;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flashgate::gate::RedisConn;
 use flashgate::background::worker::GROUP;
+use flashgate::gate::RedisConn;
 
 use crate::support::*;
 
