@@ -13,14 +13,21 @@
 -- ARGV[16] epoch of a state created here (the sale's epoch in Postgres)
 --
 -- Returns {'created', 0, 0, epoch}, {'updated', sold, held, epoch},
--- {'below', sold, held} (stock < sold + held: nothing changed) or
--- {'not_loaded'} (mode 'update' and no state). `epoch` is the state's,
--- which Postgres keeps (an 'upsert' that finds state keeps its epoch).
+-- {'below', sold, held} (stock < sold + held: nothing changed),
+-- {'closed', ends_ms} (an admin closed the sale: its configuration is
+-- final, nothing changed) or {'not_loaded'} (mode 'update' and no state).
+-- `epoch` is the state's, which Postgres keeps (an 'upsert' that finds
+-- state keeps its epoch). A pause (lua/steer.lua) is not configuration:
+-- an update keeps it.
 assert(#KEYS == 3 and #ARGV == 16, 'configure.lua: wrong arity')
 local base = ARGV[1]
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 if not exists and ARGV[3] == 'update' then
   return {'not_loaded'}
+end
+local closed = redis.call('HMGET', KEYS[1], 'closed', 'ends')
+if (closed[1] or '') ~= '' then
+  return {'closed', tonumber(closed[2])}
 end
 local now = now_ms()
 local stock = tonumber(ARGV[4])

@@ -11,12 +11,14 @@
 --                             or rebuilt in (`epoch`, see migrations/0002),
 --                             `version` (grows with every change), the
 --                             queue's admission clock (q_base q_mark q_run
---                             q_seq), per buyer `u:<user>` (held) and
+--                             q_seq), what admins steer (`paused` '1' while
+--                             paused; `closed`, ms, once closed: see
+--                             steer.lua), per buyer `u:<user>` (held) and
 --                             `b:<user>` (bought)
 --   <base>holds       zset    reservation id -> hold deadline (ms, Redis clock)
 --   <base>events      stream  one entry per state change, for the worker
 --   <base>r:<rid>     hash    reservation record (user qty status created
---                             expires max_until at)
+--                             expires max_until at; by: who cancelled it)
 --   <base>h:<rid>     string  the live hold, expiring by PX at its deadline
 --   <base>queue       zset    a queued sale's buyers -> place (see below)
 --   <base>idem:<len(user)>:<user>:<key>  hash  Idempotency-Key -> rid, qty

@@ -23,6 +23,7 @@
 --   {'idem_mismatch', original_qty}         the key was used with another body
 --   {'not_loaded'}                          the sale has no state in Redis
 --   {'not_started', starts_ms}  {'ended', ends_ms}
+--   {'paused'}                              an admin paused the sale
 --   {'not_admitted', position (0: not in the queue), serving}
 --   {'admission_expired', admitted_until_ms}  (queued sales)
 --   {'over_limit', per_user_limit}          qty alone exceeds the cap
@@ -40,7 +41,8 @@ local use_idem = ARGV[6] == '1'
 -- The sale's config and counters (and the buyer's units), read once: also
 -- the check that the sale has state here at all.
 local c = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'ttl_ms', 'max_hold_ms',
-  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id', 'epoch', 'admission')
+  'starts', 'ends', 'sold', 'held', 'u:' .. user, 'b:' .. user, 'id', 'epoch', 'admission',
+  'paused')
 if not c[1] then
   return {'not_loaded'}
 end
@@ -81,6 +83,9 @@ if c[5] ~= '' and now < tonumber(c[5]) then
 end
 if c[6] ~= '' and now >= tonumber(c[6]) then
   return {'ended', tonumber(c[6])}
+end
+if c[14] == '1' then
+  return {'paused'}
 end
 if c[13] == 'queue' then
   -- A queued sale: only a buyer whose place has come, within its window.

@@ -9,17 +9,18 @@
 --
 -- Returns {'not_loaded'} or
 --   {'ok', released, now_ms, sold, held, version, paused, joined, serving,
---    config...}
+--    closed, config...}
 -- with config the sale's CONFIG_FIELDS (lib.lua) in their order (starts,
 -- ends, product and queue_opens are '' when unset); joined and serving are
--- the queue's (0 for an open sale).
+-- the queue's (0 for an open sale); closed: when an admin closed the sale
+-- (ms), '' if not.
 assert(#KEYS == 4 and #ARGV == 2, 'sweep.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
 end
 local now = now_ms()
 local released = sweep(ARGV[1], now, tonumber(ARGV[2]))
-local c = redis.call('HMGET', KEYS[1], 'sold', 'held', 'version', 'paused')
+local c = redis.call('HMGET', KEYS[1], 'sold', 'held', 'version', 'paused', 'closed')
 local joined, serving = 0, 0
 local q = queue_fields(ARGV[1])
 if q.queued then
@@ -27,7 +28,7 @@ if q.queued then
   serving = math.min(admitted(q, now), joined)
 end
 local out = {'ok', released, now, tonumber(c[1]), tonumber(c[2]), tonumber(c[3] or '0'),
-  c[4] == '1' and 1 or 0, joined, serving}
+  c[4] == '1' and 1 or 0, joined, serving, c[5] or ''}
 for _, v in ipairs(redis.call('HMGET', KEYS[1], unpack(CONFIG_FIELDS))) do
   out[#out + 1] = v or ''
 end

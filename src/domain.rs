@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 use crate::ids::UserId;
 
+mod admin;
+pub use admin::{AdminOrigin, HeldPage, Steer, SteerOutcome, Steering};
+
 /// The configuration of a sale, in the units the scripts use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleConfig {
@@ -56,6 +59,8 @@ pub struct SaleState {
     /// pause, queue), across a rebuild too.
     pub version: i64,
     pub paused: bool,
+    /// When an admin closed the sale (ms): it ended then, for good.
+    pub closed_ms: Option<i64>,
     /// A queued sale's queue: buyers in it, and places admitted so far.
     pub queue: Option<QueueState>,
     /// Redis' clock when it was read (ms).
@@ -195,6 +200,8 @@ pub struct Record {
     /// The sale's epoch, where a confirm reports it (its order is recorded
     /// only in that epoch, see `migrations/0002_sale_epoch.sql`); else 0.
     pub epoch: i64,
+    /// A cancelled reservation the admin cancelled (a cancel reports it).
+    pub by_admin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +224,8 @@ pub enum ReserveOutcome {
     Ended {
         ends_ms: i64,
     },
+    /// An admin paused the sale.
+    Paused,
     OverLimit {
         limit: u32,
     },
@@ -254,6 +263,7 @@ impl ReserveOutcome {
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::NotStarted { .. } => "sale_not_started",
             Self::Ended { .. } => "sale_ended",
+            Self::Paused => "sale_paused",
             Self::OverLimit { .. } => "over_limit",
             Self::NotAdmitted { .. } => "not_admitted",
             Self::AdmissionExpired { .. } => "admission_expired",
@@ -291,6 +301,10 @@ pub enum ConfigureOutcome {
     BelowCommitted {
         sold: i64,
         held: i64,
+    },
+    /// An admin closed the sale: its configuration is final.
+    Closed {
+        ends_ms: i64,
     },
 }
 
@@ -335,6 +349,7 @@ impl Order {
             expires_ms: at_ms,
             at_ms,
             epoch: self.epoch,
+            by_admin: false,
         }
     }
 }
@@ -365,6 +380,7 @@ mod tests {
             held,
             version: 1,
             paused: false,
+            closed_ms: None,
             queue: None,
             now_ms: 1_000_000,
             released: 0,

@@ -5,13 +5,13 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{bearer, AuthError};
-use crate::domain::Actor;
+use crate::domain::{Actor, AdminOrigin};
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
@@ -108,6 +108,22 @@ impl FromToken for Caller {
 }
 
 from_token!(Admin, Buyer, Caller);
+
+/// Who asked for an admin change, for its audit row: the request's id (the
+/// `X-Request-Id` it is answered with) and the client's address (behind a
+/// trusted proxy, the one it forwarded).
+pub fn origin(req: &HttpRequest) -> AdminOrigin {
+    AdminOrigin {
+        request_id: req
+            .extensions()
+            .get::<tracing_actix_web::RequestId>()
+            .map(ToString::to_string),
+        client: state(req)
+            .ok()
+            .and_then(|s| s.limits.client(req))
+            .map(|ip| ip.to_string()),
+    }
+}
 
 /// A JSON object body as `T`. Unlike `web::Json<T>`, a JSON array is
 /// refused too (serde would read a struct from `[1]`): bodies are objects

@@ -66,6 +66,11 @@ impl Limits {
         l.check_key(&ip).map_err(|n| self.refused("ip", n))
     }
 
+    /// The client's address, as the limits see it (see [`client_ip`]).
+    pub fn client(&self, req: &HttpRequest) -> Option<IpAddr> {
+        client_ip(req, &self.trusted)
+    }
+
     /// Forgets keys whose quota is whole again, so the limiters' memory stays
     /// bounded (called every 5 s: a buyer is forgotten ~4 s after its last burst).
     pub fn prune(&self) {

@@ -1,9 +1,11 @@
 //! HTTP only: extractors, handlers, and the mapping of outcomes to the
 //! contract. A handler reads: authenticate, validate, one call, map.
 
+pub mod admin;
 pub mod cors;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod extract;
 #[cfg(test)]
 mod fuzz_tests;
@@ -14,6 +16,7 @@ pub mod openapi;
 pub mod queue;
 pub mod reservations;
 pub mod sales;
+pub mod steer;
 pub mod views;
 
 use std::sync::Arc;
@@ -114,6 +117,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     queue::routes(cfg);
     events::routes(cfg);
     sales::routes(cfg);
+    steer::routes(cfg);
+    admin::routes(cfg);
+    export::routes(cfg);
     health::routes(cfg);
     // Not JSON: documented in README, outside the OpenAPI description.
     cfg.route("/metrics", web::get().to(observe::endpoint));
@@ -156,7 +162,8 @@ pub async fn limit_headers(
 
 /// Unmatched routes.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    let known = req.path().starts_with("/v1/sales") || matches!(req.path(), "/healthz" | "/readyz");
+    let known = req.path().starts_with("/v1/sales")
+        || matches!(req.path(), "/healthz" | "/readyz" | "/v1/audit");
     if known
         && req.method() != actix_web::http::Method::GET
         && req.method() != actix_web::http::Method::POST

@@ -92,11 +92,16 @@ pub fn route_template(path: &str) -> &'static str {
         (1, ["metrics", ..]) => "/metrics",
         (1, ["openapi.json", ..]) => "/openapi.json",
         (2, ["v1", "sales", ..]) => "/v1/sales",
+        (2, ["v1", "audit", ..]) => "/v1/audit",
         (3, ["v1", "sales", ..]) => "/v1/sales/{sale_id}",
         (4, ["v1", "sales", _, "reservations", ..]) => "/v1/sales/{sale_id}/reservations",
         (4, ["v1", "sales", _, "queue", ..]) => "/v1/sales/{sale_id}/queue",
         (5, ["v1", "sales", _, "queue", "me", ..]) => "/v1/sales/{sale_id}/queue/me",
         (4, ["v1", "sales", _, "events", ..]) => "/v1/sales/{sale_id}/events",
+        (4, ["v1", "sales", _, "pause", ..]) => "/v1/sales/{sale_id}/pause",
+        (4, ["v1", "sales", _, "resume", ..]) => "/v1/sales/{sale_id}/resume",
+        (4, ["v1", "sales", _, "close", ..]) => "/v1/sales/{sale_id}/close",
+        (4, ["v1", "sales", _, "orders", ..]) => "/v1/sales/{sale_id}/orders",
         (5, ["v1", "sales", _, "reservations", ..]) => {
             "/v1/sales/{sale_id}/reservations/{reservation_id}"
         }

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, health, queue, reservations, sales, views};
+use super::{admin, events, export, health, queue, reservations, sales, steer, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,10 +22,16 @@ use super::{events, health, queue, reservations, sales, views};
         events::events,
         queue::join_queue,
         queue::my_ticket,
+        steer::pause,
+        steer::resume,
+        steer::close,
+        admin::list_reservations,
+        export::export_orders,
+        admin::audit,
         health::healthz,
         health::readyz,
     ),
-    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName, views::AdmissionName, views::QueueView, queue::TicketView, queue::TicketStateName)),
+    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName, views::AdmissionName, views::QueueView, queue::TicketView, queue::TicketStateName, admin::ListStatus, admin::ReservationPage, admin::AuditList, admin::AuditView)),
     modifiers(&Security),
 )]
 pub struct ApiDoc;

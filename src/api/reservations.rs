@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{
-    idempotency_key, parse_object, reservation_id, sale_id, Buyer, Caller, JsonObject,
+    idempotency_key, origin, parse_object, reservation_id, sale_id, Buyer, Caller, JsonObject,
 };
 use super::views::answers::{BadRequest, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
 use super::views::{
@@ -73,6 +73,7 @@ pub(crate) async fn reserve(
             expires_ms,
             at_ms: 0,
             epoch: 0,
+            by_admin: false,
         };
         let mut v = ReservationView::new(&sale, rid, &rec);
         // A replay shows the reservation as it is now, without when it
@@ -106,6 +107,7 @@ pub(crate) async fn reserve(
         ReserveOutcome::Ended { ends_ms } => Err(ApiError::SaleEnded {
             ends_at: time(ends_ms),
         }),
+        ReserveOutcome::Paused => Err(ApiError::SalePaused),
         ReserveOutcome::OverLimit { limit } => Err(ApiError::InvalidRequest {
             message: format!("quantity must be at most the sale's per_user_limit ({limit})"),
             details: serde_json::json!({ "field": "quantity", "per_user_limit": limit }),
@@ -183,7 +185,13 @@ async fn act(
         state.limits.check_user(user.as_str())?;
     }
     let (sale, rid) = ids(path)?;
-    match state.service.act(&sale, &rid, caller.actor(), t).await? {
+    // An admin cancel is audited: who asked.
+    let audit = matches!(caller, Caller::Admin).then(|| origin(req));
+    let outcome = state
+        .service
+        .act(&sale, &rid, caller.actor(), t, audit.as_ref())
+        .await?;
+    match outcome {
         RecordOutcome::Done(rec) | RecordOutcome::Replay(rec) => {
             Ok(HttpResponse::Ok().json(ReservationView::new(&sale, &rid, &rec)))
         }

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{sale_id, Admin, JsonObject};
+use super::extract::{origin, sale_id, Admin, JsonObject};
 use super::views::answers::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
 use super::views::{AdmissionName, ErrorBody, SaleInput, SaleList, SalePath, SaleView};
 use super::{route, AppState};
@@ -144,7 +144,7 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     responses(
         (status = 201, description = "created", body = SaleView),
         (status = 200, description = "updated", body = SaleView),
-        (status = 409, description = "`stock_below_committed`: stock < sold + held", body = ErrorBody),
+        (status = 409, description = "`stock_below_committed`: stock < sold + held; `sale_closed`: an admin closed the sale, its configuration is final", body = ErrorBody),
         BadRequest, Unauthorized, PayloadTooLarge, Unavailable,
     ),
     security(("admin_token" = [])))]
@@ -153,11 +153,12 @@ pub(crate) async fn configure(
     state: web::Data<AppState>,
     _admin: Admin,
     path: web::Path<String>,
+    req: HttpRequest,
     body: JsonObject<SaleInput>,
 ) -> Result<HttpResponse, ApiError> {
     let sale = sale_id(&path)?;
     let cfg = validate(&body)?;
-    let (created, s) = state.service.configure(&sale, &cfg).await?;
+    let (created, s) = state.service.configure(&sale, &cfg, &origin(&req)).await?;
     let view = SaleView::new(&sale, &s);
     Ok(if created {
         HttpResponse::Created().json(view)

@@ -131,6 +131,8 @@ pub struct SaleView {
     pub version: i64,
     /// A paused sale answers reserves and queue joins with `sale_paused`.
     pub paused: bool,
+    /// An admin closed the sale: it ended at `ends_at`, for good.
+    pub closed: bool,
     /// A queued sale's queue: buyers in it, places admitted so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueView>,
@@ -168,6 +170,7 @@ impl SaleView {
             // of admitted places joins the version, which so still grows.
             version: s.view_version(),
             paused: s.paused,
+            closed: s.closed_ms.is_some(),
             queue: s.queue.map(|q| QueueView {
                 joined: q.joined,
                 serving: q.serving,
@@ -305,6 +308,10 @@ pub mod answers {
         description = "`unauthorized`: no, or a bad, bearer token"
     )]
     pub struct Unauthorized(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 404, description = "`sale_not_found`")]
+    pub struct SaleNotFound(pub ErrorBody);
 
     #[derive(utoipa::IntoResponses)]
     #[response(status = 413, description = "`payload_too_large`")]

@@ -9,10 +9,12 @@
 //! - `holds.rs`: the buyer's cap of active holds across sales, all of it;
 //! - `sales.rs`: a sale's state (sweep, configure, rebuild) and the index;
 //! - `queue.rs`: a queued sale's fair queue (join, ticket);
+//! - `admin.rs`: what admins do (steer a sale, page through its holds);
 //! - `inspect.rs`: the consistent read and repair `reconcile` uses;
 //! - `keys.rs`, `scripts.rs`, `reply.rs`, `conn.rs`: key names, the
 //!   embedded scripts, reply parsing, the connection.
 
+mod admin;
 pub mod conn;
 mod holds;
 mod inspect;

@@ -39,6 +39,11 @@ impl Reply {
         }
     }
 
+    /// How many items the reply has.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
     pub fn tag(&self) -> Result<&str, GateError> {
         self.str(0)
     }
@@ -118,6 +123,7 @@ impl Reply {
             expires_ms: self.int(4)?,
             at_ms: self.int(5)?,
             epoch: self.opt_int(6)?.unwrap_or(0),
+            by_admin: self.items.get(7).is_some() && self.str(7)? == "admin",
         })
     }
 }
@@ -155,6 +161,7 @@ mod tests {
                 expires_ms: 1_795_422_534_255,
                 at_ms: 0,
                 epoch: 0,
+                by_admin: false,
             }
         );
     }

@@ -91,6 +91,7 @@ impl Gate {
                 starts_ms: r.int(1)?,
             },
             "ended" => ReserveOutcome::Ended { ends_ms: r.int(1)? },
+            "paused" => ReserveOutcome::Paused,
             "over_limit" => ReserveOutcome::OverLimit { limit: r.u32(1)? },
             "not_admitted" => ReserveOutcome::NotAdmitted {
                 position: u64::try_from(r.int(1)?).ok().filter(|p| *p > 0),

@@ -5,7 +5,7 @@
 use redis::AsyncCommands;
 
 use super::{keys, Gate, GateError, ScriptName};
-use crate::domain::{Admission, ConfigureOutcome, QueueState, SaleConfig, SaleState};
+use crate::domain::{Admission, ConfigureOutcome, QueueState, SaleConfig, SaleState, Steering};
 use crate::ids::SaleId;
 use crate::telemetry::chain;
 
@@ -73,8 +73,8 @@ impl Gate {
             return Err(r.unexpected());
         }
         // {'ok', released, now, sold, held, version, paused, joined,
-        //  serving, CONFIG_FIELDS...}
-        const C: usize = 9;
+        //  serving, closed, CONFIG_FIELDS...}
+        const C: usize = 10;
         let admission = match r.str(C + 7)? {
             "queue" => Admission::Queue {
                 per_sec: r.u32(C + 8)?,
@@ -91,6 +91,7 @@ impl Gate {
             held: r.int(4)?,
             version: r.int(5)?,
             paused: r.int(6)? == 1,
+            closed_ms: r.opt_int(9)?,
             queue: queued
                 .then(|| {
                     Ok::<_, GateError>(QueueState {
@@ -144,19 +145,22 @@ impl Gate {
                     held: r.int(2)?,
                 })
             }
+            "closed" => return Ok(ConfigureOutcome::Closed { ends_ms: r.int(1)? }),
             _ => return Err(r.unexpected()),
         };
         self.index(sale).await;
         Ok(outcome)
     }
 
-    /// Rebuilds a lost sale from its durable record: configuration, units
-    /// sold and each buyer's confirmed total, in a new `epoch`. Returns
-    /// false when another instance rebuilt it first (nothing changed).
+    /// Rebuilds a lost sale from its durable record: configuration, what
+    /// admins steered (paused, closed), units sold and each buyer's
+    /// confirmed total, in a new `epoch`. Returns false when another
+    /// instance rebuilt it first (nothing changed).
     pub async fn load(
         &self,
         sale: &SaleId,
         cfg: &SaleConfig,
+        steering: Steering,
         sold: i64,
         bought: &[(String, i64)],
         epoch: i64,
@@ -169,7 +173,10 @@ impl Gate {
             .key(k.queue());
         inv.arg(k.base()).arg(sale.as_str());
         config_args(&mut inv, cfg);
-        inv.arg(sold).arg(epoch);
+        inv.arg(sold)
+            .arg(epoch)
+            .arg(if steering.paused { "1" } else { "0" })
+            .arg(opt(steering.closed_ms));
         for (user, qty) in bought {
             inv.arg(user.as_str()).arg(*qty);
         }

@@ -52,6 +52,8 @@ scripts! {
     Admit = "admit",
     Inspect = "inspect",
     Repair = "repair",
+    Steer = "steer",
+    Held = "held",
 }
 
 impl Name {

@@ -4,16 +4,22 @@
 //!
 //! - `mod.rs` (here): the service, its errors, the rebuild;
 //! - `sales.rs`: read, list and configure sales;
-//! - `reservations.rs`: reserve and the transitions of a reservation.
+//! - `reservations.rs`: reserve and the transitions of a reservation;
+//! - `admin.rs`: what admins do to a live sale (steer it, list its
+//!   reservations, export its orders, read the audit).
 //!
 //! Errors are the service's own ([`ServiceError`]); the HTTP edge maps them
 //! to the API's error body (`api::error`).
 
+mod admin;
 mod reservations;
 mod sales;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use admin::{Chunk, ExportEncoder};
 
 use crate::config::{ConfirmDurability, Settings};
 use crate::gate::{Gate, GateError};
@@ -27,6 +33,10 @@ pub enum ServiceError {
     SaleNotFound,
     #[error("stock would fall below the units sold and held ({sold} sold, {held} held)")]
     StockBelowCommitted { sold: i64, held: i64 },
+    /// An admin closed the sale: it cannot be resumed or paused, and its
+    /// configuration no longer changes.
+    #[error("the sale is closed")]
+    SaleClosed { ends_ms: Option<i64> },
     #[error("this reservation belongs to another buyer")]
     Forbidden,
     /// A confirm whose sale was rebuilt from Postgres before its order was
@@ -40,6 +50,15 @@ pub enum ServiceError {
     /// Confirmed in Redis, but its order is not yet committed in Postgres.
     #[error("confirmed, but not yet durable in Postgres")]
     NotDurable(#[source] StoreError),
+    /// An admin cancel happened, but its audit row is not yet written.
+    #[error("cancelled, but its audit row is not yet written")]
+    NotAudited(#[source] StoreError),
+    /// This instance runs as many order exports as it allows at once.
+    #[error("{0} order exports run already")]
+    ExportsBusy(usize),
+    /// An order export could not encode an order.
+    #[error("could not encode an order")]
+    Encode(#[source] std::io::Error),
     #[error(transparent)]
     Redis(#[from] GateError),
     #[error(transparent)]
@@ -58,6 +77,9 @@ pub struct Service {
     pub store: Store,
     pub durability: ConfirmDurability,
     pub confirm_timeout: Duration,
+    /// Order exports running at once on this instance (each holds a
+    /// Postgres connection while its client reads).
+    exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -67,6 +89,7 @@ impl Service {
             store,
             durability: settings.confirm_durability,
             confirm_timeout: settings.confirm_timeout,
+            exports: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EXPORTS)),
         }
     }
 
@@ -90,7 +113,14 @@ impl Service {
         let (sold, buyers, epoch) = (snap.sold, snap.bought.len(), snap.sale.epoch + 1);
         let loaded = self
             .gate
-            .load(sale, &snap.sale.config, snap.sold, &snap.bought, epoch)
+            .load(
+                sale,
+                &snap.sale.config,
+                snap.sale.steering,
+                snap.sold,
+                &snap.bought,
+                epoch,
+            )
             .await;
         match loaded {
             Ok(true) => {}

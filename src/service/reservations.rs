@@ -7,9 +7,12 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError};
 use crate::config::ConfirmDurability;
-use crate::domain::{Actor, Order, QueueOutcome, Record, RecordOutcome, ReserveOutcome};
+use crate::domain::{
+    Actor, AdminOrigin, Order, QueueOutcome, Record, RecordOutcome, ReserveOutcome, Status,
+};
 use crate::gate::Transition;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
+use crate::store::reservation_json;
 
 impl Service {
     pub async fn reserve(
@@ -43,12 +46,17 @@ impl Service {
     /// rebuilt before the write) is [`ServiceError::Lost`]. A reservation
     /// Redis does not know but Postgres recorded is confirmed: a confirm
     /// replays it, a cancel or extend conflicts with it.
+    ///
+    /// An admin cancel (`audit`: who asked) is audited once its script
+    /// ran; until its row is written it answers [`ServiceError::NotAudited`]
+    /// and its retry writes it (once, see `Store::audit_cancel`).
     pub async fn act(
         &self,
         sale: &SaleId,
         rid: &Uuid,
         actor: Actor<'_>,
         t: Transition,
+        audit: Option<&AdminOrigin>,
     ) -> Result<RecordOutcome, ServiceError> {
         let outcome = self
             .loaded(sale, || self.gate.transition(sale, rid, actor, t))
@@ -71,7 +79,37 @@ impl Service {
         {
             self.make_durable(sale, rid, rec).await?;
         }
+        if let (
+            Transition::Cancel,
+            Actor::Admin,
+            Some(origin),
+            RecordOutcome::Done(rec) | RecordOutcome::Replay(rec),
+        ) = (t, actor, audit, &outcome)
+        {
+            if rec.by_admin {
+                self.audit_cancel(sale, rid, rec, origin).await?;
+            }
+        }
         Ok(outcome)
+    }
+
+    /// Records an admin cancel: the hold as it was, and cancelled.
+    async fn audit_cancel(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        rec: &Record,
+        origin: &AdminOrigin,
+    ) -> Result<(), ServiceError> {
+        let before = Record {
+            status: Status::Held,
+            ..rec.clone()
+        };
+        let change = (reservation_json(rid, &before), reservation_json(rid, rec));
+        self.store
+            .audit_cancel(sale, rid, change, origin)
+            .await
+            .map_err(ServiceError::NotAudited)
     }
 
     /// Commits a confirmed reservation's order, within the confirm timeout.

@@ -1,10 +1,13 @@
 //! Sales: read one (giving back expired holds on the way), list them,
 //! create or update one in Postgres and Redis together.
 
+use sqlx::{Postgres, Transaction};
+
 use super::{Service, ServiceError};
-use crate::domain::{ConfigureOutcome, SaleConfig, SaleState};
+use crate::domain::{AdminOrigin, ConfigureOutcome, SaleConfig, SaleState};
 use crate::gate::GateError;
 use crate::ids::SaleId;
+use crate::store::{sale_json, AdminAction};
 
 impl Service {
     pub async fn view(&self, sale: &SaleId) -> Result<SaleState, ServiceError> {
@@ -45,19 +48,18 @@ impl Service {
     /// locked, the script decides (refusing a stock below sold + held), and
     /// the row commits only if the script accepted. Returns whether it was
     /// created, and the sale as this change left it.
+    /// The change is audited (`admin_actions`) in the same transaction.
     pub async fn configure(
         &self,
         sale: &SaleId,
         cfg: &SaleConfig,
+        origin: &AdminOrigin,
     ) -> Result<(bool, SaleState), ServiceError> {
         // A sale known to Postgres whose Redis state was lost is rebuilt
-        // before it changes, or the update would reset what was sold. Before
-        // the configuration's own lock: the rebuild locks the row itself.
-        if let Err(GateError::NotLoaded) = self.gate.sweep(sale).await {
-            match self.restore(sale).await {
-                Ok(()) | Err(ServiceError::SaleNotFound) => {}
-                Err(e) => return Err(e),
-            }
+        // before it changes, or the update would reset what was sold.
+        match self.rebuild_if_lost(sale).await {
+            Ok(()) | Err(ServiceError::SaleNotFound) => {}
+            Err(e) => return Err(e),
         }
         let (mut tx, existing) = self.store.begin_configure(sale).await?;
         // Lost again since: the script answers not_loaded (503, retry).
@@ -70,20 +72,56 @@ impl Service {
             ConfigureOutcome::BelowCommitted { sold, held } => {
                 return Err(ServiceError::StockBelowCommitted { sold, held })
             }
+            ConfigureOutcome::Closed { ends_ms } => {
+                return Err(ServiceError::SaleClosed {
+                    ends_ms: Some(ends_ms),
+                })
+            }
             ConfigureOutcome::Created { epoch } => (true, epoch),
             ConfigureOutcome::Updated { epoch } => (false, epoch),
         };
         self.store.upsert_sale(&mut tx, sale, cfg, epoch).await?;
-        // Read the sale while the row lock still holds back concurrent
-        // updates, so the answer shows this update, not a later one. The
-        // script has run: commit even if the read failed, and read again.
+        // A PUT changes the configuration, never what admins steered.
+        let steering = existing.as_ref().map(|row| row.steering);
+        let change = (
+            existing
+                .as_ref()
+                .map(|row| sale_json(&row.config, row.steering)),
+            Some(sale_json(cfg, steering.unwrap_or_default())),
+        );
+        let action = AdminAction::Configure;
+        self.store
+            .audit(&mut tx, action, sale, change, origin)
+            .await?;
+        let state = self.commit_viewed(tx, sale).await?;
+        Ok((created && existing.is_none(), state))
+    }
+
+    /// Commits an admin change of a sale and returns the sale as it left
+    /// it: read while the row lock still holds back concurrent changes, so
+    /// the answer shows this change, not a later one. The script has run:
+    /// commit even if the read failed, and read again.
+    pub(super) async fn commit_viewed(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        sale: &SaleId,
+    ) -> Result<SaleState, ServiceError> {
         let state = self.view(sale).await;
         self.store.commit(tx).await?;
-        let state = match state {
-            Ok(s) => s,
-            Err(_) => self.view(sale).await?,
-        };
-        Ok((created && existing.is_none(), state))
+        match state {
+            Ok(s) => Ok(s),
+            Err(_) => self.view(sale).await,
+        }
+    }
+
+    /// Rebuilds the sale from Postgres if Redis lost it (`SaleNotFound`:
+    /// Postgres does not know it either). An admin change calls this
+    /// before it locks the sale's row: the rebuild locks the row itself.
+    pub(super) async fn rebuild_if_lost(&self, sale: &SaleId) -> Result<(), ServiceError> {
+        match self.gate.sweep(sale).await {
+            Err(GateError::NotLoaded) => self.restore(sale).await,
+            _ => Ok(()),
+        }
     }
 
     /// Loads every sale Postgres knows into Redis (no-op where present).

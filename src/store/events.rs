@@ -18,6 +18,10 @@ pub enum EventKind {
     Extended,
     Configured,
     Rebuilt,
+    /// An admin paused, resumed or closed the sale (lua/steer.lua).
+    Paused,
+    Resumed,
+    Closed,
 }
 
 impl EventKind {
@@ -30,6 +34,9 @@ impl EventKind {
             Self::Extended => "extended",
             Self::Configured => "configured",
             Self::Rebuilt => "rebuilt",
+            Self::Paused => "paused",
+            Self::Resumed => "resumed",
+            Self::Closed => "closed",
         }
     }
 
@@ -42,6 +49,9 @@ impl EventKind {
             "extended" => Self::Extended,
             "configured" => Self::Configured,
             "rebuilt" => Self::Rebuilt,
+            "paused" => Self::Paused,
+            "resumed" => Self::Resumed,
+            "closed" => Self::Closed,
             _ => return None,
         })
     }

@@ -1,13 +1,17 @@
 //! Postgres: the durable record (`sales`, `orders`, `user_purchases`,
-//! `stock_movements`) and its migrations.
+//! `stock_movements`, `admin_actions`) and its migrations.
 //!
 //! - `mod.rs` (here): the store, its errors, the bounds on every call;
 //! - `sales.rs`: sale rows, configuration, the rebuild of a lost sale;
 //! - `orders.rs`: orders and stock movements, written exactly once;
 //! - `events.rs`: the events of a sale's Redis stream, as the
-//!   write-behind reads them.
+//!   write-behind reads them;
+//! - `audit.rs`: the audit of admin changes (`admin_actions`);
+//! - `listing.rs`: a sale's orders for its admins, by pages or streamed.
 
+mod audit;
 pub mod events;
+mod listing;
 mod orders;
 mod sales;
 
@@ -16,6 +20,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+pub use audit::{reservation_json, sale_json, AdminAction, AuditEntry};
 pub use events::{Event, EventKind};
 pub use orders::Recorded;
 pub use sales::{Rebuild, SaleRow, Snapshot};
@@ -121,6 +126,11 @@ impl Store {
     /// Commits a transaction within the store's bound.
     pub async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<(), StoreError> {
         self.bounded(self.timeout, tx.commit()).await
+    }
+
+    /// The bound on one statement outside the confirm path.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

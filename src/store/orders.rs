@@ -24,6 +24,22 @@ pub struct Recorded {
     pub stale: Vec<Uuid>,
 }
 
+/// An order as read back: reservation_id, sale_id, user_id, quantity,
+/// confirmed_at.
+pub(super) type OrderRow = (Uuid, String, String, i32, DateTime<Utc>);
+
+/// The order of a row read back (its epoch is not kept: 0).
+pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): OrderRow) -> Order {
+    Order {
+        reservation_id,
+        sale_id,
+        user_id,
+        quantity,
+        confirmed_at,
+        epoch: 0,
+    }
+}
+
 /// How much earlier than the caller's deadline the server cancels a write.
 const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
 /// How long past its deadline the client waits for the server's own
@@ -33,22 +49,13 @@ const CLIENT_GRACE: Duration = Duration::from_millis(500);
 impl Store {
     /// The order of one reservation, if it was recorded.
     pub async fn order(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Order>, StoreError> {
-        let q = sqlx::query_as::<_, (Uuid, String, String, i32, DateTime<Utc>)>(
+        let q = sqlx::query_as::<_, OrderRow>(
             "SELECT reservation_id, sale_id, user_id, quantity, confirmed_at FROM orders WHERE reservation_id = $1 AND sale_id = $2",
         )
         .bind(rid)
         .bind(sale.as_str())
         .fetch_optional(&self.pool);
-        Ok(self.bounded(self.timeout, q).await?.map(
-            |(reservation_id, sale_id, user_id, quantity, confirmed_at)| Order {
-                reservation_id,
-                sale_id,
-                user_id,
-                quantity,
-                confirmed_at,
-                epoch: 0,
-            },
-        ))
+        Ok(self.bounded(self.timeout, q).await?.map(order))
     }
 
     /// Which of these reservations already have an order row.

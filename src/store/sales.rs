@@ -8,8 +8,13 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{bound_statements, Store, StoreError};
-use crate::domain::{Admission, SaleConfig};
+use crate::domain::{Admission, SaleConfig, Steering};
 use crate::ids::SaleId;
+
+/// A time of the scripts (ms) as Postgres keeps it.
+pub(super) fn to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.and_then(DateTime::<Utc>::from_timestamp_millis)
+}
 
 /// A sale as Postgres keeps it.
 #[derive(Debug, Clone)]
@@ -20,6 +25,8 @@ pub struct SaleRow {
     /// The incarnation of the sale's Redis state whose orders are recorded
     /// (see `migrations/0002_sale_epoch.sql`).
     pub epoch: i64,
+    /// Paused, closed (see `migrations/0005_steer.sql`).
+    pub steering: Steering,
 }
 
 impl<'r> sqlx::FromRow<'r, PgRow> for SaleRow {
@@ -55,6 +62,10 @@ impl<'r> sqlx::FromRow<'r, PgRow> for SaleRow {
             },
             sold_count: row.try_get("sold_count")?,
             epoch: row.try_get("epoch")?,
+            steering: Steering {
+                paused: row.try_get("paused")?,
+                closed_ms: ms("closed_at")?,
+            },
         })
     }
 }
@@ -78,7 +89,7 @@ pub struct Snapshot {
 /// The columns of [`SaleRow`], for `concat!` into static SQL.
 macro_rules! sale_columns {
     () => {
-        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count, epoch, admission, admit_per_sec, admission_window_secs, queue_opens_at"
+        "sale_id, product_id, stock_limit, per_user_limit, hold_ttl_secs, max_hold_secs, starts_at, ends_at, sold_count, epoch, admission, admit_per_sec, admission_window_secs, queue_opens_at, paused, closed_at"
     };
 }
 
@@ -180,6 +191,36 @@ impl Store {
         self.bounded(self.timeout, fut).await
     }
 
+    /// Writes what an admin steered (`lua/steer.lua` decided it): paused,
+    /// and for a close, its end and when it was closed.
+    pub async fn steer_sale(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        sale: &SaleId,
+        steering: Steering,
+        ends_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let q = sqlx::query(
+            "UPDATE sales SET paused = $2, ends_at = $3, closed_at = $4, updated_at = now() WHERE sale_id = $1",
+        )
+        .bind(sale.as_str())
+        .bind(steering.paused)
+        .bind(to_time(ends_ms))
+        .bind(to_time(steering.closed_ms));
+        self.bounded(self.timeout, q.execute(&mut **tx))
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether Postgres knows the sale.
+    pub async fn sale_exists(&self, sale: &SaleId) -> Result<bool, StoreError> {
+        let q =
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM sales WHERE sale_id = $1)")
+                .bind(sale.as_str())
+                .fetch_one(&self.pool);
+        self.bounded(self.timeout, q).await
+    }
+
     /// `epoch`: the Redis state's (see `lua/configure.lua`).
     pub async fn upsert_sale(
         &self,
@@ -188,7 +229,6 @@ impl Store {
         cfg: &SaleConfig,
         epoch: i64,
     ) -> Result<(), StoreError> {
-        let to_time = |ms: Option<i64>| ms.and_then(DateTime::<Utc>::from_timestamp_millis);
         let secs = |ms: i64| i32::try_from(ms / 1000).unwrap_or(i32::MAX);
         let (rate, window, opens) = match &cfg.admission {
             Admission::Open => (50, 120, None),

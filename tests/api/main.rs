@@ -4,7 +4,9 @@
 
 mod support;
 
+mod admin;
 mod admission;
+mod audit;
 mod bad_input;
 mod burst;
 mod cluster;
@@ -22,3 +24,4 @@ mod queue;
 mod reconcile;
 mod recovery;
 mod scripts;
+mod steer;
