@@ -16,12 +16,7 @@ type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 /// Subscribes to a sale's events (the first one is the view at connect).
 async fn subscribe(app: &TestApp, sale: &str) -> Events {
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/sales/{sale}/events")))
-        .send()
-        .await
-        .expect("events");
+    let r = app.get(&format!("/v1/sales/{sale}/events")).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
         r.headers()
@@ -68,12 +63,7 @@ async fn until(events: &mut Events, what: &str, ok: impl Fn(&Value) -> bool) -> 
 async fn the_view_carries_server_time_and_a_version_that_etags_it() {
     let app = spawn_app().await;
     let sale = app.sale(5, 2, 60).await;
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/sales/{sale}")))
-        .send()
-        .await
-        .expect("get");
+    let r = app.get(&format!("/v1/sales/{sale}")).await;
     assert_eq!(r.status().as_u16(), 200);
     let header = |r: &reqwest::Response, h: &str| {
         r.headers()
@@ -218,12 +208,7 @@ async fn an_unknown_sale_has_no_stream_and_the_subscriber_cap_answers_503() {
     let sale = app.sale(5, 2, 60).await;
     let _a = subscribe(&app, &sale).await;
     let _b = subscribe(&app, &sale).await;
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/sales/{sale}/events")))
-        .send()
-        .await
-        .expect("events");
+    let r = app.get(&format!("/v1/sales/{sale}/events")).await;
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let v: Value = r.json().await.expect("json");
@@ -235,12 +220,7 @@ async fn an_unknown_sale_has_no_stream_and_the_subscriber_cap_answers_503() {
     let t0 = tokio::time::Instant::now();
     let deadline = t0 + Duration::from_secs(25);
     loop {
-        let r = app
-            .client
-            .get(app.url(&format!("/v1/sales/{sale}/events")))
-            .send()
-            .await
-            .expect("events");
+        let r = app.get(&format!("/v1/sales/{sale}/events")).await;
         if r.status().as_u16() == 200 {
             println!(
                 "a place came back {:?} after its subscriber left",
@@ -335,6 +315,16 @@ async fn thousands_of_open_streams_do_not_stop_buyers() {
     assert_eq!(app.view(&sale).await["held"], 20);
 }
 
+/// The sale's view, asked for by a page on `origin`.
+async fn from_origin(app: &TestApp, sale: &str, origin: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/v1/sales/{sale}")))
+        .header("Origin", origin)
+        .send()
+        .await
+        .expect("get")
+}
+
 #[tokio::test]
 async fn cors_answers_the_listed_origins_only() {
     let app = Spawn::new()
@@ -378,13 +368,7 @@ async fn cors_answers_the_listed_origins_only() {
             "{allowed}"
         );
     }
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/sales/{sale}")))
-        .header("Origin", "https://shop.example")
-        .send()
-        .await
-        .expect("get");
+    let r = from_origin(&app, &sale, "https://shop.example").await;
     assert_eq!(h(&r, "access-control-allow-origin"), "https://shop.example");
     for exposed in ["retry-after", "idempotent-replayed", "x-request-id", "etag"] {
         assert!(
@@ -393,25 +377,13 @@ async fn cors_answers_the_listed_origins_only() {
         );
     }
     // Another origin: served, but without CORS headers.
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/sales/{sale}")))
-        .header("Origin", "https://evil.example")
-        .send()
-        .await
-        .expect("get");
+    let r = from_origin(&app, &sale, "https://evil.example").await;
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.headers().get("access-control-allow-origin").is_none());
     // Unset: no CORS headers at all.
     let plain = spawn_app().await;
     let other = plain.sale(1, 1, 60).await;
-    let r = plain
-        .client
-        .get(plain.url(&format!("/v1/sales/{other}")))
-        .header("Origin", "https://shop.example")
-        .send()
-        .await
-        .expect("get");
+    let r = from_origin(&plain, &other, "https://shop.example").await;
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 

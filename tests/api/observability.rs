@@ -11,12 +11,7 @@ async fn metrics_count_requests_outcomes_and_latency_histograms() {
     let sale = app.sale(1, 1, 60).await;
     assert_eq!(app.reserve(&sale, "ann", 1, None).await.0, 201);
     assert_eq!(app.reserve(&sale, "bob", 1, None).await.0, 409);
-    let r = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
+    let r = app.get("/metrics").await;
     assert_eq!(r.status().as_u16(), 200);
     let text = r.text().await.expect("text");
     for needle in [

@@ -7,12 +7,7 @@ use crate::support::*;
 #[tokio::test]
 async fn the_document_lists_every_route_the_app_serves() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("openapi");
+    let r = app.get("/openapi.json").await;
     assert_eq!(r.status().as_u16(), 200);
     let doc: serde_json::Value = r.json().await.expect("json");
     assert!(
@@ -89,15 +84,7 @@ fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
 #[tokio::test]
 async fn the_document_is_valid_for_client_generators() {
     let app = spawn_app().await;
-    let doc: serde_json::Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    let doc: serde_json::Value = app.get("/openapi.json").await.json().await.expect("json");
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {

@@ -199,12 +199,7 @@ async fn the_event_stream_shows_a_pause_and_a_close() {
     use eventsource_stream::Eventsource;
     let app = spawn_app().await;
     let sale = app.sale(5, 1, 60).await;
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/sales/{sale}/events")))
-        .send()
-        .await
-        .expect("events");
+    let r = app.get(&format!("/v1/sales/{sale}/events")).await;
     let mut events = Box::pin(r.bytes_stream().eventsource());
     assert_eq!(next(&mut events).await["paused"], false);
     steer(&app, &sale, "pause").await;

@@ -107,12 +107,7 @@ async fn a_sale_whose_slot_migrates_mid_traffic_keeps_exact_counts() {
         tokio::spawn(async move {
             let mut seen = Seen::new();
             while !stop.is_cancelled() {
-                let r = app
-                    .client
-                    .get(app.url(&format!("/v1/sales/{sale}")))
-                    .send()
-                    .await
-                    .expect("view");
+                let r = app.get(&format!("/v1/sales/{sale}")).await;
                 let (s, v) = body(r).await;
                 record(&mut seen, &phase, "view", s);
                 assert!(s == 200 || s == 503, "view mid-migration: {s} {v}");

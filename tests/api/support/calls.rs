@@ -37,6 +37,11 @@ impl TestApp {
     }
 
     /// `host:port`, for tests that speak HTTP over a raw socket.
+    /// GET `path`, without credentials: the raw answer.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
     pub fn socket_addr(&self) -> &str {
         self.address.trim_start_matches("http://")
     }
