@@ -8,7 +8,6 @@ use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::steer::open_app;
 use crate::support::*;
 
 /// `GET path` as the admin.

@@ -3,33 +3,12 @@
 //! arrival order; places are let in at `admit_per_sec` from the start, each
 //! for a window; reserve checks admission in the same step as stock.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::support::*;
-
-fn at(in_ms: i64) -> String {
-    (Utc::now() + chrono::Duration::milliseconds(in_ms))
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// An app without the per-buyer limits (many test buyers, one address).
-async fn queue_app() -> Arc<TestApp> {
-    Arc::new(
-        Spawn::new()
-            .await
-            .with(|s| {
-                s.rate.per_user_per_sec = 0;
-                s.max_active_holds = 0;
-            })
-            .start()
-            .await,
-    )
-}
 
 async fn queued_sale(app: &TestApp, cfg: Value) -> String {
     let id = unique_sale();
@@ -74,7 +53,7 @@ async fn wait_until_started(app: &TestApp, sale: &str) {
 
 #[tokio::test]
 async fn joins_tickets_and_their_errors() {
-    let app = queue_app().await;
+    let app = open_app().await;
     let open = app.sale(5, 1, 60).await;
     let (s, v) = join(&app, &open, "ann").await;
     assert_eq!((s, error_code(&v)), (409, "sale_not_queued"));
@@ -155,7 +134,7 @@ async fn joins_tickets_and_their_errors() {
 /// queue behind them, in arrival order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn places_drawn_at_the_start_are_a_random_permutation_and_late_joiners_queue_behind() {
-    let app = queue_app().await;
+    let app = open_app().await;
     let n = 300;
     let sale = queued_sale(
         &app,
@@ -229,7 +208,7 @@ async fn places_drawn_at_the_start_are_a_random_permutation_and_late_joiners_que
 /// places served), after: 410 admission_expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_follows_the_rate_and_the_window() {
-    let app = queue_app().await;
+    let app = open_app().await;
     // 2 places a second, a 1 s window: place 1 at +0 s, place 3 at +1 s.
     let sale = queued_sale(
         &app,
@@ -288,7 +267,7 @@ async fn admission_follows_the_rate_and_the_window() {
 /// re-open admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_is_admitted_while_sold_out() {
-    let app = queue_app().await;
+    let app = open_app().await;
     let sale = queued_sale(
         &app,
         json!({"stock": 1, "per_user_limit": 1, "admission": "queue", "admit_per_sec": 20}),
@@ -358,7 +337,7 @@ async fn queue_joins_are_rate_limited() {
 /// at the rate from the rebuild on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_redis_loss_the_queue_starts_again_and_admits_nobody_at_once() {
-    let app = queue_app().await;
+    let app = open_app().await;
     let sale = queued_sale(
         &app,
         json!({"stock": 100, "per_user_limit": 1, "admission": "queue", "admit_per_sec": 2,

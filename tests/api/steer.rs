@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -23,25 +23,6 @@ pub async fn steer(app: &TestApp, sale: &str, action: &str) -> (u16, Value) {
             .expect("steer"),
     )
     .await
-}
-
-/// An app without the per-buyer limits (many test buyers, one address).
-pub async fn open_app() -> Arc<TestApp> {
-    Arc::new(
-        Spawn::new()
-            .await
-            .with(|s| {
-                s.rate.per_user_per_sec = 0;
-                s.max_active_holds = 0;
-            })
-            .start()
-            .await,
-    )
-}
-
-fn at(in_ms: i64) -> String {
-    (Utc::now() + chrono::Duration::milliseconds(in_ms))
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn version(v: &Value) -> i64 {

@@ -214,16 +214,7 @@ fn random_histories_keep_the_invariants() {
         .build()
         .expect("runtime");
     // One app for every case (each case has its own sale and buyers).
-    let app = rt.block_on(async {
-        Spawn::new()
-            .await
-            .with(|s| {
-                s.rate.per_user_per_sec = 0;
-                s.max_active_holds = 0;
-            })
-            .start()
-            .await
-    });
+    let app = rt.block_on(async { Spawn::new().await.without_buyer_limits().start().await });
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 512,

@@ -73,6 +73,17 @@ pub fn unique_sale() -> String {
     format!("sale-{}", &Uuid::new_v4().simple().to_string()[..10])
 }
 
+/// An app without the per-buyer limits (many test buyers, one address).
+pub async fn open_app() -> std::sync::Arc<TestApp> {
+    std::sync::Arc::new(Spawn::new().await.without_buyer_limits().start().await)
+}
+
+/// The time `in_ms` from now, as the API writes it (RFC 3339, ms).
+pub fn at(in_ms: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::milliseconds(in_ms))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// A buyer token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
     flashgate::auth::mint(JWT_SECRET, user, 3600).expect("mint")
@@ -198,6 +209,15 @@ impl Spawn {
     pub fn with(mut self, f: impl FnOnce(&mut Settings)) -> Self {
         f(&mut self.settings);
         self
+    }
+
+    /// Without the per-buyer limits (rate and active holds): for tests
+    /// with many buyers from one address, or one buyer making many calls.
+    pub fn without_buyer_limits(self) -> Self {
+        self.with(|s| {
+            s.rate.per_user_per_sec = 0;
+            s.max_active_holds = 0;
+        })
     }
 
     pub async fn start(self) -> TestApp {
