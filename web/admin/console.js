@@ -6,7 +6,7 @@ const TOKEN_KEY = 'flashgate.admin_token';
 const SAMPLE_MS = 1000;      // the chart gets a point at least this often
 const POLL_MS = 2000;        // /metrics and /readyz
 const CHART_SPAN_MS = 5 * 60 * 1000;
-const PAGE = 20;
+const PAGE = 10;        // reservations a page
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
@@ -275,6 +275,7 @@ function openSale(id, view) {
   });
   loadHolds(false);
   loadAudit();
+  poll();
 }
 
 function onView(v) {
@@ -329,9 +330,10 @@ function drawChart() {
   const pw = w - left - right, ph = h - top - bottom;
   const s = state.samples;
   if (!s.length) return;
+  // From the first point (the sale opened here) to now, up to five minutes.
   const now = s[s.length - 1].t;
   const t0 = Math.max(s[0].t, now - CHART_SPAN_MS);
-  const span = Math.max(now - t0, 10_000);
+  const span = Math.max(now - t0, 2000);
   const max = Math.max(1, state.view ? state.view.stock : 0, ...s.map((p) => Math.max(p.sold, p.held, p.available)));
   const x = (t) => left + ((t - (now - span)) / span) * pw;
   const y = (v) => top + ph - (v / max) * ph;
@@ -384,6 +386,8 @@ function parseOutcomes(text) {
 async function poll() {
   if (!state.sale || document.hidden) return;
   const t = performance.now();
+  // A sale opened just after a tick: rates over less than a second are noise.
+  if (state.lastMetrics && t - state.lastMetrics.t < 1000) return;
   try {
     const res = await fetch('/metrics', { cache: 'no-store' });
     const outcomes = parseOutcomes(await res.text());

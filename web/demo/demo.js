@@ -106,7 +106,7 @@ function render() {
 function renderTicket() {
   const t = state.ticket;
   const join = $('join');
-  join.hidden = !!t && t.state !== 'expired';
+  join.hidden = !!t; // one place per buyer: joining again returns the same ticket
   join.disabled = !token || state.busy;
   const text = $('queue-text');
   if (!t) return;

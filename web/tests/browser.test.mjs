@@ -78,6 +78,7 @@ function watchPage(page) {
 const tests = [];
 const test = (name, fn) => tests.push({ name, fn });
 let current = null; // the page to photograph when a test fails
+let consolePage = null;
 
 const SALE = `web-${RUN}`;
 const STOCK = 30;
@@ -87,6 +88,7 @@ let confirmed = [];
 test('the console signs in with the admin token, kept in sessionStorage only', async () => {
   const page = await context.newPage();
   current = page;
+  consolePage = page;
   const res = await page.goto(`${URL}/admin`);
   assert.equal(new globalThis.URL(page.url()).pathname, '/admin/');
   assert.match(res.headers()['content-security-policy'], /script-src 'self'/);
@@ -152,12 +154,15 @@ test('a loadtest burst moves the live numbers; confirms move sold', async () => 
 test('holds are listed a page at a time and released from the console', async () => {
   const page = current;
   await page.getByRole('button', { name: 'Refresh reservations' }).click();
+  await until('the first page again', async () => (await page.locator('#holds tbody tr').count()) === 10);
   const rows = page.locator('#holds tbody tr');
   const holding = burstHeld - confirmed.length;
-  assert.ok(holding > 20, `${holding} holds: enough for a second page`);
-  await until('a page of 20 holds', async () => (await rows.count()) === 20);
-  await page.getByRole('button', { name: 'More' }).click();
-  await until('the second page', async () => (await rows.count()) === holding);
+  assert.ok(holding > 20, `${holding} holds: enough for three pages`);
+  await until('a page of 10 holds', async () => (await rows.count()) === 10);
+  for (const shown of [20, holding]) {
+    await page.getByRole('button', { name: 'More' }).click();
+    await until(`${shown} holds`, async () => (await rows.count()) === shown);
+  }
   await page.getByRole('button', { name: 'More' }).waitFor({ state: 'hidden' });
   const ids = await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.reservation));
   assert.equal(new Set(ids).size, holding, 'no hold listed twice');
@@ -205,6 +210,8 @@ test('the order export (CSV and NDJSON) holds exactly the orders in Postgres', a
   assert.equal(lines[0], 'reservation_id,sale_id,user_id,quantity,confirmed_at');
   assert.deepEqual(lines.slice(1).map((l) => l.split(',')[0]).sort(), inPg);
   await page.getByText(`${inPg.length} order(s) exported`).waitFor();
+  await page.getByRole('button', { name: 'Refresh reservations' }).click();
+  await until('the first page again', async () => (await page.locator('#holds tbody tr').count()) === 10);
   const [nd] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export NDJSON' }).click()]);
   const rows = readFileSync(await nd.path(), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   assert.deepEqual(rows.map((o) => o.reservation_id).sort(), inPg);
@@ -215,7 +222,7 @@ test('the order export (CSV and NDJSON) holds exactly the orders in Postgres', a
 
 test('on the demo page a buyer waits out the countdown, buys and confirms', async () => {
   const sale = `demo-${RUN}`;
-  const startsAt = new Date(Date.now() + 5000).toISOString();
+  const startsAt = new Date(Date.now() + 6000).toISOString();
   const put = await api('PUT', `/v1/sales/${sale}`,
     { body: { stock: 5, per_user_limit: 2, hold_ttl_secs: 120, starts_at: startsAt, product_id: 'Limited sneaker drop' } });
   assert.equal(put.status, 201, JSON.stringify(put.body));
@@ -250,6 +257,37 @@ test('on the demo page a buyer waits out the countdown, buys and confirms', asyn
   // Over the cap now: the page explains it.
   await page.getByRole('button', { name: 'Buy' }).click();
   await page.getByText(/reached this sale's limit of 2 per buyer/).waitFor();
+});
+
+test('a queued sale: the buyer joins before the start, is let in, buys; the console shows the queue', async () => {
+  const sale = `queue-${RUN}`;
+  const startsAt = new Date(Date.now() + 4000).toISOString();
+  const put = await api('PUT', `/v1/sales/${sale}`, {
+    body: { stock: 3, per_user_limit: 1, starts_at: startsAt, admission: 'queue', admit_per_sec: 10 },
+  });
+  assert.equal(put.status, 201, JSON.stringify(put.body));
+  const user = `queuer-${RUN}`;
+  const page = await context.newPage();
+  current = page;
+  await page.setViewportSize({ width: 900, height: 900 });
+  await page.goto(`${URL}/demo/?sale=${sale}#token=${buyerToken(user)}`);
+  await page.getByRole('button', { name: 'Join the queue' }).click();
+  await page.getByText(/^You are in the queue\. Places are drawn at random at the start/).waitFor();
+  assert.equal(await page.locator('#buy').isDisabled(), true);
+  // The console watches the same sale: one buyer in the queue.
+  await consolePage.getByRole('button', { name: 'Refresh sales' }).click();
+  await consolePage.getByRole('button', { name: sale, exact: true }).click();
+  await consolePage.getByRole('heading', { name: sale, level: 1 }).waitFor();
+  await consolePage.locator('#d-queue-value').getByText('1 / 0', { exact: true }).waitFor();
+  // At the start the buyer's place comes up: Buy opens.
+  await page.getByText(/^It is your turn: buy before/).waitFor({ timeout: 20_000 });
+  await page.getByRole('button', { name: 'Buy' }).and(page.locator(':enabled')).waitFor();
+  await page.getByRole('button', { name: 'Buy' }).click();
+  await page.getByRole('button', { name: 'Pay and confirm' }).click();
+  await page.getByText(/^Bought 1! Order .* is confirmed\.$/).waitFor();
+  assert.deepEqual(psql(`select user_id from orders where sale_id = '${sale}'`), [user]);
+  await consolePage.locator('#d-sold').getByText('1', { exact: true }).waitFor();
+  assert.match(await consolePage.locator('#d-queue-value').textContent(), /^1 \/ [1-9]\d*$/);
 });
 
 let failed = 0;
