@@ -110,9 +110,11 @@ function renderTicket() {
   join.disabled = !token || state.busy;
   const text = $('queue-text');
   if (!t) return;
+  text.className = t.state === 'pre_queue' ? 'hint' : `turn ${t.state}`;
   if (t.state === 'pre_queue') text.textContent = 'You are in the queue. Places are drawn at random at the start: joining early gives no advantage, and no disadvantage.';
   else if (t.state === 'waiting') text.textContent = `You are number ${t.position} in the queue: ${t.ahead} ahead of you${t.estimated_wait_secs != null ? `, about ${duration(t.estimated_wait_secs * 1000)} to wait` : ''}.`;
-  else if (t.state === 'admitted') text.textContent = `It is your turn: buy before ${t.admitted_until ? new Date(Date.parse(t.admitted_until) - clock.offset).toLocaleTimeString() : 'your turn ends'}.`;
+  else if (t.state === 'admitted' && t.admitted_until) text.replaceChildren('It is your turn: buy within ', el('strong', { id: 'turn-left', text: duration(clock.until(t.admitted_until)) }), '.');
+  else if (t.state === 'admitted') text.textContent = 'It is your turn: buy now.';
   else if (t.state === 'expired') text.textContent = 'Your turn passed without a purchase.';
 }
 
@@ -125,6 +127,8 @@ function tick() {
     $('countdown').textContent = duration(left);
     if (left <= 0 && !$('countdown-box').hidden) render();
   }
+  const turn = document.getElementById('turn-left');
+  if (turn && state.ticket && state.ticket.admitted_until) turn.textContent = duration(clock.until(state.ticket.admitted_until));
   if (state.hold) {
     const left = clock.until(state.hold.expires_at);
     $('hold-countdown').textContent = duration(left);
@@ -210,7 +214,9 @@ $('join').addEventListener('click', async () => {
 async function refreshTicket() {
   if (!token || !state.view || state.view.admission !== 'queue') return;
   try {
+    const was = state.ticket && state.ticket.state;
     state.ticket = (await call('GET', salePath(sale, '/queue/me'), { token })).body;
+    if (state.ticket.state === 'admitted' && was !== 'admitted') say('ok', 'Your turn has come: you can buy now.');
   } catch (e) {
     if (e.code === 'not_in_queue') state.ticket = null;
   }

@@ -274,13 +274,15 @@ test('a queued sale: the buyer joins before the start, is let in, buys; the cons
   await page.getByRole('button', { name: 'Join the queue' }).click();
   await page.getByText(/^You are in the queue\. Places are drawn at random at the start/).waitFor();
   assert.equal(await page.locator('#buy').isDisabled(), true);
+  await page.screenshot({ path: `${OUT}/demo-prequeue.png` });
   // The console watches the same sale: one buyer in the queue.
   await consolePage.getByRole('button', { name: 'Refresh sales' }).click();
   await consolePage.getByRole('button', { name: sale, exact: true }).click();
   await consolePage.getByRole('heading', { name: sale, level: 1 }).waitFor();
   await consolePage.locator('#d-queue-value').getByText('1 / 0', { exact: true }).waitFor();
   // At the start the buyer's place comes up: Buy opens.
-  await page.getByText(/^It is your turn: buy before/).waitFor({ timeout: 20_000 });
+  await page.getByText(/^It is your turn: buy within \d+ (min|s)/).waitFor({ timeout: 20_000 });
+  await page.screenshot({ path: `${OUT}/demo-queue.png` });
   await page.getByRole('button', { name: 'Buy' }).and(page.locator(':enabled')).waitFor();
   await page.getByRole('button', { name: 'Buy' }).click();
   await page.getByRole('button', { name: 'Pay and confirm' }).click();
