@@ -92,6 +92,19 @@ impl Stream {
     }
 }
 
+/// One Server-Sent Event of the sale's stream, as a client's parser reads
+/// it (the schema of each event for OpenAPI tools that check event streams).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: the stream writes the fields as text
+pub(crate) struct SseEvent {
+    /// Always `sale`.
+    event: String,
+    /// The view's `version`.
+    id: String,
+    /// The sale view (`SaleView`) as JSON.
+    data: String,
+}
+
 /// The sale as a stream of Server-Sent Events.
 #[utoipa::path(get, path = "/v1/sales/{sale_id}/events", tag = "public", operation_id = "sale_events",
     params(
@@ -99,7 +112,7 @@ impl Stream {
         ("Last-Event-ID" = Option<String>, Header, description = "the last event id seen (a reconnecting EventSource sends it): that view is not sent again"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `event: sale`, `id: <version>`, `data: <the sale view>` at connect and after each change (at most FLASHGATE_EVENTS_MAX_HZ a second), `: keep-alive` every 15 s", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `event: sale`, `id: <version>`, `data: <the sale view>` at connect and after each change (at most FLASHGATE_EVENTS_MAX_HZ a second), `: keep-alive` every 15 s", content_type = "text/event-stream", body = SseEvent),
         (status = 404, description = "`sale_not_found`", body = ErrorBody),
         BadRequest, Unavailable,
     ))]

@@ -31,7 +31,7 @@ use super::{admin, events, export, health, queue, reservations, sales, steer, vi
         health::healthz,
         health::readyz,
     ),
-    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName, views::AdmissionName, views::QueueView, queue::TicketView, queue::TicketStateName, admin::ListStatus, admin::ReservationPage, admin::AuditList, admin::AuditView)),
+    components(schemas(views::SaleInput, views::SaleView, views::SaleList, views::ReserveInput, views::ExtendInput, views::ReservationView, views::ErrorBody, views::ErrorDetail, views::SaleStateName, views::StatusName, views::AdmissionName, views::QueueView, queue::TicketView, queue::TicketStateName, admin::ListStatus, admin::ReservationPage, admin::AuditList, admin::AuditView, events::SseEvent)),
     modifiers(&Security),
 )]
 pub struct ApiDoc;
