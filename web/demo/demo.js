@@ -7,6 +7,7 @@ import { call, salePath, ServerClock, duration, watchSale, explain, el, $ } from
 const TOKEN_KEY = 'flashgate.buyer_token';
 const params = new URLSearchParams(location.search);
 const sale = params.get('sale') || 'demo';
+const HOLD_KEY = `flashgate.hold.${sale}`; // the hold survives a reload
 
 const fragment = new URLSearchParams(location.hash.slice(1));
 if (fragment.has('token')) {
@@ -133,10 +134,8 @@ function tick() {
     const left = clock.until(state.hold.expires_at);
     $('hold-countdown').textContent = duration(left);
     if (left <= 0) {
-      state.hold = null;
-      $('hold-box').hidden = true;
+      showHold(null);
       say('warn', 'Your hold has expired: its units went back on sale.');
-      render();
     }
   }
 }
@@ -144,6 +143,8 @@ setInterval(tick, 200);
 
 function showHold(r) {
   state.hold = r;
+  if (r) sessionStorage.setItem(HOLD_KEY, JSON.stringify({ reservation_id: r.reservation_id }));
+  else sessionStorage.removeItem(HOLD_KEY);
   $('hold-box').hidden = !r;
   if (r) $('hold-qty').textContent = r.quantity;
   render();
@@ -232,6 +233,24 @@ function followQueue() {
   }, 2000);
 }
 
+/** A hold made before a reload: shown again while the API says it is held. */
+async function resumeHold() {
+  let saved;
+  try {
+    saved = JSON.parse(sessionStorage.getItem(HOLD_KEY) || 'null');
+  } catch (e) {
+    saved = null;
+  }
+  if (!saved || !token || !/^[0-9a-f-]{36}$/.test(saved.reservation_id)) return;
+  try {
+    const r = (await call('GET', salePath(sale, `/reservations/${saved.reservation_id}`), { token })).body;
+    if (r.status === 'held') showHold(r);
+    else sessionStorage.removeItem(HOLD_KEY);
+  } catch (e) {
+    if (e.status === 403 || e.status === 404) sessionStorage.removeItem(HOLD_KEY);
+  }
+}
+
 // --- start ------------------------------------------------------------------
 
 async function start() {
@@ -251,6 +270,7 @@ async function start() {
     if (e.code === 'sale_not_found') return;
   }
   render();
+  await resumeHold();
   if (state.view && state.view.admission === 'queue') {
     await refreshTicket();
     if (state.ticket) followQueue();

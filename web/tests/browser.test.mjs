@@ -249,6 +249,10 @@ test('on the demo page a buyer waits out the countdown, buys and confirms', asyn
   assert.match(await page.locator('#hold-countdown').textContent(), /min|s$/);
   await page.locator('#available').getByText('3', { exact: true }).waitFor();
   await page.screenshot({ path: `${OUT}/demo.png` });
+  // A reload keeps the hold (and the token): the buyer can still pay.
+  await page.reload();
+  await page.getByRole('heading', { name: 'Your hold' }).waitFor();
+  await page.getByText(`buying as ${user}`).waitFor();
   await page.getByRole('button', { name: 'Pay and confirm' }).click();
   const done = await page.getByText(/^Bought 2! Order .* is confirmed\.$/).textContent();
   const rid = /Order (\S+) is confirmed/.exec(done)[1];
