@@ -5,7 +5,7 @@
 //! inline script, so a value the API echoes can never run as code.
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
 
 use super::error::ApiError;
 
@@ -51,11 +51,13 @@ static ASSETS: &[Asset] = &[
 ];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // GET, and HEAD (actix sends a HEAD's headers without the body).
+    let read = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
     for page in ["admin", "demo"] {
-        cfg.route(&format!("/{page}"), web::get().to(to_slash));
-        cfg.route(&format!("/{page}/{{file:.*}}"), web::get().to(file));
+        cfg.route(&format!("/{page}"), read().to(to_slash));
+        cfg.route(&format!("/{page}/{{file:.*}}"), read().to(file));
     }
-    cfg.route("/shared/{file:.*}", web::get().to(file));
+    cfg.route("/shared/{file:.*}", read().to(file));
 }
 
 /// `/admin` → `/admin/` (relative links in the page resolve under it).

@@ -117,6 +117,13 @@ async fn pages_answer_html_under_a_strict_csp_and_their_files_load() {
             seen.push(file);
         }
         assert!(seen.iter().any(|f| f == "/shared/api.js"), "{seen:?}");
+        let head = http.head(app.url(page)).send().await.expect("head");
+        assert_eq!(head.status(), 200, "HEAD {page}");
+        assert_strict_csp(&head, page);
+        assert!(
+            head.bytes().await.expect("head body").is_empty(),
+            "HEAD {page}"
+        );
     }
 }
 
