@@ -263,7 +263,7 @@ test('on the demo page a buyer waits out the countdown, buys and confirms', asyn
   await page.getByText(/reached this sale's limit of 2 per buyer/).waitFor();
 });
 
-test('a queued sale: the buyer joins before the start, is let in, buys; the console shows the queue', async () => {
+test('a queued sale: the buyer joins before the start, is let in, buys; the console shows the queue and closes the sale', async () => {
   const sale = `queue-${RUN}`;
   const startsAt = new Date(Date.now() + 4000).toISOString();
   const put = await api('PUT', `/v1/sales/${sale}`, {
@@ -294,6 +294,15 @@ test('a queued sale: the buyer joins before the start, is let in, buys; the cons
   assert.deepEqual(psql(`select user_id from orders where sale_id = '${sale}'`), [user]);
   await consolePage.locator('#d-sold').getByText('1', { exact: true }).waitFor();
   assert.match(await consolePage.locator('#d-queue-value').textContent(), /^1 \/ [1-9]\d*$/);
+  // Closing asks twice, ends the sale for good, and the buyer page shows it.
+  await consolePage.getByRole('button', { name: 'Close sale…' }).click();
+  await consolePage.getByRole('button', { name: 'Yes, end this sale for good' }).click();
+  await consolePage.locator('#d-closed').waitFor();
+  assert.equal(await consolePage.getByRole('button', { name: 'Pause' }).isDisabled(), true);
+  await page.locator('#state').getByText('ended', { exact: true }).waitFor();
+  assert.equal(await page.locator('#buy-box').isHidden(), true);
+  const late = await api('POST', `/v1/sales/${sale}/reservations`, { token: buyerToken(`late-${RUN}`), body: { quantity: 1 } });
+  assert.equal(late.body.error.code, 'sale_ended');
 });
 
 let failed = 0;
