@@ -18,6 +18,10 @@ COPY build.rs ./
 COPY src src
 COPY lua lua
 COPY migrations migrations
+# The web pages (/admin/, /demo/) are compiled into the binary.
+COPY web/admin web/admin
+COPY web/demo web/demo
+COPY web/shared web/shared
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked -p flashgate \
  && strip target/release/flashgate

@@ -13,6 +13,7 @@ pub mod health;
 pub mod limits;
 pub mod observe;
 pub mod openapi;
+pub mod pages;
 pub mod queue;
 pub mod reservations;
 pub mod sales;
@@ -121,6 +122,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     admin::routes(cfg);
     export::routes(cfg);
     health::routes(cfg);
+    // The console and the buyer page: HTML, outside the OpenAPI description.
+    pages::routes(cfg);
     // Not JSON: documented in README, outside the OpenAPI description.
     cfg.route("/metrics", web::get().to(observe::endpoint));
     cfg.route("/openapi.json", web::get().to(openapi::document));

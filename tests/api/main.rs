@@ -19,6 +19,7 @@ mod live;
 mod model;
 mod observability;
 mod openapi;
+mod pages;
 mod proxy_faults;
 mod queue;
 mod reconcile;
