@@ -23,11 +23,13 @@ async fn a_script_error_points_at_its_own_file_and_line() {
             .position(|l| l.starts_with("assert(#KEYS"))
             .map(|i| i + 1)
             .expect("an arity assert");
-        // Cluster mode routes a keyless EVAL to any node: fine, it fails
-        // before touching a key.
+        // One key and no arguments: wrong for every script. The key routes
+        // the EVAL to a primary on Redis Cluster (a keyless one may land on
+        // a replica, which refuses a script that may write).
         let err = redis::cmd("EVAL")
             .arg(name.source())
-            .arg(0)
+            .arg(1)
+            .arg("{arity-probe}")
             .query_async::<redis::Value>(&mut conn)
             .await
             .expect_err("wrong arity");
