@@ -103,7 +103,13 @@ pub async fn run(common: &Common, args: &WatchArgs) -> Result<Report> {
         bail!("watch needs an http:// target");
     };
     let changes = i64::from(args.changes);
-    session.configure(changes + 10, 1, 3600).await?;
+    // A sale reused from an earlier run (`--sale`) keeps that run's holds
+    // (they last an hour): restock above them, and count changes from them.
+    let committed = session.view().await.map_or(0, |v| v.sold + v.held);
+    let base = session
+        .configure(committed + changes + 10, 1, 3600)
+        .await?
+        .held;
     let n = args.subscribers as usize;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -170,7 +176,7 @@ pub async fn run(common: &Common, args: &WatchArgs) -> Result<Report> {
             for s in seen.iter() {
                 top[s.sub] = top[s.sub].max(s.held);
             }
-            top.iter().filter(|h| **h >= changes).count()
+            top.iter().filter(|h| **h >= base + changes).count()
         };
         if done == n || Instant::now() >= deadline {
             break;
@@ -195,7 +201,7 @@ pub async fn run(common: &Common, args: &WatchArgs) -> Result<Report> {
             let k = i64::try_from(k).unwrap_or(i64::MAX) + 1;
             match events
                 .iter()
-                .find(|(held, when)| *held >= k && *when >= *at)
+                .find(|(held, when)| *held >= base + k && *when >= *at)
             {
                 Some((_, when)) => update.record("update".into(), *when - *at),
                 None => missed += 1,
