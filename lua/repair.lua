@@ -7,10 +7,12 @@
 -- KEYS[1] <base>sale   KEYS[2] <base>holds   KEYS[3] <base>events
 -- ARGV[1] base   ARGV[2] last event id seen ('' = empty stream)
 -- ARGV[3] sold   ARGV[4] held   ARGV[5] number of bought pairs n
--- ARGV[6 .. 5+2n] pairs (user, bought)   then pairs (user, held)
+-- ARGV[6 .. 5+2n] pairs (user, bought)   then k, the number of items of a
+-- sale of several items, and k triples (sku, sold, held)   then pairs
+-- (user, held)
 --
 -- Returns {'repaired'}, {'changed'} (look again) or {'not_loaded'}.
-assert(#KEYS == 3 and #ARGV >= 5, 'repair.lua: wrong arity')
+assert(#KEYS == 3 and #ARGV >= 6, 'repair.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
 end
@@ -32,7 +34,12 @@ local n = tonumber(ARGV[5])
 for i = 6, 5 + 2 * n, 2 do
   redis.call('HSET', KEYS[1], 'b:' .. ARGV[i], ARGV[i + 1])
 end
-for i = 6 + 2 * n, #ARGV, 2 do
+local k = tonumber(ARGV[6 + 2 * n])
+local items_at = 7 + 2 * n
+for i = items_at, items_at + 3 * k - 1, 3 do
+  redis.call('HSET', KEYS[1], 'io:' .. ARGV[i], ARGV[i + 1], 'ih:' .. ARGV[i], ARGV[i + 2])
+end
+for i = items_at + 3 * k, #ARGV, 2 do
   redis.call('HSET', KEYS[1], 'u:' .. ARGV[i], ARGV[i + 1])
 end
 local now = now_ms()

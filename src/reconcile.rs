@@ -19,7 +19,7 @@ use chrono::DateTime;
 use uuid::Uuid;
 
 use crate::domain::Order;
-use crate::gate::{GateError, Inspection, PendingConfirm};
+use crate::gate::{Counters, GateError, Inspection, PendingConfirm};
 use crate::ids::SaleId;
 use crate::service::Service;
 use crate::service::ServiceError;
@@ -124,15 +124,26 @@ struct Expected {
     held_by: BTreeMap<String, i64>,
     /// Confirms in the stream, not in Postgres, older than `max_lag`.
     overdue: Vec<PendingConfirm>,
+    /// A sale of several items: (sold, held) per sku.
+    items: BTreeMap<String, (i64, i64)>,
 }
 
 async fn expected(
     service: &Service,
     insp: &Inspection,
     orders: &BTreeMap<String, i64>,
+    item_orders: &BTreeMap<String, i64>,
     max_lag: Duration,
 ) -> Result<Expected, ServiceError> {
     let mut bought = orders.clone();
+    let mut items: BTreeMap<String, (i64, i64)> = insp
+        .items
+        .iter()
+        .map(|(sku, c)| {
+            let sold = item_orders.get(sku).copied().unwrap_or(0);
+            (sku.clone(), (sold, c.live_held))
+        })
+        .collect();
     let rids: Vec<Uuid> = insp
         .pending_confirms
         .iter()
@@ -147,6 +158,9 @@ async fn expected(
             .unwrap_or(true)
         {
             *bought.entry(p.user.clone()).or_default() += p.qty;
+            for l in &p.items {
+                items.entry(l.sku.clone()).or_default().0 += i64::from(l.quantity);
+            }
             if insp.now_ms - p.at_ms > max_lag_ms {
                 overdue.push(p.clone());
             }
@@ -159,6 +173,7 @@ async fn expected(
         held: insp.live_holds.values().sum(),
         held_by: insp.live_holds.clone(),
         overdue,
+        items,
     })
 }
 
@@ -235,6 +250,19 @@ async fn check_sale(
         });
     };
     let (orders, purchases, sold_count) = service.store.totals(&sale).await?;
+    let (items, item_orders) = service.store.item_totals(&sale).await?;
+    for it in &items {
+        let sold = item_orders.get(&it.sku).copied().unwrap_or(0);
+        if sold > it.stock {
+            incident(
+                report,
+                format!(
+                    "Postgres orders: item {} {sold} sold > stock {} (oversold)",
+                    it.sku, it.stock
+                ),
+            );
+        }
+    }
     let nobody = BTreeMap::new();
     let recorded = Tally {
         sold: orders.values().sum(),
@@ -280,7 +308,7 @@ async fn check_sale(
     }
     for attempt in 0..5 {
         let insp = service.gate.inspect(&sale).await?;
-        let want = expected(service, &insp, &orders, opts.max_lag).await?;
+        let want = expected(service, &insp, &orders, &item_orders, opts.max_lag).await?;
         let (stock, cap) = (insp.stock, insp.per_user_limit);
         let redis_broken = broken(stock, cap, &Tally::from(&insp), "Redis");
         let repaired = Tally {
@@ -289,7 +317,23 @@ async fn check_sale(
             bought: &want.bought,
             held_by: &want.held_by,
         };
-        let want_broken = broken(stock, cap, &repaired, "Redis repaired from Postgres");
+        let mut want_broken = broken(stock, cap, &repaired, "Redis repaired from Postgres");
+        let mut redis_broken = redis_broken;
+        for (sku, c) in &insp.items {
+            if c.sold + c.held > c.stock {
+                redis_broken.push(format!(
+                    "Redis: item {sku} {} sold + {} held > stock {} (oversold)",
+                    c.sold, c.held, c.stock
+                ));
+            }
+            let (sold, held) = want.items.get(sku).copied().unwrap_or_default();
+            if sold + held > c.stock {
+                want_broken.push(format!(
+                    "Redis repaired from Postgres: item {sku} {sold} sold + {held} held > stock {} (oversold)",
+                    c.stock
+                ));
+            }
+        }
         let mut drift = Vec::new();
         for p in &want.overdue {
             let mut d = Drift {
@@ -322,7 +366,42 @@ async fn check_sale(
         diff(&mut drift, id, "held".into(), insp.held, want.held);
         diff_maps(&mut drift, id, "bought", &insp.bought, &want.bought);
         diff_maps(&mut drift, id, "held_by", &insp.held_by, &want.held_by);
-        let is_config = |d: &Drift| d.what == "stock" || d.what == "per_user_limit";
+        // Item by item: stock against sale_items, sold and held against
+        // order_items and the live holds' lines.
+        let skus: BTreeSet<&String> = insp
+            .items
+            .keys()
+            .chain(items.iter().map(|i| &i.sku))
+            .collect();
+        for sku in skus {
+            let found = insp.items.get(sku).cloned().unwrap_or_default();
+            let stock = items.iter().find(|i| &i.sku == sku).map_or(0, |i| i.stock);
+            let (sold, held) = want.items.get(sku).copied().unwrap_or_default();
+            diff(
+                &mut drift,
+                id,
+                format!("item[{sku}] stock"),
+                found.stock,
+                stock,
+            );
+            diff(
+                &mut drift,
+                id,
+                format!("item[{sku}] sold"),
+                found.sold,
+                sold,
+            );
+            diff(
+                &mut drift,
+                id,
+                format!("item[{sku}] held"),
+                found.held,
+                held,
+            );
+        }
+        let is_config = |d: &Drift| {
+            d.what == "stock" || d.what == "per_user_limit" || d.what.ends_with("] stock")
+        };
         let counters_drift = drift.iter().any(|d| !is_config(d) && !d.fixed);
         if !fix || !counters_drift || !want_broken.is_empty() {
             for what in redis_broken.into_iter().chain(want_broken) {
@@ -336,10 +415,13 @@ async fn check_sale(
             .repair(
                 &sale,
                 &insp,
-                want.sold,
-                want.held,
-                &want.bought,
-                &want.held_by,
+                &Counters {
+                    sold: want.sold,
+                    held: want.held,
+                    bought: &want.bought,
+                    held_by: &want.held_by,
+                    items: &want.items,
+                },
             )
             .await?
         {
@@ -381,6 +463,7 @@ async fn record_overdue(
         quantity: i32::try_from(p.qty).unwrap_or(0),
         confirmed_at: DateTime::from_timestamp_millis(p.at_ms).unwrap_or_default(),
         epoch: p.epoch,
+        items: p.items.clone(),
     };
     let recorded = service
         .store

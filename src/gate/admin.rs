@@ -62,6 +62,7 @@ impl Gate {
                 at_ms: 0,
                 epoch: 0,
                 by_admin: false,
+                items: Vec::new(),
             };
             holds.push((r.uuid(i)?, rec));
             i += 4;
