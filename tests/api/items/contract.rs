@@ -402,7 +402,18 @@ async fn confirm_cancel_extend_and_expiry_move_every_line() {
     let cart = json!([{"sku": "S", "quantity": 2}, {"sku": "M", "quantity": 1}]);
     let (s, a) = app.reserve_cart(&sale, "ann", cart.clone(), None).await;
     assert_eq!(s, 201, "{a}");
-    let (s, v) = app.act(&sale, &rid(&a), "extend", Some("ann")).await;
+    // Extended by more than the hold ttl, so it moves even within the
+    // millisecond of the reserve.
+    let (s, v) = body(
+        app.client
+            .post(app.url(&format!("/v1/sales/{sale}/reservations/{}/extend", rid(&a))))
+            .bearer_auth(token("ann"))
+            .json(&json!({"extend_secs": 5}))
+            .send()
+            .await
+            .expect("extend"),
+    )
+    .await;
     assert_eq!((s, v["items"].clone()), (200, a["items"].clone()), "{v}");
     let (s, v) = app.act(&sale, &rid(&a), "cancel", Some("ann")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");

@@ -3,8 +3,10 @@
 //!
 //! - `contract.rs`: the API of items and carts, one answer at a time;
 //! - `burst.rs`: hundreds of concurrent carts, counted exactly;
-//! - `rebuild.rs`: a sale of several items rebuilt after Redis lost it.
+//! - `rebuild.rs`: a sale of several items rebuilt after Redis lost it;
+//! - `views.rs`: the event stream and the admin pages show the items.
 
 mod burst;
 mod contract;
 mod rebuild;
+mod views;
