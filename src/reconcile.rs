@@ -23,7 +23,7 @@ use crate::gate::{Counters, GateError, Inspection, PendingConfirm};
 use crate::ids::SaleId;
 use crate::service::Service;
 use crate::service::ServiceError;
-use crate::store::SaleRow;
+use crate::store::{item_buyer, ItemTotals, SaleRow};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
@@ -126,13 +126,15 @@ struct Expected {
     overdue: Vec<PendingConfirm>,
     /// A sale of several items: (sold, held) per sku.
     items: BTreeMap<String, (i64, i64)>,
+    /// Per `<sku>/<user>` of the items with their own cap: (bought, held).
+    item_buyers: BTreeMap<String, (i64, i64)>,
 }
 
 async fn expected(
     service: &Service,
     insp: &Inspection,
     orders: &BTreeMap<String, i64>,
-    item_orders: &BTreeMap<String, i64>,
+    pg_items: &ItemTotals,
     max_lag: Duration,
 ) -> Result<Expected, ServiceError> {
     let mut bought = orders.clone();
@@ -140,10 +142,28 @@ async fn expected(
         .items
         .iter()
         .map(|(sku, c)| {
-            let sold = item_orders.get(sku).copied().unwrap_or(0);
+            let sold = pg_items.sold.get(sku).copied().unwrap_or(0);
             (sku.clone(), (sold, c.live_held))
         })
         .collect();
+    // A buyer's count of an item is kept only for an item with its own cap.
+    let capped: BTreeSet<&str> = pg_items
+        .items
+        .iter()
+        .filter(|i| i.per_user_limit.is_some())
+        .map(|i| i.sku.as_str())
+        .collect();
+    let is_capped = |key: &str| {
+        key.split_once('/')
+            .is_some_and(|(sku, _)| capped.contains(sku))
+    };
+    let mut item_buyers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (k, n) in &pg_items.bought {
+        item_buyers.entry(k.clone()).or_default().0 += n;
+    }
+    for (k, n) in insp.item_live_holds.iter().filter(|(k, _)| is_capped(k)) {
+        item_buyers.entry(k.clone()).or_default().1 += n;
+    }
     let rids: Vec<Uuid> = insp
         .pending_confirms
         .iter()
@@ -160,6 +180,10 @@ async fn expected(
             *bought.entry(p.user.clone()).or_default() += p.qty;
             for l in &p.items {
                 items.entry(l.sku.clone()).or_default().0 += i64::from(l.quantity);
+                let k = item_buyer(&l.sku, &p.user);
+                if is_capped(&k) {
+                    item_buyers.entry(k).or_default().0 += i64::from(l.quantity);
+                }
             }
             if insp.now_ms - p.at_ms > max_lag_ms {
                 overdue.push(p.clone());
@@ -174,6 +198,7 @@ async fn expected(
         held_by: insp.live_holds.clone(),
         overdue,
         items,
+        item_buyers,
     })
 }
 
@@ -250,9 +275,10 @@ async fn check_sale(
         });
     };
     let (orders, purchases, sold_count) = service.store.totals(&sale).await?;
-    let (items, item_orders) = service.store.item_totals(&sale).await?;
-    for it in &items {
-        let sold = item_orders.get(&it.sku).copied().unwrap_or(0);
+    let pg_items = service.store.item_totals(&sale).await?;
+    let items = &pg_items.items;
+    for it in items {
+        let sold = pg_items.sold.get(&it.sku).copied().unwrap_or(0);
         if sold > it.stock {
             incident(
                 report,
@@ -260,6 +286,22 @@ async fn check_sale(
                     "Postgres orders: item {} {sold} sold > stock {} (oversold)",
                     it.sku, it.stock
                 ),
+            );
+        }
+    }
+    let item_cap = |key: &str| {
+        key.split_once('/').and_then(|(sku, _)| {
+            items
+                .iter()
+                .find(|i| i.sku == sku)
+                .and_then(|i| i.per_user_limit)
+        })
+    };
+    for (k, n) in &pg_items.bought {
+        if item_cap(k).is_some_and(|cap| *n > i64::from(cap)) {
+            incident(
+                report,
+                format!("Postgres orders: buyer {k} has {n} units > the item's per_user_limit"),
             );
         }
     }
@@ -289,6 +331,13 @@ async fn check_sale(
         sold_count,
         orders.values().sum(),
     );
+    diff_maps(
+        &mut pg_drift,
+        id,
+        "postgres user_item_purchases",
+        &pg_items.purchases,
+        &pg_items.bought,
+    );
     if !pg_drift.is_empty() && fix {
         service.store.rebuild_totals(&sale).await?;
         pg_drift.iter_mut().for_each(|d| d.fixed = true);
@@ -308,7 +357,7 @@ async fn check_sale(
     }
     for attempt in 0..5 {
         let insp = service.gate.inspect(&sale).await?;
-        let want = expected(service, &insp, &orders, &item_orders, opts.max_lag).await?;
+        let want = expected(service, &insp, &orders, &pg_items, opts.max_lag).await?;
         let (stock, cap) = (insp.stock, insp.per_user_limit);
         let redis_broken = broken(stock, cap, &Tally::from(&insp), "Redis");
         let repaired = Tally {
@@ -399,6 +448,36 @@ async fn check_sale(
                 held,
             );
         }
+        // Per buyer, of the items with their own cap.
+        let part = |bought: bool| -> BTreeMap<String, i64> {
+            want.item_buyers
+                .iter()
+                .map(|(k, (b, h))| (k.clone(), if bought { *b } else { *h }))
+                .filter(|(_, n)| *n != 0)
+                .collect()
+        };
+        diff_maps(
+            &mut drift,
+            id,
+            "item bought",
+            &insp.item_bought,
+            &part(true),
+        );
+        diff_maps(
+            &mut drift,
+            id,
+            "item held_by",
+            &insp.item_held_by,
+            &part(false),
+        );
+        for (k, (b, h)) in &want.item_buyers {
+            if item_cap(k).is_some_and(|cap| b + h > i64::from(cap)) {
+                want_broken.push(format!(
+                    "Redis repaired from Postgres: buyer {k} has {} units > the item's per_user_limit",
+                    b + h
+                ));
+            }
+        }
         let is_config = |d: &Drift| {
             d.what == "stock" || d.what == "per_user_limit" || d.what.ends_with("] stock")
         };
@@ -421,6 +500,7 @@ async fn check_sale(
                     bought: &want.bought,
                     held_by: &want.held_by,
                     items: &want.items,
+                    item_buyers: &want.item_buyers,
                 },
             )
             .await?

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::{Gate, GateError, ScriptName};
 use crate::domain::Line;
 use crate::ids::SaleId;
+use crate::store::item_buyer;
 
 /// A sale as Redis holds it, read in one step (see `lua/inspect.lua`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +25,12 @@ pub struct Inspection {
     /// A sale of several items, per sku: stock, sold and held as the
     /// item's counters say, and the units of its lines in live holds.
     pub items: BTreeMap<String, ItemCounters>,
+    /// Per `<sku>/<user>` (items with their own cap): units bought (`ib:`)
+    /// and held (`iu:`) as the counters say, and the units of the live
+    /// holds' lines (of every item).
+    pub item_bought: BTreeMap<String, i64>,
+    pub item_held_by: BTreeMap<String, i64>,
+    pub item_live_holds: BTreeMap<String, i64>,
     /// Confirms not yet written to Postgres.
     pub pending_confirms: Vec<PendingConfirm>,
     /// Redis' clock when it looked (ms).
@@ -39,6 +46,8 @@ pub struct Counters<'a> {
     pub bought: &'a BTreeMap<String, i64>,
     pub held_by: &'a BTreeMap<String, i64>,
     pub items: &'a BTreeMap<String, (i64, i64)>,
+    /// Per `<sku>/<user>` of the items with their own cap: (bought, held).
+    pub item_buyers: &'a BTreeMap<String, (i64, i64)>,
 }
 
 /// One item's counters in Redis (`is:` `io:` `ih:`), and what its live
@@ -99,6 +108,14 @@ impl Gate {
                         insp.items.entry(sku.to_string()).or_default().sold = n;
                     } else if let Some(sku) = item("ih:") {
                         insp.items.entry(sku.to_string()).or_default().held = n;
+                    } else if let Some((sku, u)) =
+                        f.strip_prefix("ib:").and_then(|r| r.split_once(':'))
+                    {
+                        insp.item_bought.insert(item_buyer(sku, u), n);
+                    } else if let Some((sku, u)) =
+                        f.strip_prefix("iu:").and_then(|r| r.split_once(':'))
+                    {
+                        insp.item_held_by.insert(item_buyer(sku, u), n);
                     } else if let Some(u) = f.strip_prefix("b:") {
                         insp.bought.insert(u.to_string(), n);
                     } else if let Some(u) = f.strip_prefix("u:") {
@@ -111,6 +128,10 @@ impl Gate {
             if let [u, q, items] = hold {
                 *insp.live_holds.entry(u.clone()).or_default() += q.parse::<i64>().unwrap_or(0);
                 for l in Line::parse_cart(items).unwrap_or_default() {
+                    *insp
+                        .item_live_holds
+                        .entry(item_buyer(&l.sku, u))
+                        .or_default() += i64::from(l.quantity);
                     insp.items.entry(l.sku).or_default().live_held += i64::from(l.quantity);
                 }
             }
@@ -144,6 +165,7 @@ impl Gate {
             bought,
             held_by,
             items,
+            item_buyers,
         } = *to;
         let k = self.keys(sale);
         let mut inv = self.prepare(ScriptName::Repair);
@@ -159,6 +181,14 @@ impl Gate {
         inv.arg(items.len());
         for (sku, (sold, held)) in items {
             inv.arg(sku.as_str()).arg(*sold).arg(*held);
+        }
+        let per_buyer: Vec<_> = item_buyers
+            .iter()
+            .filter_map(|(k, v)| k.split_once('/').map(|(sku, u)| (sku, u, v)))
+            .collect();
+        inv.arg(per_buyer.len());
+        for (sku, user, (bought, held)) in per_buyer {
+            inv.arg(sku).arg(user).arg(*bought).arg(*held);
         }
         for (u, q) in held_by {
             inv.arg(u.as_str()).arg(*q);

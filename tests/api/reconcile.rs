@@ -373,3 +373,103 @@ async fn items_are_reconciled_item_by_item() {
         .expect("reconcile");
     assert!(again.drift.is_empty(), "{:?}", again.drift);
 }
+
+/// Each buyer's count of an item with its own cap is compared too: in
+/// Redis (`ib:` / `iu:`) against the orders' lines and the live holds, and
+/// `user_item_purchases` against `order_items`; `--fix` repairs both.
+#[tokio::test]
+async fn a_buyers_count_of_a_capped_item_is_reconciled() {
+    let app = spawn_app().await;
+    let sale = app
+        .items_sale(
+            serde_json::json!([{"sku": "S", "stock": 5}, {"sku": "M", "stock": 5, "per_user_limit": 1}]),
+            3,
+            60,
+        )
+        .await;
+    let id = SaleId::parse(&sale).expect("id");
+    let (_, a) = app
+        .reserve_cart(
+            &sale,
+            "ann",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+    let (s, _) = app
+        .reserve_cart(
+            &sale,
+            "bob",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    app.drained(Duration::from_secs(10)).await;
+    let clean = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert!(clean.drift.is_empty(), "{:?}", clean.drift);
+
+    let mut conn = test_redis().await;
+    let key = format!("{}:{{{sale}}}:sale", app.prefix);
+    let _: () = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("ib:M:ann")
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("iu:M:bob")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    sqlx::query("DELETE FROM user_item_purchases WHERE sale_id = $1")
+        .bind(&sale)
+        .execute(&app.pool)
+        .await
+        .expect("corrupt");
+    let found = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
+    for w in [
+        "item bought[M/ann]",
+        "item held_by[M/bob]",
+        "postgres user_item_purchases[M/ann]",
+    ] {
+        assert!(what.contains(&w), "{w} drift not found in {what:?}");
+    }
+    let fixed = reconcile(&app.service, Some(&id), &fix())
+        .await
+        .expect("fix");
+    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
+    let again = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+    assert_eq!(
+        user_item_purchases(&app.pool, &sale).await,
+        [(("M".to_string(), "ann".to_string()), 1)].into()
+    );
+    // ann's cap of M counts her unit again.
+    let (s, v) = app
+        .reserve_cart(
+            &sale,
+            "ann",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["details"]["sku"].as_str()),
+        (409, Some("M")),
+        "{v}"
+    );
+}
