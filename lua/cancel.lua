@@ -5,7 +5,8 @@
 -- KEYS[4] <base>r:<rid>   KEYS[5] <base>h:<rid>
 -- ARGV[1] base   ARGV[2] rid   ARGV[3] acting user ('' for the admin)
 --
--- Returns {outcome, user, qty, status, expires_ms, at_ms, 0, by} with outcome
+-- Returns {outcome, user, qty, status, expires_ms, at_ms, 0, by, items}
+-- (items: the cart, every line given back) with outcome
 --   'ok'          cancelled now, units given back
 --   'replay'      it was already cancelled (same reply, idempotent)
 --   'conflict'    it is confirmed or expired (status says which); a hold past
@@ -30,9 +31,9 @@ end
 if r[3] ~= 'held' then
   return rec_reply('conflict', r)
 end
-local qty, user = release_hold(base, rid, 'cancelled', now)
+local qty, user, items = release_hold(base, rid, 'cancelled', now)
 redis.call('HSET', KEYS[4], 'by', by)
-emit(base, 'cancelled', now, rid, user, qty)
+emit(base, 'cancelled', now, rid, user, qty, nil, items)
 queue_pace(base, now)
 r[5] = s(now)
 local out = rec_reply('ok', r, 'cancelled')

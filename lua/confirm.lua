@@ -6,7 +6,8 @@
 -- ARGV[1] base   ARGV[2] rid   ARGV[3] acting user ('' for the admin)
 -- ARGV[4] reservation record ttl ms (kept this long after the confirm)
 --
--- Returns {outcome, user, qty, status, expires_ms, at_ms, epoch} with outcome
+-- Returns {outcome, user, qty, status, expires_ms, at_ms, epoch, '', items}
+-- (items: the cart of a sale of several items, every line sold) with outcome
 --   'ok'          confirmed now (at_ms = confirmation time)
 --   'replay'      it was already confirmed (same reply, idempotent)
 -- (epoch: the sale's, which the order is recorded under; see lib.lua)
@@ -34,10 +35,11 @@ if redis.call('HINCRBY', KEYS[1], 'u:' .. user, -qty) <= 0 then
   redis.call('HDEL', KEYS[1], 'u:' .. user)
 end
 redis.call('HINCRBY', KEYS[1], 'b:' .. user, qty)
+unhold_lines(KEYS[1], user, lines_of(r.items), true)
 redis.call('HSET', KEYS[4], 'status', 'confirmed', 'at', s(now))
 redis.call('PEXPIRE', KEYS[4], ARGV[4])
 redis.call('ZREM', KEYS[2], rid)
 redis.call('DEL', KEYS[5])
-emit(base, 'confirmed', now, rid, user, qty)
+emit(base, 'confirmed', now, rid, user, qty, nil, r.items)
 r[5] = s(now)
 return rec_reply('ok', r, 'confirmed', epoch)

@@ -7,7 +7,8 @@
 -- ARGV[1] base   ARGV[2] rid   ARGV[3] acting user ('' for the admin)
 -- ARGV[4] extension ms ('' for the sale's hold ttl)
 --
--- Returns {outcome, user, qty, status, expires_ms, at_ms} with outcome
+-- Returns {outcome, user, qty, status, expires_ms, at_ms, 0, '', items}
+-- (items: the cart; the whole reservation moves) with outcome
 --   'ok'          new deadline in expires_ms
 --   'hold_limit'  the hold already runs to its maximum
 --   'conflict'    confirmed, cancelled or expired (status says which)
@@ -33,6 +34,6 @@ end
 redis.call('HSET', KEYS[4], 'expires', s(expires))
 redis.call('ZADD', KEYS[2], s(expires), rid)
 redis.call('SET', KEYS[5], '1', 'PX', s(expires - now))
-emit(base, 'extended', now, rid, r[1], tonumber(r[2]))
+emit(base, 'extended', now, rid, r[1], tonumber(r[2]), nil, r.items)
 r[4] = s(expires)
 return rec_reply('ok', r)

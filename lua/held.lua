@@ -13,7 +13,8 @@
 --
 -- Returns {'not_loaded'} or
 --   {'ok', more (1 | 0), last_deadline_ms, last_rid, rid, user, qty,
---    expires_ms, rid, user, qty, expires_ms, ...}
+--    expires_ms, items, rid, user, qty, expires_ms, items, ...}
+-- (items: the cart of a sale of several items, '' for none)
 -- (last_*: the last hold the page looked at, the next page's cursor when
 -- more = 1; '' when it looked at none).
 assert(#KEYS == 2 and #ARGV == 4, 'held.lua: wrong arity')
@@ -56,12 +57,13 @@ local seen = #page / 2
 local more = start + seen < redis.call('ZCARD', KEYS[2]) and 1 or 0
 local out = {'ok', more, page[#page] or '', page[#page - 1] or ''}
 for i = 1, #page, 2 do
-  local r = redis.call('HMGET', base .. 'r:' .. page[i], 'user', 'qty', 'status')
+  local r = redis.call('HMGET', base .. 'r:' .. page[i], 'user', 'qty', 'status', 'items')
   if r[3] == 'held' then
     out[#out + 1] = page[i]
     out[#out + 1] = r[1]
     out[#out + 1] = tonumber(r[2])
     out[#out + 1] = tonumber(page[i + 1])
+    out[#out + 1] = r[4] or ''
   end
 end
 return out

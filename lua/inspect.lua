@@ -7,9 +7,11 @@
 -- Returns {'not_loaded'} or
 --   {'ok', now_ms, last_event_id, sale_fields, live_holds, pending_confirms}
 -- sale_fields: the sale hash as a flat list (field, value, ...)
--- live_holds: flat list (user, qty) of held, unexpired reservations
--- pending_confirms: flat list (rid, user, qty, at_ms, epoch) of `confirmed`
---   events still in the stream (not yet written to Postgres and acknowledged)
+-- live_holds: flat list (user, qty, items) of held, unexpired reservations
+-- pending_confirms: flat list (rid, user, qty, at_ms, epoch, items) of
+--   `confirmed` events still in the stream (not yet written to Postgres and
+--   acknowledged)
+-- (items: the cart 'sku:qty,...' of a sale of several items, else '')
 assert(#KEYS == 3 and #ARGV == 1, 'inspect.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
@@ -22,6 +24,7 @@ for _, rid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if r and r[3] == 'held' and not r[6] then
     live[#live + 1] = r[1]
     live[#live + 1] = r[2]
+    live[#live + 1] = r.items
   end
 end
 local pending = {}
@@ -38,6 +41,7 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do
     pending[#pending + 1] = f['qty']
     pending[#pending + 1] = f['at'] or '0'
     pending[#pending + 1] = f['epoch'] or '0'
+    pending[#pending + 1] = f['items'] or ''
   end
 end
 local tail = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)

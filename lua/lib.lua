@@ -14,14 +14,26 @@
 --                             q_seq), what admins steer (`paused` '1' while
 --                             paused; `closed`, ms, once closed: see
 --                             steer.lua), per buyer `u:<user>` (held) and
---                             `b:<user>` (bought)
+--                             `b:<user>` (bought); a sale of several items
+--                             (`items`: their skus, 'S,M,L') also per item
+--                             `is:<sku>` (stock) `io:<sku>` (sold) `ih:<sku>`
+--                             (held) `il:<sku>` (its per-buyer cap, '' for
+--                             none) and, for an item with a cap, per buyer
+--                             `iu:<sku>:<user>` (held) `ib:<sku>:<user>`
+--                             (bought); `stock` `sold` `held` `u:` `b:` are
+--                             then the sums over its items. A sku is 1-64 of
+--                             [A-Za-z0-9_-] (no ':' nor ','): no field of an
+--                             item can be another's or a buyer's
 --   <base>holds       zset    reservation id -> hold deadline (ms, Redis clock)
 --   <base>events      stream  one entry per state change, for the worker
 --   <base>r:<rid>     hash    reservation record (user qty status created
---                             expires max_until at; by: who cancelled it)
+--                             expires max_until at; by: who cancelled it;
+--                             items: the cart 'sku:qty,sku:qty' of a sale of
+--                             several items, qty its total)
 --   <base>h:<rid>     string  the live hold, expiring by PX at its deadline
 --   <base>queue       zset    a queued sale's buyers -> place (see below)
---   <base>idem:<len(user)>:<user>:<key>  hash  Idempotency-Key -> rid, qty
+--   <base>idem:<len(user)>:<user>:<key>  hash  Idempotency-Key -> rid, qty,
+--                             cart (the record's items, '' for none)
 --                             (the length keeps buyers `a:b` + key `k` and
 --                             `a` + key `b:k` apart)
 -- where <base> = "<prefix>:{<sale_id>}:" is passed as ARGV[1]. A buyer's
@@ -55,22 +67,72 @@ end
 
 -- Appends one event to the sale's stream, with the counters after the event
 -- and the sale's epoch (an order is recorded only in its epoch):
--- `c` = {id, sold, held, stock, epoch} when the caller knows them, else read here.
-local function emit(base, kind, now, rid, user, qty, c)
+-- `c` = {id, sold, held, stock, epoch} when the caller knows them, else read
+-- here; `items`: the reservation's cart, when it has one.
+local function emit(base, kind, now, rid, user, qty, c, items)
   c = c or redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock', 'epoch')
-  redis.call('XADD', base .. 'events', '*',
-    'kind', kind, 'sale', c[1], 'rid', rid or '', 'user', user or '',
+  local f = {'kind', kind, 'sale', c[1], 'rid', rid or '', 'user', user or '',
     'qty', s(qty or 0), 'at', s(now),
     'sold', c[2] or '0', 'held', c[3] or '0', 'stock', c[4] or '0',
-    'epoch', c[5] or '0')
+    'epoch', c[5] or '0'}
+  if items and items ~= '' then
+    f[#f + 1] = 'items'
+    f[#f + 1] = items
+  end
+  redis.call('XADD', base .. 'events', '*', unpack(f))
   bump(base, now)
 end
 
+-- A cart 'sku:qty,sku:qty' as a list of {sku, qty}; {} for '' or nil.
+local function lines_of(cart)
+  local out = {}
+  if cart and cart ~= '' then
+    for sku, q in string.gmatch(cart, '([^,:]+):(%d+)') do
+      out[#out + 1] = {sku, tonumber(q)}
+    end
+  end
+  return out
+end
+
+-- The skus of a sale of several items, in their order; {} for one item.
+local function item_list(sale)
+  local out = {}
+  local l = redis.call('HGET', sale, 'items')
+  if l and l ~= '' then
+    for sku in string.gmatch(l, '[^,]+') do
+      out[#out + 1] = sku
+    end
+  end
+  return out
+end
+
+-- Gives a cart's held units back to its items (a cancel, an expiry, a
+-- confirm with `sold` true, which sells them instead). A buyer's held count
+-- of an item (`iu:`) is there only if the item had a cap when the hold was
+-- made; a buyer's bought count (`ib:`) moves only for an item with a cap.
+local function unhold_lines(sale, user, lines, sold)
+  for _, l in ipairs(lines) do
+    local sku, q = l[1], l[2]
+    redis.call('HINCRBY', sale, 'ih:' .. sku, -q)
+    local iu = 'iu:' .. sku .. ':' .. user
+    if redis.call('HEXISTS', sale, iu) == 1 and redis.call('HINCRBY', sale, iu, -q) <= 0 then
+      redis.call('HDEL', sale, iu)
+    end
+    if sold then
+      redis.call('HINCRBY', sale, 'io:' .. sku, q)
+      if (redis.call('HGET', sale, 'il:' .. sku) or '') ~= '' then
+        redis.call('HINCRBY', sale, 'ib:' .. sku .. ':' .. user, q)
+      end
+    end
+  end
+end
+
 -- Ends a held reservation as `status` (expired / cancelled) and gives its
--- units back. Returns qty, user when units were released, nil otherwise.
+-- units back. Returns qty, user, items (its cart, '' for none) when units
+-- were released, nil otherwise.
 local function release_hold(base, rid, status, now)
   local rkey = base .. 'r:' .. rid
-  local r = redis.call('HMGET', rkey, 'status', 'user', 'qty')
+  local r = redis.call('HMGET', rkey, 'status', 'user', 'qty', 'items')
   redis.call('ZREM', base .. 'holds', rid)
   if status ~= 'expired' then
     -- An expired hold's key is gone by itself (same deadline). Not naming a
@@ -88,8 +150,9 @@ local function release_hold(base, rid, status, now)
   if redis.call('HINCRBY', sale, 'u:' .. r[2], -qty) <= 0 then
     redis.call('HDEL', sale, 'u:' .. r[2])
   end
+  unhold_lines(sale, r[2], lines_of(r[4]), false)
   redis.call('HSET', rkey, 'status', status, 'at', s(now))
-  return qty, r[2]
+  return qty, r[2], r[4] or ''
 end
 
 -- The fair queue of a sale whose admission is 'queue' (lua/queue.lua):
@@ -198,10 +261,10 @@ local function sweep(base, now, limit)
   local due = redis.call('ZRANGE', base .. 'holds', '-inf', s(now), 'BYSCORE', 'LIMIT', 0, limit)
   local released = 0
   for _, rid in ipairs(due) do
-    local qty, user = release_hold(base, rid, 'expired', now)
+    local qty, user, items = release_hold(base, rid, 'expired', now)
     if qty then
       released = released + 1
-      emit(base, 'expired', now, rid, user, qty)
+      emit(base, 'expired', now, rid, user, qty, nil, items)
     end
   end
   if released > 0 then
@@ -211,20 +274,24 @@ local function sweep(base, now, limit)
 end
 
 -- The reply shared by the reservation scripts:
--- {outcome, user, qty, status, expires_ms, at_ms, epoch}
--- (epoch: the sale's, where the caller records an order; else 0)
+-- {outcome, user, qty, status, expires_ms, at_ms, epoch, by, items}
+-- (epoch: the sale's, where the caller records an order; else 0; by: who
+-- cancelled it, set by cancel.lua, else ''; items: the cart, '' for none)
 local function rec_reply(outcome, r, status, epoch)
   return {outcome, r[1] or '', tonumber(r[2] or '0'), status or r[3] or '',
-    tonumber(r[4] or '0'), tonumber(r[5] or '0'), tonumber(epoch or '0')}
+    tonumber(r[4] or '0'), tonumber(r[5] or '0'), tonumber(epoch or '0'), '', r.items or ''}
 end
 
--- Loads a reservation record as {user, qty, status, expires, at}; the status of
--- a hold past its deadline reads `expired` even before a sweep ran.
+-- Loads a reservation record as {user, qty, status, expires, at, items =
+-- its cart}; the status of a hold past its deadline reads `expired` even
+-- before a sweep ran (r[6] is then 'lapsed').
 local function load_rec(base, rid, now)
-  local r = redis.call('HMGET', base .. 'r:' .. rid, 'user', 'qty', 'status', 'expires', 'at')
-  if not r[3] then
+  local x = redis.call('HMGET', base .. 'r:' .. rid, 'user', 'qty', 'status', 'expires', 'at', 'items')
+  if not x[3] then
     return nil
   end
+  local r = {x[1], x[2], x[3], x[4], x[5]}
+  r.items = x[6] or ''
   if r[3] == 'held' and tonumber(r[4]) <= now then
     r[6] = 'lapsed'
   end
@@ -250,8 +317,8 @@ local function open_transition(base, rid, actor)
     return nil, nil, {'forbidden'}
   end
   if r[6] then
-    local qty, user = release_hold(base, rid, 'expired', now)
-    emit(base, 'expired', now, rid, user, qty)
+    local qty, user, items = release_hold(base, rid, 'expired', now)
+    emit(base, 'expired', now, rid, user, qty, nil, items)
     queue_pace(base, now)
     r[5] = s(now)
     return nil, nil, rec_reply('conflict', r, 'expired')

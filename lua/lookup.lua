@@ -5,7 +5,8 @@
 -- KEYS[1] <base>sale   KEYS[2] <base>r:<rid>
 -- ARGV[1] base   ARGV[2] rid
 --
--- Returns {outcome, user, qty, status, expires_ms, at_ms}, outcome 'ok',
+-- Returns {outcome, user, qty, status, expires_ms, at_ms, 0, '', items},
+-- outcome 'ok',
 -- 'not_found' or 'not_loaded'.
 assert(#KEYS == 2 and #ARGV == 2, 'lookup.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then

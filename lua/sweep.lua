@@ -9,11 +9,12 @@
 --
 -- Returns {'not_loaded'} or
 --   {'ok', released, now_ms, sold, held, version, paused, joined, serving,
---    closed, config...}
+--    closed, config..., items}
 -- with config the sale's CONFIG_FIELDS (lib.lua) in their order (starts,
 -- ends, product and queue_opens are '' when unset); joined and serving are
 -- the queue's (0 for an open sale); closed: when an admin closed the sale
--- (ms), '' if not.
+-- (ms), '' if not. items: a sale of several items' items, flat (sku, stock,
+-- cap ('' for none), sold, held, ...), in their order; empty for one item.
 assert(#KEYS == 4 and #ARGV == 2, 'sweep.lua: wrong arity')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
@@ -32,4 +33,14 @@ local out = {'ok', released, now, tonumber(c[1]), tonumber(c[2]), tonumber(c[3] 
 for _, v in ipairs(redis.call('HMGET', KEYS[1], unpack(CONFIG_FIELDS))) do
   out[#out + 1] = v or ''
 end
+local items = {}
+for _, sku in ipairs(item_list(KEYS[1])) do
+  local f = redis.call('HMGET', KEYS[1], 'is:' .. sku, 'il:' .. sku, 'io:' .. sku, 'ih:' .. sku)
+  items[#items + 1] = sku
+  items[#items + 1] = f[1] or '0'
+  items[#items + 1] = f[2] or ''
+  items[#items + 1] = f[3] or '0'
+  items[#items + 1] = f[4] or '0'
+end
+out[#out + 1] = items
 return out

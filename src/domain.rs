@@ -22,6 +22,76 @@ pub struct SaleConfig {
     pub ends_ms: Option<i64>,
     pub product_id: Option<String>,
     pub admission: Admission,
+    /// A sale of several items (variants: sizes, colours): each with its
+    /// own stock (`stock` is then their sum) and maybe its own per-buyer
+    /// cap under the sale's. Empty: a one-item sale.
+    pub items: Vec<Item>,
+}
+
+/// One item of a sale of several items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// 1-64 of `[A-Za-z0-9_-]` (no `:` nor `,`: see `lua/lib.lua`).
+    pub sku: String,
+    pub stock: i64,
+    /// A buyer's cap of this item, under the sale's `per_user_limit`.
+    pub per_user_limit: Option<u32>,
+}
+
+/// An item of a sale as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemState {
+    pub item: Item,
+    pub sold: i64,
+    pub held: i64,
+}
+
+impl ItemState {
+    pub fn available(&self) -> i64 {
+        (self.item.stock - self.sold - self.held).max(0)
+    }
+}
+
+/// One line of a cart: units of one item.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Line {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+impl Line {
+    /// `sku:qty,sku:qty` as the scripts keep a cart; None if malformed.
+    pub fn parse_cart(s: &str) -> Option<Vec<Line>> {
+        if s.is_empty() {
+            return Some(Vec::new());
+        }
+        s.split(',')
+            .map(|l| {
+                let (sku, q) = l.split_once(':')?;
+                Some(Line {
+                    sku: sku.to_string(),
+                    quantity: q.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A cart line the sale cannot hold now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub sku: String,
+    pub requested: u32,
+    pub available: i64,
+}
+
+/// An item whose stock an update would take below its sold + held units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemBelow {
+    pub sku: String,
+    pub stock: i64,
+    pub sold: i64,
+    pub held: i64,
 }
 
 /// Who may reserve, and when.
@@ -67,6 +137,8 @@ pub struct SaleState {
     pub now_ms: i64,
     /// Expired holds the read gave back.
     pub released: i64,
+    /// A sale of several items: each one's counters (empty for one item).
+    pub items: Vec<ItemState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +274,8 @@ pub struct Record {
     pub epoch: i64,
     /// A cancelled reservation the admin cancelled (a cancel reports it).
     pub by_admin: bool,
+    /// Its cart, on a sale of several items (`qty` is the total).
+    pub items: Vec<Line>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,8 +290,24 @@ pub enum ReserveOutcome {
         qty: u32,
         status: Status,
         expires_ms: i64,
+        items: Vec<Line>,
     },
     IdempotencyMismatch,
+    /// A cart, on a one-item sale.
+    NoItems,
+    /// No cart, on a sale of several items.
+    ItemsRequired,
+    /// A cart line names no item of the sale.
+    UnknownSku {
+        sku: String,
+    },
+    /// A cart line exceeds its item's own per-buyer cap.
+    ItemLimit {
+        sku: String,
+        limit: u32,
+        held: u32,
+        bought: u32,
+    },
     NotStarted {
         starts_ms: i64,
     },
@@ -244,8 +334,10 @@ pub enum ReserveOutcome {
         held: u32,
         bought: u32,
     },
+    /// `shortfalls`: a cart's lines short of units (empty for one item).
     SoldOut {
         available: i64,
+        shortfalls: Vec<Shortfall>,
     },
     /// The buyer already has its cap of active holds across sales; the
     /// earliest of them ends at `earliest_ms`.
@@ -261,6 +353,8 @@ impl ReserveOutcome {
             Self::Held { .. } => "held",
             Self::Replay { .. } => "replay",
             Self::IdempotencyMismatch => "idempotency_key_reused",
+            Self::NoItems | Self::ItemsRequired | Self::UnknownSku { .. } => "invalid_cart",
+            Self::ItemLimit { .. } => "user_limit_exceeded",
             Self::NotStarted { .. } => "sale_not_started",
             Self::Ended { .. } => "sale_ended",
             Self::Paused => "sale_paused",
@@ -298,9 +392,22 @@ pub enum ConfigureOutcome {
     Updated {
         epoch: i64,
     },
+    /// `items`: the items below (empty for a one-item sale).
     BelowCommitted {
         sold: i64,
         held: i64,
+        items: Vec<ItemBelow>,
+    },
+    /// A sale with units sold or held cannot change between one item and
+    /// several.
+    ShapeChange {
+        sold: i64,
+        held: i64,
+    },
+    /// An item with units sold or held cannot get a per-buyer cap it did
+    /// not have (its buyers' units were not counted).
+    CapAdded {
+        sku: String,
     },
     /// An admin closed the sale: its configuration is final.
     Closed {
@@ -336,6 +443,8 @@ pub struct Order {
     /// The sale's epoch the confirm ran in: recorded only while it is the
     /// sale's current one.
     pub epoch: i64,
+    /// Its cart, on a sale of several items (`order_items`).
+    pub items: Vec<Line>,
 }
 
 impl Order {
@@ -350,6 +459,7 @@ impl Order {
             at_ms,
             epoch: self.epoch,
             by_admin: false,
+            items: self.items.clone(),
         }
     }
 }
@@ -375,6 +485,7 @@ mod tests {
                 ends_ms: ends,
                 product_id: None,
                 admission: Admission::Open,
+                items: Vec::new(),
             },
             sold,
             held,
@@ -384,6 +495,7 @@ mod tests {
             queue: None,
             now_ms: 1_000_000,
             released: 0,
+            items: Vec::new(),
         }
     }
 

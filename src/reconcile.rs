@@ -19,11 +19,11 @@ use chrono::DateTime;
 use uuid::Uuid;
 
 use crate::domain::Order;
-use crate::gate::{GateError, Inspection, PendingConfirm};
+use crate::gate::{Counters, GateError, Inspection, PendingConfirm};
 use crate::ids::SaleId;
 use crate::service::Service;
 use crate::service::ServiceError;
-use crate::store::SaleRow;
+use crate::store::{item_buyer, ItemTotals, SaleRow};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
@@ -124,15 +124,46 @@ struct Expected {
     held_by: BTreeMap<String, i64>,
     /// Confirms in the stream, not in Postgres, older than `max_lag`.
     overdue: Vec<PendingConfirm>,
+    /// A sale of several items: (sold, held) per sku.
+    items: BTreeMap<String, (i64, i64)>,
+    /// Per `<sku>/<user>` of the items with their own cap: (bought, held).
+    item_buyers: BTreeMap<String, (i64, i64)>,
 }
 
 async fn expected(
     service: &Service,
     insp: &Inspection,
     orders: &BTreeMap<String, i64>,
+    pg_items: &ItemTotals,
     max_lag: Duration,
 ) -> Result<Expected, ServiceError> {
     let mut bought = orders.clone();
+    let mut items: BTreeMap<String, (i64, i64)> = insp
+        .items
+        .iter()
+        .map(|(sku, c)| {
+            let sold = pg_items.sold.get(sku).copied().unwrap_or(0);
+            (sku.clone(), (sold, c.live_held))
+        })
+        .collect();
+    // A buyer's count of an item is kept only for an item with its own cap.
+    let capped: BTreeSet<&str> = pg_items
+        .items
+        .iter()
+        .filter(|i| i.per_user_limit.is_some())
+        .map(|i| i.sku.as_str())
+        .collect();
+    let is_capped = |key: &str| {
+        key.split_once('/')
+            .is_some_and(|(sku, _)| capped.contains(sku))
+    };
+    let mut item_buyers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (k, n) in &pg_items.bought {
+        item_buyers.entry(k.clone()).or_default().0 += n;
+    }
+    for (k, n) in insp.item_live_holds.iter().filter(|(k, _)| is_capped(k)) {
+        item_buyers.entry(k.clone()).or_default().1 += n;
+    }
     let rids: Vec<Uuid> = insp
         .pending_confirms
         .iter()
@@ -147,6 +178,13 @@ async fn expected(
             .unwrap_or(true)
         {
             *bought.entry(p.user.clone()).or_default() += p.qty;
+            for l in &p.items {
+                items.entry(l.sku.clone()).or_default().0 += i64::from(l.quantity);
+                let k = item_buyer(&l.sku, &p.user);
+                if is_capped(&k) {
+                    item_buyers.entry(k).or_default().0 += i64::from(l.quantity);
+                }
+            }
             if insp.now_ms - p.at_ms > max_lag_ms {
                 overdue.push(p.clone());
             }
@@ -159,6 +197,8 @@ async fn expected(
         held: insp.live_holds.values().sum(),
         held_by: insp.live_holds.clone(),
         overdue,
+        items,
+        item_buyers,
     })
 }
 
@@ -235,6 +275,36 @@ async fn check_sale(
         });
     };
     let (orders, purchases, sold_count) = service.store.totals(&sale).await?;
+    let pg_items = service.store.item_totals(&sale).await?;
+    let items = &pg_items.items;
+    for it in items {
+        let sold = pg_items.sold.get(&it.sku).copied().unwrap_or(0);
+        if sold > it.stock {
+            incident(
+                report,
+                format!(
+                    "Postgres orders: item {} {sold} sold > stock {} (oversold)",
+                    it.sku, it.stock
+                ),
+            );
+        }
+    }
+    let item_cap = |key: &str| {
+        key.split_once('/').and_then(|(sku, _)| {
+            items
+                .iter()
+                .find(|i| i.sku == sku)
+                .and_then(|i| i.per_user_limit)
+        })
+    };
+    for (k, n) in &pg_items.bought {
+        if item_cap(k).is_some_and(|cap| *n > i64::from(cap)) {
+            incident(
+                report,
+                format!("Postgres orders: buyer {k} has {n} units > the item's per_user_limit"),
+            );
+        }
+    }
     let nobody = BTreeMap::new();
     let recorded = Tally {
         sold: orders.values().sum(),
@@ -261,6 +331,13 @@ async fn check_sale(
         sold_count,
         orders.values().sum(),
     );
+    diff_maps(
+        &mut pg_drift,
+        id,
+        "postgres user_item_purchases",
+        &pg_items.purchases,
+        &pg_items.bought,
+    );
     if !pg_drift.is_empty() && fix {
         service.store.rebuild_totals(&sale).await?;
         pg_drift.iter_mut().for_each(|d| d.fixed = true);
@@ -280,7 +357,7 @@ async fn check_sale(
     }
     for attempt in 0..5 {
         let insp = service.gate.inspect(&sale).await?;
-        let want = expected(service, &insp, &orders, opts.max_lag).await?;
+        let want = expected(service, &insp, &orders, &pg_items, opts.max_lag).await?;
         let (stock, cap) = (insp.stock, insp.per_user_limit);
         let redis_broken = broken(stock, cap, &Tally::from(&insp), "Redis");
         let repaired = Tally {
@@ -289,7 +366,23 @@ async fn check_sale(
             bought: &want.bought,
             held_by: &want.held_by,
         };
-        let want_broken = broken(stock, cap, &repaired, "Redis repaired from Postgres");
+        let mut want_broken = broken(stock, cap, &repaired, "Redis repaired from Postgres");
+        let mut redis_broken = redis_broken;
+        for (sku, c) in &insp.items {
+            if c.sold + c.held > c.stock {
+                redis_broken.push(format!(
+                    "Redis: item {sku} {} sold + {} held > stock {} (oversold)",
+                    c.sold, c.held, c.stock
+                ));
+            }
+            let (sold, held) = want.items.get(sku).copied().unwrap_or_default();
+            if sold + held > c.stock {
+                want_broken.push(format!(
+                    "Redis repaired from Postgres: item {sku} {sold} sold + {held} held > stock {} (oversold)",
+                    c.stock
+                ));
+            }
+        }
         let mut drift = Vec::new();
         for p in &want.overdue {
             let mut d = Drift {
@@ -322,7 +415,72 @@ async fn check_sale(
         diff(&mut drift, id, "held".into(), insp.held, want.held);
         diff_maps(&mut drift, id, "bought", &insp.bought, &want.bought);
         diff_maps(&mut drift, id, "held_by", &insp.held_by, &want.held_by);
-        let is_config = |d: &Drift| d.what == "stock" || d.what == "per_user_limit";
+        // Item by item: stock against sale_items, sold and held against
+        // order_items and the live holds' lines.
+        let skus: BTreeSet<&String> = insp
+            .items
+            .keys()
+            .chain(items.iter().map(|i| &i.sku))
+            .collect();
+        for sku in skus {
+            let found = insp.items.get(sku).cloned().unwrap_or_default();
+            let stock = items.iter().find(|i| &i.sku == sku).map_or(0, |i| i.stock);
+            let (sold, held) = want.items.get(sku).copied().unwrap_or_default();
+            diff(
+                &mut drift,
+                id,
+                format!("item[{sku}] stock"),
+                found.stock,
+                stock,
+            );
+            diff(
+                &mut drift,
+                id,
+                format!("item[{sku}] sold"),
+                found.sold,
+                sold,
+            );
+            diff(
+                &mut drift,
+                id,
+                format!("item[{sku}] held"),
+                found.held,
+                held,
+            );
+        }
+        // Per buyer, of the items with their own cap.
+        let part = |bought: bool| -> BTreeMap<String, i64> {
+            want.item_buyers
+                .iter()
+                .map(|(k, (b, h))| (k.clone(), if bought { *b } else { *h }))
+                .filter(|(_, n)| *n != 0)
+                .collect()
+        };
+        diff_maps(
+            &mut drift,
+            id,
+            "item bought",
+            &insp.item_bought,
+            &part(true),
+        );
+        diff_maps(
+            &mut drift,
+            id,
+            "item held_by",
+            &insp.item_held_by,
+            &part(false),
+        );
+        for (k, (b, h)) in &want.item_buyers {
+            if item_cap(k).is_some_and(|cap| b + h > i64::from(cap)) {
+                want_broken.push(format!(
+                    "Redis repaired from Postgres: buyer {k} has {} units > the item's per_user_limit",
+                    b + h
+                ));
+            }
+        }
+        let is_config = |d: &Drift| {
+            d.what == "stock" || d.what == "per_user_limit" || d.what.ends_with("] stock")
+        };
         let counters_drift = drift.iter().any(|d| !is_config(d) && !d.fixed);
         if !fix || !counters_drift || !want_broken.is_empty() {
             for what in redis_broken.into_iter().chain(want_broken) {
@@ -336,10 +494,14 @@ async fn check_sale(
             .repair(
                 &sale,
                 &insp,
-                want.sold,
-                want.held,
-                &want.bought,
-                &want.held_by,
+                &Counters {
+                    sold: want.sold,
+                    held: want.held,
+                    bought: &want.bought,
+                    held_by: &want.held_by,
+                    items: &want.items,
+                    item_buyers: &want.item_buyers,
+                },
             )
             .await?
         {
@@ -381,6 +543,7 @@ async fn record_overdue(
         quantity: i32::try_from(p.qty).unwrap_or(0),
         confirmed_at: DateTime::from_timestamp_millis(p.at_ms).unwrap_or_default(),
         epoch: p.epoch,
+        items: p.items.clone(),
     };
     let recorded = service
         .store

@@ -204,6 +204,9 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     if args.buyers == 0 {
         bail!("--buyers must be at least 1");
     }
+    if let Some(items) = &args.items {
+        return crate::carts::run(common, args, &items.0).await;
+    }
     let session = Session::open(common).await?;
     let (api, sale, timeout) = (&session.api, session.sale.as_str(), session.timeout);
 

@@ -162,6 +162,66 @@ pub struct BurstArgs {
     /// (Re)configure the sale even if it exists (it is always created when missing).
     #[arg(long)]
     pub configure: bool,
+    /// A sale of several items, `SKU:STOCK,...` (e.g. `S:5,M:5,L:5`): each
+    /// buyer reserves a cart of distinct items (one unit each), and the
+    /// checks hold per item and per buyer. Replaces --stock and --quantity;
+    /// the sale is always (re)configured.
+    #[arg(long, value_parser = parse_items)]
+    pub items: Option<ItemList>,
+    /// Items per cart with --items: `N` or `MIN..MAX` (inclusive), drawn
+    /// per request.
+    #[arg(long, default_value = "1..3", value_parser = parse_range)]
+    pub cart_size: (u32, u32),
+}
+
+/// The items of `--items`: (sku, stock), in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemList(pub Vec<(String, i64)>);
+
+/// `S:5,M:5,L:5` as (sku, stock) pairs: 1..=100 distinct skus of
+/// `[A-Za-z0-9_-]`, each with a stock.
+pub fn parse_items(s: &str) -> Result<ItemList, String> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for part in s.split(',') {
+        let (sku, n) = part
+            .split_once(':')
+            .ok_or_else(|| format!("`{part}` is not SKU:STOCK"))?;
+        let ok = (1..=64).contains(&sku.len())
+            && sku
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok || out.iter().any(|(s, _)| s == sku) {
+            return Err(format!("`{sku}`: skus are distinct, 1-64 of [A-Za-z0-9_-]"));
+        }
+        let n: i64 = n
+            .parse()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("`{n}` is not a stock"))?;
+        out.push((sku.to_string(), n));
+    }
+    if out.len() > 100 {
+        return Err("at most 100 items".into());
+    }
+    Ok(ItemList(out))
+}
+
+/// `3` or `1..3` (inclusive) as (min, max), min >= 1.
+pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s.split_once("..").unwrap_or((s, s));
+    let a: u32 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not N or MIN..MAX"))?;
+    let b: u32 = b
+        .trim()
+        .trim_start_matches('=')
+        .parse()
+        .map_err(|_| format!("`{s}` is not N or MIN..MAX"))?;
+    if a == 0 || a > b {
+        return Err(format!("`{s}`: need 1 <= MIN <= MAX"));
+    }
+    Ok((a, b))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -254,6 +314,31 @@ pub fn check_share(name: &str, v: f64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_of_carts_parses() {
+        let cli = Cli::try_parse_from([
+            "flashgate-loadtest",
+            "burst",
+            "--items",
+            "S:5,M:5,L:5",
+            "--cart-size",
+            "1..3",
+        ])
+        .expect("parses");
+        let Command::Burst(b) = cli.command else {
+            panic!("burst")
+        };
+        let items = b.items.expect("items").0;
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[1], ("M".to_string(), 5));
+        assert_eq!(b.cart_size, (1, 3));
+        assert!(parse_items("S:5,S:2").is_err());
+        assert!(parse_items("a:b:5").is_err());
+        assert_eq!(parse_range("2").expect("n"), (2, 2));
+        assert!(parse_range("3..1").is_err());
+        assert!(parse_range("0..2").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -76,6 +76,19 @@ pub struct SaleView {
     pub hold_ttl_secs: i64,
     #[serde(default)]
     pub state: String,
+    /// A sale of several items: each one's units (empty for one item).
+    #[serde(default)]
+    pub items: Vec<ItemView>,
+}
+
+/// One item of a sale view.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ItemView {
+    pub sku: String,
+    pub stock: i64,
+    pub sold: i64,
+    pub held: i64,
+    pub available: i64,
 }
 
 #[cfg(test)]
@@ -91,6 +104,7 @@ impl SaleView {
             per_user_limit,
             hold_ttl_secs: 30,
             state: "live".into(),
+            items: Vec::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! passed; 1: an invariant was violated; 2: the run itself failed.
 
 mod burst;
+mod carts;
 mod cli;
 mod client;
 mod flow;

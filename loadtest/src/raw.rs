@@ -58,7 +58,11 @@ impl Target {
 
     /// `POST {prefix}/v1/sales/{sale}/reservations` with a buyer token, as bytes.
     pub fn reserve(&self, sale: &str, token: &str, quantity: u32) -> Vec<u8> {
-        let body = format!("{{\"quantity\":{quantity}}}");
+        self.reserve_body(sale, token, &format!("{{\"quantity\":{quantity}}}"))
+    }
+
+    /// The same with a JSON `body` of the caller's (e.g. a cart).
+    pub fn reserve_body(&self, sale: &str, token: &str, body: &str) -> Vec<u8> {
         format!(
             "POST {}/v1/sales/{sale}/reservations HTTP/1.1\r\nHost: {}\r\n\
              Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\

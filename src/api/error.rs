@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use crate::domain::{ItemBelow, Shortfall};
 use crate::gate::GateError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -15,6 +16,10 @@ use crate::telemetry::chain;
 pub enum ApiError {
     #[error("{message}")]
     InvalidRequest { message: String, details: Value },
+    /// Well-formed, but not a valid sale of several items or cart (422
+    /// `invalid_request`, `details.field` names what).
+    #[error("{message}")]
+    Unprocessable { message: String, details: Value },
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -29,16 +34,31 @@ pub enum ApiError {
     SaleNotFound,
     #[error("no such reservation")]
     ReservationNotFound,
+    /// `shortfalls`: a cart's lines short of units (none for one item).
     #[error("sold out")]
-    SoldOut { available: i64 },
+    SoldOut {
+        available: i64,
+        shortfalls: Vec<Shortfall>,
+    },
+    /// `sku`: the item whose own cap it is (None: the sale's cap).
     #[error("this buyer would exceed the sale's per-user limit")]
-    UserLimitExceeded { limit: u32, held: u32, bought: u32 },
+    UserLimitExceeded {
+        limit: u32,
+        held: u32,
+        bought: u32,
+        sku: Option<String>,
+    },
     #[error("the sale has not started yet")]
     SaleNotStarted { starts_at: Option<DateTime<Utc>> },
     #[error("the sale has ended")]
     SaleEnded { ends_at: Option<DateTime<Utc>> },
+    /// `items`: the items below (none for a one-item sale).
     #[error("stock would fall below the units sold and held")]
-    StockBelowCommitted { sold: i64, held: i64 },
+    StockBelowCommitted {
+        sold: i64,
+        held: i64,
+        items: Vec<ItemBelow>,
+    },
     #[error("the sale is closed: it cannot be resumed, paused or configured")]
     SaleClosed { ends_at: Option<DateTime<Utc>> },
     #[error("the reservation was cancelled")]
@@ -106,7 +126,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } => "invalid_request",
+            Self::InvalidRequest { .. } | Self::Unprocessable { .. } => "invalid_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden => "forbidden",
@@ -139,19 +159,50 @@ impl ApiError {
 
     fn details(&self) -> Value {
         match self {
-            Self::InvalidRequest { details, .. } => details.clone(),
+            Self::InvalidRequest { details, .. } | Self::Unprocessable { details, .. } => {
+                details.clone()
+            }
             Self::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
-            Self::SoldOut { available } => json!({ "available": available }),
+            Self::SoldOut {
+                available,
+                shortfalls,
+            } => {
+                if shortfalls.is_empty() {
+                    json!({ "available": available })
+                } else {
+                    let lines: Vec<Value> = shortfalls
+                        .iter()
+                        .map(|s| json!({ "sku": s.sku, "requested": s.requested, "available": s.available }))
+                        .collect();
+                    json!({ "available": available, "shortfalls": lines })
+                }
+            }
             Self::UserLimitExceeded {
                 limit,
                 held,
                 bought,
-            } => json!({ "per_user_limit": limit, "held": held, "bought": bought }),
+                sku,
+            } => match sku {
+                None => json!({ "per_user_limit": limit, "held": held, "bought": bought }),
+                Some(sku) => {
+                    json!({ "sku": sku, "per_user_limit": limit, "held": held, "bought": bought })
+                }
+            },
             Self::SaleNotStarted { starts_at } => json!({ "starts_at": starts_at }),
             Self::SaleEnded { ends_at } | Self::SaleClosed { ends_at } => {
                 json!({ "ends_at": ends_at })
             }
-            Self::StockBelowCommitted { sold, held } => json!({ "sold": sold, "held": held }),
+            Self::StockBelowCommitted { sold, held, items } => {
+                if items.is_empty() {
+                    json!({ "sold": sold, "held": held })
+                } else {
+                    let below: Vec<Value> = items
+                        .iter()
+                        .map(|i| json!({ "sku": i.sku, "stock": i.stock, "sold": i.sold, "held": i.held }))
+                        .collect();
+                    json!({ "sold": sold, "held": held, "items": below })
+                }
+            }
             Self::HoldLimitReached { expires_at } => json!({ "expires_at": expires_at }),
             Self::NotAdmitted { position, serving } => {
                 json!({ "position": position, "serving": serving })
@@ -183,9 +234,17 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::SaleNotFound => Self::SaleNotFound,
-            ServiceError::StockBelowCommitted { sold, held } => {
-                Self::StockBelowCommitted { sold, held }
+            ServiceError::StockBelowCommitted { sold, held, items } => {
+                Self::StockBelowCommitted { sold, held, items }
             }
+            ServiceError::ShapeChange { .. } => Self::Unprocessable {
+                message: e.to_string(),
+                details: json!({ "field": "items" }),
+            },
+            ServiceError::CapAdded { ref sku } => Self::Unprocessable {
+                message: e.to_string(),
+                details: json!({ "field": "items", "sku": sku }),
+            },
             ServiceError::SaleClosed { ends_ms } => Self::SaleClosed {
                 ends_at: ends_ms.and_then(DateTime::from_timestamp_millis),
             },
@@ -254,7 +313,9 @@ impl ResponseError for ApiError {
             Self::NotInQueue => StatusCode::NOT_FOUND,
             Self::AdmissionExpired { .. } => StatusCode::GONE,
             Self::SaleEnded { .. } | Self::ReservationExpired => StatusCode::GONE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyReused | Self::Unprocessable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -183,6 +183,7 @@ mod tests {
             quantity: 2,
             confirmed_at: chrono::DateTime::from_timestamp_millis(1_795_422_534_255).expect("time"),
             epoch: 0,
+            items: Vec::new(),
         }
     }
 

@@ -323,7 +323,7 @@ proptest! {
                     prop_assert!(!p.is_empty() && p.len() <= 128);
                     prop_assert!(!p.chars().any(char::is_control));
                 }
-                prop_assert_eq!(c.stock, input.stock);
+                prop_assert_eq!(Some(c.stock), input.stock);
                 prop_assert_eq!(c.per_user_limit, input.per_user_limit);
             }
             Err(ApiError::InvalidRequest { details, .. }) => {

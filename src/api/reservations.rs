@@ -14,7 +14,7 @@ use super::views::{
     time, ErrorBody, ExtendInput, ReservationPath, ReservationView, ReserveInput, SalePath,
 };
 use super::{route, AppState};
-use crate::domain::{Record, RecordOutcome, ReserveOutcome, Status};
+use crate::domain::{Line, Record, RecordOutcome, ReserveOutcome, Status};
 use crate::gate::Transition;
 use crate::ids::SaleId;
 
@@ -28,6 +28,52 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The most units one request may ask for (the sale's cap applies too).
 pub const MAX_QUANTITY: u32 = 10_000;
+/// The most lines of one cart.
+pub const MAX_LINES: usize = 100;
+
+/// A cart as the scripts take it: distinct valid skus, sorted (one cart,
+/// one spelling, for the idempotency key), and its total.
+fn cart(lines: &[super::views::LineInput]) -> Result<(Vec<Line>, u32), ApiError> {
+    use super::sales::{unprocessable, valid_sku};
+    if !(1..=MAX_LINES).contains(&lines.len()) {
+        return Err(unprocessable(
+            "items",
+            &format!("between 1 and {MAX_LINES} lines"),
+        ));
+    }
+    let mut out: Vec<Line> = Vec::with_capacity(lines.len());
+    let mut total: u32 = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if !valid_sku(&l.sku) {
+            return Err(unprocessable(
+                &format!("items[{i}].sku"),
+                "1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if !(1..=MAX_QUANTITY).contains(&l.quantity) {
+            return Err(unprocessable(
+                &format!("items[{i}].quantity"),
+                &format!("must be between 1 and {MAX_QUANTITY}"),
+            ));
+        }
+        total = total.saturating_add(l.quantity);
+        out.push(Line {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+        });
+    }
+    out.sort();
+    if out.windows(2).any(|w| w[0].sku == w[1].sku) {
+        return Err(unprocessable("items", "a sku is given twice"));
+    }
+    if total > MAX_QUANTITY {
+        return Err(unprocessable(
+            "items",
+            &format!("at most {MAX_QUANTITY} units in all"),
+        ));
+    }
+    Ok((out, total))
+}
 
 /// Holds units of a sale for the buyer of the token.
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", tag = "buyer", operation_id = "reserve",
@@ -42,7 +88,7 @@ pub const MAX_QUANTITY: u32 = 10_000;
         (status = 404, description = "`sale_not_found`", body = ErrorBody),
         (status = 409, description = "`sold_out`, `user_limit_exceeded`, `sale_not_started`, `sale_paused` or (a queued sale) `not_admitted` (details: position, serving)", body = ErrorBody),
         (status = 410, description = "`sale_ended` or (a queued sale) `admission_expired`", body = ErrorBody),
-        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused` (the key was used with another quantity or cart); `invalid_request`: a malformed cart, `items` on a one-item sale or `quantity` on a sale of several items, a sku the sale does not have", body = ErrorBody),
         BadRequest, Unauthorized, PayloadTooLarge, RateLimited, Unavailable,
     ),
     security(("buyer_jwt" = [])))]
@@ -56,7 +102,16 @@ pub(crate) async fn reserve(
     state.limits.check_ip(&req)?;
     state.limits.check_user(buyer.0.as_str())?;
     let sale = sale_id(&path)?;
-    let qty = body.quantity;
+    let (lines, qty) = match (&body.quantity, &body.items) {
+        (Some(_), Some(_)) => {
+            return Err(super::sales::unprocessable(
+                "items",
+                "give either quantity or items, not both",
+            ))
+        }
+        (_, Some(items)) => cart(items)?,
+        (_, None) => (Vec::new(), body.quantity()),
+    };
     if !(1..=MAX_QUANTITY).contains(&qty) {
         return Err(ApiError::InvalidRequest {
             message: format!("quantity must be between 1 and {MAX_QUANTITY}"),
@@ -65,7 +120,7 @@ pub(crate) async fn reserve(
     }
     let idem = idempotency_key(&req)?;
     let user = &buyer.0;
-    let view = |rid: &Uuid, qty: u32, status: Status, expires_ms: i64| {
+    let view = |rid: &Uuid, qty: u32, status: Status, expires_ms: i64, items: Vec<Line>| {
         let rec = Record {
             user: user.as_str().to_string(),
             qty,
@@ -74,6 +129,7 @@ pub(crate) async fn reserve(
             at_ms: 0,
             epoch: 0,
             by_admin: false,
+            items,
         };
         let mut v = ReservationView::new(&sale, rid, &rec);
         // A replay shows the reservation as it is now, without when it
@@ -83,7 +139,7 @@ pub(crate) async fn reserve(
     };
     let outcome = state
         .service
-        .reserve(&sale, user, qty, idem.as_ref())
+        .reserve(&sale, user, qty, &lines, idem.as_ref())
         .await?;
     crate::metrics::reserve_outcome(outcome.label());
     match outcome {
@@ -91,16 +147,40 @@ pub(crate) async fn reserve(
             rid,
             qty,
             expires_ms,
-        } => Ok(HttpResponse::Created().json(view(&rid, qty, Status::Held, expires_ms))),
+        } => Ok(HttpResponse::Created().json(view(&rid, qty, Status::Held, expires_ms, lines))),
         ReserveOutcome::Replay {
             rid,
             qty,
             status,
             expires_ms,
+            items,
         } => Ok(HttpResponse::Ok()
             .insert_header(("Idempotent-Replayed", "true"))
-            .json(view(&rid, qty, status, expires_ms))),
+            .json(view(&rid, qty, status, expires_ms, items))),
         ReserveOutcome::IdempotencyMismatch => Err(ApiError::IdempotencyKeyReused),
+        ReserveOutcome::NoItems => Err(super::sales::unprocessable(
+            "items",
+            "this sale has one item: reserve a quantity",
+        )),
+        ReserveOutcome::ItemsRequired => Err(super::sales::unprocessable(
+            "items",
+            "this sale has several items: reserve items [{sku, quantity}]",
+        )),
+        ReserveOutcome::UnknownSku { sku } => Err(ApiError::Unprocessable {
+            message: format!("items: the sale has no item {sku}"),
+            details: serde_json::json!({ "field": "items", "sku": sku }),
+        }),
+        ReserveOutcome::ItemLimit {
+            sku,
+            limit,
+            held,
+            bought,
+        } => Err(ApiError::UserLimitExceeded {
+            limit,
+            held,
+            bought,
+            sku: Some(sku),
+        }),
         ReserveOutcome::NotStarted { starts_ms } => Err(ApiError::SaleNotStarted {
             starts_at: time(starts_ms),
         }),
@@ -120,8 +200,15 @@ pub(crate) async fn reserve(
             limit,
             held,
             bought,
+            sku: None,
         }),
-        ReserveOutcome::SoldOut { available } => Err(ApiError::SoldOut { available }),
+        ReserveOutcome::SoldOut {
+            available,
+            shortfalls,
+        } => Err(ApiError::SoldOut {
+            available,
+            shortfalls,
+        }),
         ReserveOutcome::NotAdmitted { position, serving } => {
             Err(ApiError::NotAdmitted { position, serving })
         }

@@ -10,7 +10,7 @@ use super::extract::{origin, sale_id, Admin, JsonObject};
 use super::views::answers::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
 use super::views::{AdmissionName, ErrorBody, SaleInput, SaleList, SalePath, SaleView};
 use super::{route, AppState};
-use crate::domain::{Admission, SaleConfig};
+use crate::domain::{Admission, Item, SaleConfig};
 
 pub const DEFAULT_HOLD_TTL_SECS: u32 = 300;
 pub const DEFAULT_MAX_HOLD_SECS: u32 = 1800;
@@ -20,6 +20,69 @@ pub const MAX_HOLD_SECS: u32 = 7 * 24 * 3600;
 pub const DEFAULT_ADMIT_PER_SEC: u32 = 50;
 pub const MAX_ADMIT_PER_SEC: u32 = 100_000;
 pub const DEFAULT_ADMISSION_WINDOW_SECS: u32 = 120;
+pub const MAX_ITEMS: usize = 100;
+
+/// A sku (or a sale id): 1-64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_sku(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// 422 `invalid_request` naming the field of a sale's items or a cart.
+pub fn unprocessable(field: &str, message: &str) -> ApiError {
+    ApiError::Unprocessable {
+        message: format!("{field}: {message}"),
+        details: json!({ "field": field }),
+    }
+}
+
+/// The items of a sale of several items: 1..=100, distinct valid skus, a
+/// stock each, an item's cap within the sale's.
+fn items(input: &[super::views::ItemInput], limit: u32) -> Result<Vec<Item>, ApiError> {
+    if !(1..=MAX_ITEMS).contains(&input.len()) {
+        return Err(unprocessable(
+            "items",
+            &format!("between 1 and {MAX_ITEMS} items"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(input.len());
+    for (i, it) in input.iter().enumerate() {
+        if !valid_sku(&it.sku) {
+            return Err(unprocessable(
+                &format!("items[{i}].sku"),
+                "1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if !seen.insert(it.sku.as_str()) {
+            return Err(unprocessable(
+                &format!("items[{i}].sku"),
+                &format!("{} is given twice", it.sku),
+            ));
+        }
+        if !(0..=MAX_STOCK).contains(&it.stock) {
+            return Err(unprocessable(
+                &format!("items[{i}].stock"),
+                &format!("must be between 0 and {MAX_STOCK}"),
+            ));
+        }
+        if let Some(cap) = it.per_user_limit {
+            if !(1..=limit).contains(&cap) {
+                return Err(unprocessable(
+                    &format!("items[{i}].per_user_limit"),
+                    "must be between 1 and the sale's per_user_limit",
+                ));
+            }
+        }
+        out.push(Item {
+            sku: it.sku.clone(),
+            stock: it.stock,
+            per_user_limit: it.per_user_limit,
+        });
+    }
+    Ok(out)
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     route::<__path_list>(cfg, web::get().to(list));
@@ -83,18 +146,34 @@ fn admission(input: &SaleInput) -> Result<Admission, ApiError> {
 
 /// Checks a configuration and fills in the defaults.
 pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
-    if !(0..=MAX_STOCK).contains(&input.stock) {
-        return Err(field(
-            "stock",
-            &format!("must be between 0 and {MAX_STOCK}"),
-        ));
-    }
     if !(1..=MAX_PER_USER_LIMIT).contains(&input.per_user_limit) {
         return Err(field(
             "per_user_limit",
             &format!("must be between 1 and {MAX_PER_USER_LIMIT}"),
         ));
     }
+    let (stock, items) = match (input.stock, &input.items) {
+        (Some(_), Some(_)) => {
+            return Err(unprocessable(
+                "items",
+                "give either stock or items, not both",
+            ))
+        }
+        (None, None) => return Err(field("stock", "required (or items)")),
+        (Some(stock), None) => {
+            if !(0..=MAX_STOCK).contains(&stock) {
+                return Err(field(
+                    "stock",
+                    &format!("must be between 0 and {MAX_STOCK}"),
+                ));
+            }
+            (stock, Vec::new())
+        }
+        (None, Some(list)) => {
+            let items = items(list, input.per_user_limit)?;
+            (items.iter().map(|i| i.stock).sum(), items)
+        }
+    };
     let ttl = input.hold_ttl_secs.unwrap_or(DEFAULT_HOLD_TTL_SECS);
     if !(1..=MAX_HOLD_SECS).contains(&ttl) {
         return Err(field(
@@ -126,7 +205,8 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     }
     let admission = admission(input)?;
     Ok(SaleConfig {
-        stock: input.stock,
+        items,
+        stock,
         per_user_limit: input.per_user_limit,
         hold_ttl_ms: i64::from(ttl) * 1000,
         max_hold_ms: i64::from(max_hold) * 1000,
@@ -144,7 +224,8 @@ pub fn validate(input: &SaleInput) -> Result<SaleConfig, ApiError> {
     responses(
         (status = 201, description = "created", body = SaleView),
         (status = 200, description = "updated", body = SaleView),
-        (status = 409, description = "`stock_below_committed`: stock < sold + held; `sale_closed`: an admin closed the sale, its configuration is final", body = ErrorBody),
+        (status = 409, description = "`stock_below_committed`: stock < sold + held (of the sale, or of the items named in `details.items`, an item left out counting as stock 0); `sale_closed`: an admin closed the sale, its configuration is final", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: `items` malformed (count, sku, duplicates, an item's cap over the sale's), given with `stock`, or a change the sale's units forbid (between `stock` and `items`, a new cap on an item with units)", body = ErrorBody),
         BadRequest, Unauthorized, PayloadTooLarge, Unavailable,
     ),
     security(("admin_token" = [])))]

@@ -16,8 +16,14 @@ pub fn time(ms: i64) -> Option<DateTime<Utc>> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaleInput {
+    /// A one-item sale's units (or give `items`, not both).
+    #[serde(default, deserialize_with = "present")]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub stock: i64,
+    pub stock: Option<i64>,
+    /// A sale of several items (1..=100, distinct skus), instead of
+    /// `stock`; the sale's `per_user_limit` caps a buyer across them.
+    #[serde(default, deserialize_with = "present")]
+    pub items: Option<Vec<ItemInput>>,
     #[schema(minimum = 1, maximum = 10_000)]
     pub per_user_limit: u32,
     pub hold_ttl_secs: Option<u32>,
@@ -38,17 +44,55 @@ pub struct SaleInput {
     pub queue_opens_at: Option<DateTime<Utc>>,
 }
 
-/// `POST .../reservations`.
+/// One item of a sale of several items (`items` in `PUT`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemInput {
+    /// 1-64 characters of `[A-Za-z0-9_-]`, distinct within the sale.
+    #[schema(example = "M")]
+    pub sku: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub stock: i64,
+    /// A buyer's cap of this item, at most the sale's `per_user_limit`.
+    pub per_user_limit: Option<u32>,
+}
+
+/// `POST .../reservations`: `quantity` (a one-item sale) or `items` (a sale
+/// of several items), not both.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveInput {
-    #[serde(default = "one")]
+    #[serde(default, deserialize_with = "present")]
     #[schema(minimum = 1, default = 1)]
-    pub quantity: u32,
+    pub quantity: Option<u32>,
+    /// A cart: every line is held, or none.
+    #[serde(default, deserialize_with = "present")]
+    pub items: Option<Vec<LineInput>>,
 }
 
-fn one() -> u32 {
-    1
+/// A field that may be left out but, when given, is not `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+impl ReserveInput {
+    /// Units of a one-item sale (1 when not given).
+    pub fn quantity(&self) -> u32 {
+        self.quantity.unwrap_or(1)
+    }
+}
+
+/// One line of a cart (`items` in a reserve), and of a reservation.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineInput {
+    pub sku: String,
+    #[schema(minimum = 1)]
+    pub quantity: u32,
 }
 
 /// `POST .../extend` (the body is optional).
@@ -136,6 +180,24 @@ pub struct SaleView {
     /// A queued sale's queue: buyers in it, places admitted so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueView>,
+    /// A sale of several items: each one's units (the sale's `stock`,
+    /// `sold`, `held` and `available` are their sums). Absent for a
+    /// one-item sale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ItemView>>,
+}
+
+/// One item in the sale view.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ItemView {
+    pub sku: String,
+    pub stock: i64,
+    pub sold: i64,
+    pub held: i64,
+    pub available: i64,
+    /// The item's own per-buyer cap, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_user_limit: Option<u32>,
 }
 
 /// `queue` in the sale view.
@@ -175,6 +237,19 @@ impl SaleView {
                 joined: q.joined,
                 serving: q.serving,
             }),
+            items: (!s.items.is_empty()).then(|| {
+                s.items
+                    .iter()
+                    .map(|i| ItemView {
+                        sku: i.item.sku.clone(),
+                        stock: i.item.stock,
+                        sold: i.sold,
+                        held: i.held,
+                        available: i.available(),
+                        per_user_limit: i.item.per_user_limit,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -193,6 +268,9 @@ pub struct ReservationView {
     pub cancelled_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expired_at: Option<DateTime<Utc>>,
+    /// A sale of several items: the cart (`quantity` is its total).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<LineInput>>,
 }
 
 impl ReservationView {
@@ -214,6 +292,15 @@ impl ReservationView {
             confirmed_at: at(Status::Confirmed),
             cancelled_at: at(Status::Cancelled),
             expired_at: at(Status::Expired),
+            items: (!rec.items.is_empty()).then(|| {
+                rec.items
+                    .iter()
+                    .map(|l| LineInput {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -227,7 +314,7 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<ReserveInput>("{}")
                 .expect("default")
-                .quantity,
+                .quantity(),
             1
         );
         assert!(

@@ -50,10 +50,10 @@ impl Gate {
         if r.tag()? != "ok" {
             return Err(r.unexpected());
         }
-        // {'ok', more, last_deadline, last_rid, (rid, user, qty, expires)...}
+        // {'ok', more, last_deadline, last_rid, (rid, user, qty, expires, items)...}
         let mut holds = Vec::new();
         let mut i = 4;
-        while i + 3 < r.len() {
+        while i + 4 < r.len() {
             let rec = Record {
                 user: r.str(i + 1)?.to_string(),
                 qty: r.u32(i + 2)?,
@@ -62,9 +62,10 @@ impl Gate {
                 at_ms: 0,
                 epoch: 0,
                 by_admin: false,
+                items: r.cart(i + 4)?,
             };
             holds.push((r.uuid(i)?, rec));
-            i += 4;
+            i += 5;
         }
         let next = if r.int(1)? == 1 {
             Some((r.int(2)?, r.uuid(3)?))

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use super::{Gate, GateError, ScriptName};
+use crate::domain::Line;
 use crate::ids::SaleId;
+use crate::store::item_buyer;
 
 /// A sale as Redis holds it, read in one step (see `lua/inspect.lua`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,10 +22,42 @@ pub struct Inspection {
     pub held_by: BTreeMap<String, i64>,
     /// Per buyer: units of held, unexpired reservations.
     pub live_holds: BTreeMap<String, i64>,
+    /// A sale of several items, per sku: stock, sold and held as the
+    /// item's counters say, and the units of its lines in live holds.
+    pub items: BTreeMap<String, ItemCounters>,
+    /// Per `<sku>/<user>` (items with their own cap): units bought (`ib:`)
+    /// and held (`iu:`) as the counters say, and the units of the live
+    /// holds' lines (of every item).
+    pub item_bought: BTreeMap<String, i64>,
+    pub item_held_by: BTreeMap<String, i64>,
+    pub item_live_holds: BTreeMap<String, i64>,
     /// Confirms not yet written to Postgres.
     pub pending_confirms: Vec<PendingConfirm>,
     /// Redis' clock when it looked (ms).
     pub now_ms: i64,
+}
+
+/// What `repair` sets: the sale's sold and held, each buyer's bought and
+/// held, and a sale of several items' sold and held per sku.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters<'a> {
+    pub sold: i64,
+    pub held: i64,
+    pub bought: &'a BTreeMap<String, i64>,
+    pub held_by: &'a BTreeMap<String, i64>,
+    pub items: &'a BTreeMap<String, (i64, i64)>,
+    /// Per `<sku>/<user>` of the items with their own cap: (bought, held).
+    pub item_buyers: &'a BTreeMap<String, (i64, i64)>,
+}
+
+/// One item's counters in Redis (`is:` `io:` `ih:`), and what its live
+/// holds add up to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemCounters {
+    pub stock: i64,
+    pub sold: i64,
+    pub held: i64,
+    pub live_held: i64,
 }
 
 /// A `confirmed` event still in a sale's stream.
@@ -35,6 +69,8 @@ pub struct PendingConfirm {
     /// When the confirm ran (ms, Redis clock).
     pub at_ms: i64,
     pub epoch: i64,
+    /// Its cart, on a sale of several items.
+    pub items: Vec<Line>,
 }
 
 impl Gate {
@@ -65,7 +101,22 @@ impl Gate {
                 "stock" => insp.stock = n,
                 "limit" => insp.per_user_limit = n,
                 _ => {
-                    if let Some(u) = f.strip_prefix("b:") {
+                    let item = |p: &str| f.strip_prefix(p).filter(|s| !s.contains(':'));
+                    if let Some(sku) = item("is:") {
+                        insp.items.entry(sku.to_string()).or_default().stock = n;
+                    } else if let Some(sku) = item("io:") {
+                        insp.items.entry(sku.to_string()).or_default().sold = n;
+                    } else if let Some(sku) = item("ih:") {
+                        insp.items.entry(sku.to_string()).or_default().held = n;
+                    } else if let Some((sku, u)) =
+                        f.strip_prefix("ib:").and_then(|r| r.split_once(':'))
+                    {
+                        insp.item_bought.insert(item_buyer(sku, u), n);
+                    } else if let Some((sku, u)) =
+                        f.strip_prefix("iu:").and_then(|r| r.split_once(':'))
+                    {
+                        insp.item_held_by.insert(item_buyer(sku, u), n);
+                    } else if let Some(u) = f.strip_prefix("b:") {
                         insp.bought.insert(u.to_string(), n);
                     } else if let Some(u) = f.strip_prefix("u:") {
                         insp.held_by.insert(u.to_string(), n);
@@ -73,36 +124,49 @@ impl Gate {
                 }
             }
         }
-        for pair in r.strings(4)?.chunks(2) {
-            if let [u, q] = pair {
+        for hold in r.strings(4)?.chunks(3) {
+            if let [u, q, items] = hold {
                 *insp.live_holds.entry(u.clone()).or_default() += q.parse::<i64>().unwrap_or(0);
+                for l in Line::parse_cart(items).unwrap_or_default() {
+                    *insp
+                        .item_live_holds
+                        .entry(item_buyer(&l.sku, u))
+                        .or_default() += i64::from(l.quantity);
+                    insp.items.entry(l.sku).or_default().live_held += i64::from(l.quantity);
+                }
             }
         }
-        for confirm in r.strings(5)?.chunks(5) {
-            if let [rid, user, qty, at, epoch] = confirm {
+        for confirm in r.strings(5)?.chunks(6) {
+            if let [rid, user, qty, at, epoch, items] = confirm {
                 insp.pending_confirms.push(PendingConfirm {
                     rid: rid.clone(),
                     user: user.clone(),
                     qty: qty.parse().unwrap_or(0),
                     at_ms: at.parse().unwrap_or(0),
                     epoch: epoch.parse().unwrap_or(0),
+                    items: Line::parse_cart(items).unwrap_or_default(),
                 });
             }
         }
         Ok(insp)
     }
 
-    /// Sets a sale's counters, unless it changed since `seen` was read.
-    /// Returns false when it changed (inspect again).
+    /// Sets a sale's counters to `to`, unless it changed since `seen` was
+    /// read. Returns false when it changed (inspect again).
     pub async fn repair(
         &self,
         sale: &SaleId,
         seen: &Inspection,
-        sold: i64,
-        held: i64,
-        bought: &BTreeMap<String, i64>,
-        held_by: &BTreeMap<String, i64>,
+        to: &Counters<'_>,
     ) -> Result<bool, GateError> {
+        let Counters {
+            sold,
+            held,
+            bought,
+            held_by,
+            items,
+            item_buyers,
+        } = *to;
         let k = self.keys(sale);
         let mut inv = self.prepare(ScriptName::Repair);
         inv.key(k.sale()).key(k.holds()).key(k.events());
@@ -113,6 +177,18 @@ impl Gate {
             .arg(bought.len());
         for (u, q) in bought {
             inv.arg(u.as_str()).arg(*q);
+        }
+        inv.arg(items.len());
+        for (sku, (sold, held)) in items {
+            inv.arg(sku.as_str()).arg(*sold).arg(*held);
+        }
+        let per_buyer: Vec<_> = item_buyers
+            .iter()
+            .filter_map(|(k, v)| k.split_once('/').map(|(sku, u)| (sku, u, v)))
+            .collect();
+        inv.arg(per_buyer.len());
+        for (sku, user, (bought, held)) in per_buyer {
+            inv.arg(sku).arg(user).arg(*bought).arg(*held);
         }
         for (u, q) in held_by {
             inv.arg(u.as_str()).arg(*q);

@@ -31,9 +31,10 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 pub use conn::RedisConn;
-pub use inspect::{Inspection, PendingConfirm};
+pub use inspect::{Counters, Inspection, PendingConfirm};
 pub use keys::SaleKeys;
 pub use reservations::Transition;
+pub use sales::Durable;
 pub use scripts::Name as ScriptName;
 
 use crate::ids::SaleId;

@@ -4,7 +4,7 @@ use redis::Value;
 use uuid::Uuid;
 
 use super::GateError;
-use crate::domain::{Record, Status};
+use crate::domain::{Line, Record, Status};
 
 /// A script's reply as an array, with typed accessors that name the script
 /// in every error.
@@ -114,7 +114,15 @@ impl Reply {
         }
     }
 
-    /// `{outcome, user, qty, status, expires_ms, at_ms, epoch?}`
+    /// A cart `sku:qty,...` at `i` ('' or absent: none).
+    pub fn cart(&self, i: usize) -> Result<Vec<Line>, GateError> {
+        match self.opt_str(i)? {
+            None => Ok(Vec::new()),
+            Some(s) => Line::parse_cart(&s).ok_or_else(|| self.bad(i, "a cart")),
+        }
+    }
+
+    /// `{outcome, user, qty, status, expires_ms, at_ms, epoch?, by?, items?}`
     pub fn record(&self) -> Result<Record, GateError> {
         Ok(Record {
             user: self.str(1)?.to_string(),
@@ -124,6 +132,7 @@ impl Reply {
             at_ms: self.int(5)?,
             epoch: self.opt_int(6)?.unwrap_or(0),
             by_admin: self.items.get(7).is_some() && self.str(7)? == "admin",
+            items: self.cart(8)?,
         })
     }
 }
@@ -162,6 +171,7 @@ mod tests {
                 at_ms: 0,
                 epoch: 0,
                 by_admin: false,
+                items: Vec::new(),
             }
         );
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{ms, Gate, GateError, ScriptName};
-use crate::domain::{Actor, Record, RecordOutcome, ReserveOutcome};
+use crate::domain::{Actor, Line, Record, RecordOutcome, ReserveOutcome, Shortfall};
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 
 /// What happens to a held reservation.
@@ -44,6 +44,21 @@ impl Gate {
         qty: u32,
         idem: Option<&IdempotencyKey>,
     ) -> Result<ReserveOutcome, GateError> {
+        self.reserve_cart(sale, rid, user, qty, &[], idem).await
+    }
+
+    /// [`Gate::reserve`] with a `cart`: on a sale of several items, its
+    /// lines (distinct skus, sorted; `qty` is their total), every one held
+    /// or none.
+    pub async fn reserve_cart(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+        user: &UserId,
+        qty: u32,
+        cart: &[Line],
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<ReserveOutcome, GateError> {
         let k = self.keys(sale);
         let idem_key = match idem {
             Some(key) => k.idempotency(user.as_str(), key.as_str()),
@@ -69,6 +84,9 @@ impl Gate {
             .arg(ms(self.opts.record_ttl))
             .arg(cap.cap)
             .arg(cap.member);
+        for l in cart {
+            inv.arg(l.sku.as_str()).arg(l.quantity);
+        }
         let r = self.invoke(ScriptName::Reserve, &inv).await?;
         let outcome = match r.tag()? {
             "ok" => ReserveOutcome::Held {
@@ -84,9 +102,21 @@ impl Gate {
                     rid: r.uuid(1)?,
                     qty: r.u32(2)?,
                     expires_ms: r.int(4)?,
+                    items: r.cart(5)?,
                 }
             }
             "idem_mismatch" => ReserveOutcome::IdempotencyMismatch,
+            "no_items" => ReserveOutcome::NoItems,
+            "items_required" => ReserveOutcome::ItemsRequired,
+            "unknown_sku" => ReserveOutcome::UnknownSku {
+                sku: r.str(1)?.to_string(),
+            },
+            "item_limit" => ReserveOutcome::ItemLimit {
+                sku: r.str(1)?.to_string(),
+                limit: r.u32(2)?,
+                held: r.u32(3)?,
+                bought: r.u32(4)?,
+            },
             "not_started" => ReserveOutcome::NotStarted {
                 starts_ms: r.int(1)?,
             },
@@ -105,9 +135,22 @@ impl Gate {
                 held: r.u32(2)?,
                 bought: r.u32(3)?,
             },
-            "sold_out" => ReserveOutcome::SoldOut {
-                available: r.int(1)?,
-            },
+            "sold_out" => {
+                let mut shortfalls = Vec::new();
+                let mut i = 2;
+                while i + 2 < r.len() {
+                    shortfalls.push(Shortfall {
+                        sku: r.str(i)?.to_string(),
+                        requested: r.u32(i + 1)?,
+                        available: r.int(i + 2)?,
+                    });
+                    i += 3;
+                }
+                ReserveOutcome::SoldOut {
+                    available: r.int(1)?,
+                    shortfalls,
+                }
+            }
             "busy" => ReserveOutcome::ActiveHoldsFull {
                 earliest_ms: r.int(1)?,
             },

@@ -5,9 +5,26 @@
 use redis::AsyncCommands;
 
 use super::{keys, Gate, GateError, ScriptName};
-use crate::domain::{Admission, ConfigureOutcome, QueueState, SaleConfig, SaleState, Steering};
+use crate::domain::{
+    Admission, ConfigureOutcome, Item, ItemBelow, ItemState, QueueState, SaleConfig, SaleState,
+    Steering,
+};
 use crate::ids::SaleId;
 use crate::telemetry::chain;
+
+/// What a lost sale is rebuilt from: its configuration, what admins
+/// steered (paused, closed), units sold and each buyer's confirmed total,
+/// and for a sale of several items each item's units sold (by sku) and each
+/// buyer's total of each item with a cap (sku, user, units).
+#[derive(Debug, Clone, Copy)]
+pub struct Durable<'a> {
+    pub config: &'a SaleConfig,
+    pub steering: Steering,
+    pub sold: i64,
+    pub bought: &'a [(String, i64)],
+    pub item_sold: &'a std::collections::HashMap<String, i64>,
+    pub item_bought: &'a [(String, String, i64)],
+}
 
 /// How `configure.lua` treats a sale without Redis state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +101,31 @@ impl Gate {
             _ => Admission::Open,
         };
         let queued = matches!(admission, Admission::Queue { .. });
+        // The items, flat: sku, stock, cap, sold, held.
+        let flat = r.strings(C + 11)?;
+        let num = |s: &str| {
+            s.parse::<i64>().map_err(|_| GateError::Protocol {
+                script: "sweep",
+                detail: format!("item counter {s:?} is not an integer"),
+            })
+        };
+        let items = flat
+            .chunks_exact(5)
+            .map(|f| {
+                Ok(ItemState {
+                    item: Item {
+                        sku: f[0].clone(),
+                        stock: num(&f[1])?,
+                        per_user_limit: f[2].parse().ok(),
+                    },
+                    sold: num(&f[3])?,
+                    held: num(&f[4])?,
+                })
+            })
+            .collect::<Result<Vec<_>, GateError>>()?;
+        let config_items = items.iter().map(|i| i.item.clone()).collect();
         Ok(SaleState {
+            items,
             released: r.int(1)?,
             now_ms: r.int(2)?,
             sold: r.int(3)?,
@@ -109,6 +150,7 @@ impl Gate {
                 ends_ms: r.opt_int(C + 5)?,
                 product_id: r.opt_str(C + 6)?,
                 admission,
+                items: config_items,
             },
         })
     }
@@ -134,15 +176,45 @@ impl Gate {
         inv.key(k.sale()).key(k.holds()).key(k.events());
         inv.arg(k.base()).arg(sale.as_str()).arg(mode.as_str());
         config_args(&mut inv, cfg);
-        inv.arg(self.opts.sweep_batch).arg(epoch);
+        inv.arg(self.opts.sweep_batch)
+            .arg(epoch)
+            .arg(if cfg.items.is_empty() { "0" } else { "1" });
+        for it in &cfg.items {
+            inv.arg(it.sku.as_str())
+                .arg(it.stock)
+                .arg(it.per_user_limit.map(|n| n.to_string()).unwrap_or_default());
+        }
         let r = self.invoke(ScriptName::Configure, &inv).await?;
         let outcome = match r.tag()? {
             "created" => ConfigureOutcome::Created { epoch: r.int(3)? },
             "updated" => ConfigureOutcome::Updated { epoch: r.int(3)? },
             "below" => {
+                let mut items = Vec::new();
+                let mut i = 3;
+                while i + 3 < r.len() {
+                    items.push(ItemBelow {
+                        sku: r.str(i)?.to_string(),
+                        stock: r.int(i + 1)?,
+                        sold: r.int(i + 2)?,
+                        held: r.int(i + 3)?,
+                    });
+                    i += 4;
+                }
                 return Ok(ConfigureOutcome::BelowCommitted {
                     sold: r.int(1)?,
                     held: r.int(2)?,
+                    items,
+                });
+            }
+            "shape" => {
+                return Ok(ConfigureOutcome::ShapeChange {
+                    sold: r.int(1)?,
+                    held: r.int(2)?,
+                })
+            }
+            "cap_added" => {
+                return Ok(ConfigureOutcome::CapAdded {
+                    sku: r.str(1)?.to_string(),
                 })
             }
             "closed" => return Ok(ConfigureOutcome::Closed { ends_ms: r.int(1)? }),
@@ -152,19 +224,23 @@ impl Gate {
         Ok(outcome)
     }
 
-    /// Rebuilds a lost sale from its durable record: configuration, what
-    /// admins steered (paused, closed), units sold and each buyer's
-    /// confirmed total, in a new `epoch`. Returns false when another
-    /// instance rebuilt it first (nothing changed).
+    /// Rebuilds a lost sale from its durable record (`r`), in a new
+    /// `epoch`. Returns false when another instance rebuilt it first
+    /// (nothing changed).
     pub async fn load(
         &self,
         sale: &SaleId,
-        cfg: &SaleConfig,
-        steering: Steering,
-        sold: i64,
-        bought: &[(String, i64)],
+        r: &Durable<'_>,
         epoch: i64,
     ) -> Result<bool, GateError> {
+        let Durable {
+            config: cfg,
+            steering,
+            sold,
+            bought,
+            item_sold,
+            item_bought,
+        } = *r;
         let k = self.keys(sale);
         let mut inv = self.prepare(ScriptName::Load);
         inv.key(k.sale())
@@ -177,6 +253,17 @@ impl Gate {
             .arg(epoch)
             .arg(if steering.paused { "1" } else { "0" })
             .arg(opt(steering.closed_ms));
+        inv.arg(cfg.items.len());
+        for it in &cfg.items {
+            inv.arg(it.sku.as_str())
+                .arg(it.stock)
+                .arg(it.per_user_limit.map(|n| n.to_string()).unwrap_or_default())
+                .arg(item_sold.get(&it.sku).copied().unwrap_or(0));
+        }
+        inv.arg(item_bought.len());
+        for (sku, user, qty) in item_bought {
+            inv.arg(sku.as_str()).arg(user.as_str()).arg(*qty);
+        }
         for (user, qty) in bought {
             inv.arg(user.as_str()).arg(*qty);
         }

@@ -22,7 +22,8 @@ use std::time::Duration;
 pub use admin::{Chunk, ExportEncoder};
 
 use crate::config::{ConfirmDurability, Settings};
-use crate::gate::{Gate, GateError};
+use crate::domain::ItemBelow;
+use crate::gate::{Durable, Gate, GateError};
 use crate::ids::SaleId;
 use crate::store::{Store, StoreError};
 use crate::telemetry::chain;
@@ -31,8 +32,20 @@ use crate::telemetry::chain;
 pub enum ServiceError {
     #[error("no such sale")]
     SaleNotFound,
+    /// `items`: the items below (empty for a one-item sale).
     #[error("stock would fall below the units sold and held ({sold} sold, {held} held)")]
-    StockBelowCommitted { sold: i64, held: i64 },
+    StockBelowCommitted {
+        sold: i64,
+        held: i64,
+        items: Vec<ItemBelow>,
+    },
+    /// A sale with units sold or held cannot change between one item and
+    /// several.
+    #[error("a sale with units sold or held cannot change between `stock` and `items` ({sold} sold, {held} held)")]
+    ShapeChange { sold: i64, held: i64 },
+    /// An item with units sold or held cannot get a cap it did not have.
+    #[error("item {sku} has units sold or held: it cannot get a per_user_limit it did not have")]
+    CapAdded { sku: String },
     /// An admin closed the sale: it cannot be resumed or paused, and its
     /// configuration no longer changes.
     #[error("the sale is closed")]
@@ -115,10 +128,14 @@ impl Service {
             .gate
             .load(
                 sale,
-                &snap.sale.config,
-                snap.sale.steering,
-                snap.sold,
-                &snap.bought,
+                &Durable {
+                    config: &snap.sale.config,
+                    steering: snap.sale.steering,
+                    sold: snap.sold,
+                    bought: &snap.bought,
+                    item_sold: &snap.item_sold,
+                    item_bought: &snap.item_bought,
+                },
                 epoch,
             )
             .await;

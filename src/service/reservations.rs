@@ -8,25 +8,31 @@ use uuid::Uuid;
 use super::{Service, ServiceError};
 use crate::config::ConfirmDurability;
 use crate::domain::{
-    Actor, AdminOrigin, Order, QueueOutcome, Record, RecordOutcome, ReserveOutcome, Status,
+    Actor, AdminOrigin, Line, Order, QueueOutcome, Record, RecordOutcome, ReserveOutcome, Status,
 };
 use crate::gate::Transition;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
 use crate::store::reservation_json;
 
 impl Service {
+    /// Holds `qty` units (a one-item sale) or, on a sale of several items,
+    /// every line of `cart` (distinct skus, sorted; `qty` their total) or
+    /// none.
     pub async fn reserve(
         &self,
         sale: &SaleId,
         user: &UserId,
         qty: u32,
+        cart: &[Line],
         idem: Option<&IdempotencyKey>,
     ) -> Result<ReserveOutcome, ServiceError> {
         // Made here, once: the script may run twice (a cluster retry) and
         // must hold the units once.
         let rid = Uuid::new_v4();
-        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
-            .await
+        self.loaded(sale, || {
+            self.gate.reserve_cart(sale, &rid, user, qty, cart, idem)
+        })
+        .await
     }
 
     /// Reads a reservation; the caller checks who may see it.
@@ -126,6 +132,7 @@ impl Service {
             quantity: i32::try_from(rec.qty).unwrap_or(i32::MAX),
             confirmed_at: DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default(),
             epoch: rec.epoch,
+            items: rec.items.clone(),
         };
         match self
             .store

@@ -69,9 +69,13 @@ impl Service {
             .configure(sale, cfg, existing.is_some(), epoch)
             .await?;
         let (created, epoch) = match outcome {
-            ConfigureOutcome::BelowCommitted { sold, held } => {
-                return Err(ServiceError::StockBelowCommitted { sold, held })
+            ConfigureOutcome::BelowCommitted { sold, held, items } => {
+                return Err(ServiceError::StockBelowCommitted { sold, held, items })
             }
+            ConfigureOutcome::ShapeChange { sold, held } => {
+                return Err(ServiceError::ShapeChange { sold, held })
+            }
+            ConfigureOutcome::CapAdded { sku } => return Err(ServiceError::CapAdded { sku }),
             ConfigureOutcome::Closed { ends_ms } => {
                 return Err(ServiceError::SaleClosed {
                     ends_ms: Some(ends_ms),

@@ -72,6 +72,14 @@ pub fn sale_json(c: &SaleConfig, steering: Steering) -> Value {
         m.insert("admission_window_secs".into(), json!(window_ms / 1000));
         m.insert("queue_opens_at".into(), json!(to_time(*opens_ms)));
     }
+    if let (false, Some(m)) = (c.items.is_empty(), v.as_object_mut()) {
+        let items: Vec<Value> = c
+            .items
+            .iter()
+            .map(|i| json!({"sku": i.sku, "stock": i.stock, "per_user_limit": i.per_user_limit}))
+            .collect();
+        m.insert("items".into(), Value::Array(items));
+    }
     v
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 use uuid::Uuid;
 
-use crate::domain::Order;
+use crate::domain::{Line, Order};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -73,6 +73,8 @@ pub struct Event {
     /// The sale's epoch when it happened (0 for entries written before
     /// epochs existed, as for the sales of that time).
     pub epoch: i64,
+    /// The reservation's cart, on a sale of several items.
+    pub items: Vec<Line>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +129,10 @@ impl Event {
                 "reservation event without reservation, user or quantity",
             ));
         }
+        let items = Line::parse_cart(&text(map, "items").unwrap_or_default())
+            .ok_or_else(|| bad("malformed items"))?;
         Ok(Self {
+            items,
             event_id: id.to_string(),
             kind,
             sale_id,
@@ -152,6 +157,7 @@ impl Event {
                 quantity: self.quantity,
                 confirmed_at: self.occurred_at,
                 epoch: self.epoch,
+                items: self.items.clone(),
             }),
             _ => None,
         }

@@ -23,7 +23,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 pub use audit::{reservation_json, sale_json, AdminAction, AuditEntry};
 pub use events::{Event, EventKind};
 pub use orders::Recorded;
-pub use sales::{Rebuild, SaleRow, Snapshot};
+pub use sales::{item_buyer, ItemTotals, Rebuild, SaleRow, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -10,7 +10,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{bound_statements, Event, Store, StoreError};
-use crate::domain::Order;
+use crate::domain::{Line, Order};
 use crate::ids::SaleId;
 
 /// What a write of orders did.
@@ -37,6 +37,7 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
         quantity,
         confirmed_at,
         epoch: 0,
+        items: Vec::new(),
     }
 }
 
@@ -47,15 +48,36 @@ const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
 const CLIENT_GRACE: Duration = Duration::from_millis(500);
 
 impl Store {
-    /// The order of one reservation, if it was recorded.
+    /// The order of one reservation, if it was recorded, with its lines.
     pub async fn order(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Order>, StoreError> {
-        let q = sqlx::query_as::<_, OrderRow>(
-            "SELECT reservation_id, sale_id, user_id, quantity, confirmed_at FROM orders WHERE reservation_id = $1 AND sale_id = $2",
-        )
-        .bind(rid)
-        .bind(sale.as_str())
-        .fetch_optional(&self.pool);
-        Ok(self.bounded(self.timeout, q).await?.map(order))
+        let fut = async {
+            let Some(row) = sqlx::query_as::<_, OrderRow>(
+                "SELECT reservation_id, sale_id, user_id, quantity, confirmed_at FROM orders WHERE reservation_id = $1 AND sale_id = $2",
+            )
+            .bind(rid)
+            .bind(sale.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let lines: Vec<(String, i32)> = sqlx::query_as(
+                "SELECT sku, quantity FROM order_items WHERE reservation_id = $1 ORDER BY sku",
+            )
+            .bind(rid)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut o = order(row);
+            o.items = lines
+                .into_iter()
+                .map(|(sku, q)| Line {
+                    sku,
+                    quantity: u32::try_from(q).unwrap_or(0),
+                })
+                .collect();
+            Ok(Some(o))
+        };
+        self.bounded(self.timeout, fut).await
     }
 
     /// Which of these reservations already have an order row.
@@ -137,6 +159,8 @@ async fn insert_orders(
     let mut qty = Vec::with_capacity(orders.len());
     let mut at = Vec::with_capacity(orders.len());
     let mut epoch = Vec::with_capacity(orders.len());
+    // The lines of the orders of sales of several items, flat.
+    let (mut line_rid, mut line_sku, mut line_qty) = (Vec::new(), Vec::new(), Vec::new());
     for o in orders {
         rid.push(o.reservation_id);
         sale.push(o.sale_id.as_str());
@@ -144,9 +168,16 @@ async fn insert_orders(
         qty.push(o.quantity);
         at.push(o.confirmed_at);
         epoch.push(o.epoch);
+        for l in &o.items {
+            line_rid.push(o.reservation_id);
+            line_sku.push(l.sku.as_str());
+            line_qty.push(i32::try_from(l.quantity).unwrap_or(i32::MAX));
+        }
     }
     // Data-modifying CTEs run exactly once each; user_purchases and sold_count
-    // only move by the rows `ins` really inserted.
+    // only move by the rows `ins` really inserted, and so do order_items and
+    // user_item_purchases (the lines of those orders; per buyer only for
+    // items with their own cap).
     //
     // `fence` locks the sales' rows FOR KEY SHARE (in one order, so writers
     // never deadlock; they do not block one another) and keeps only orders
@@ -172,7 +203,24 @@ async fn insert_orders(
             INSERT INTO orders (reservation_id, sale_id, user_id, quantity, confirmed_at)
             SELECT rid, sale_id, user_id, qty, at FROM current
             ON CONFLICT (reservation_id) DO NOTHING
-            RETURNING sale_id, user_id, quantity
+            RETURNING reservation_id, sale_id, user_id, quantity
+        ), lines AS (
+            SELECT l.rid, l.sku, l.qty, i.sale_id, i.user_id
+            FROM UNNEST($7::uuid[], $8::text[], $9::int4[]) AS l(rid, sku, qty)
+            JOIN ins i ON i.reservation_id = l.rid
+        ), line_rows AS (
+            INSERT INTO order_items (reservation_id, sku, quantity)
+            SELECT rid, sku, qty FROM lines
+            ON CONFLICT (reservation_id, sku) DO NOTHING
+            RETURNING 1
+        ), item_buyers AS (
+            INSERT INTO user_item_purchases (sale_id, sku, user_id, quantity)
+            SELECT l.sale_id, l.sku, l.user_id, sum(l.qty)::int4 FROM lines l
+            JOIN sale_items si ON si.sale_id = l.sale_id AND si.sku = l.sku AND si.per_user_limit IS NOT NULL
+            GROUP BY l.sale_id, l.sku, l.user_id ORDER BY l.sale_id, l.sku, l.user_id
+            ON CONFLICT (sale_id, sku, user_id) DO UPDATE
+              SET quantity = user_item_purchases.quantity + EXCLUDED.quantity, updated_at = now()
+            RETURNING 1
         ), buyers AS (
             INSERT INTO user_purchases (sale_id, user_id, quantity)
             SELECT sale_id, user_id, sum(quantity)::int4 FROM ins GROUP BY sale_id, user_id ORDER BY sale_id, user_id
@@ -196,6 +244,9 @@ async fn insert_orders(
     .bind(&qty)
     .bind(&at)
     .bind(&epoch)
+    .bind(&line_rid)
+    .bind(&line_sku)
+    .bind(&line_qty)
     .fetch_one(&mut **tx)
     .await?;
     Ok(Recorded {
@@ -211,7 +262,10 @@ async fn insert_movements(
     if events.is_empty() {
         return Ok(0);
     }
-    let n = events.len();
+    // One row per line of a cart (`line` 1..n, its sku), one row of line 0
+    // for an event without one.
+    let n = events.iter().map(|e| e.items.len().max(1)).sum();
+    let (mut line, mut sku) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut sale, mut id, mut kind, mut rid, mut user, mut qty) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -227,21 +281,40 @@ async fn insert_movements(
         Vec::with_capacity(n),
     );
     for e in events {
-        sale.push(e.sale_id.as_str());
-        id.push(e.event_id.as_str());
-        kind.push(e.kind.as_str());
-        rid.push(e.reservation_id);
-        user.push(e.user_id.as_deref());
-        qty.push(e.quantity);
-        sold.push(e.sold_after);
-        held.push(e.held_after);
-        stock.push(e.stock_after);
-        at.push(e.occurred_at);
+        let lines: Vec<(i16, Option<&str>, i32)> = if e.items.is_empty() {
+            vec![(0, None, e.quantity)]
+        } else {
+            e.items
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    (
+                        i16::try_from(i + 1).unwrap_or(i16::MAX),
+                        Some(l.sku.as_str()),
+                        i32::try_from(l.quantity).unwrap_or(i32::MAX),
+                    )
+                })
+                .collect()
+        };
+        for (n, s, q) in lines {
+            line.push(n);
+            sku.push(s);
+            sale.push(e.sale_id.as_str());
+            id.push(e.event_id.as_str());
+            kind.push(e.kind.as_str());
+            rid.push(e.reservation_id);
+            user.push(e.user_id.as_deref());
+            qty.push(q);
+            sold.push(e.sold_after);
+            held.push(e.held_after);
+            stock.push(e.stock_after);
+            at.push(e.occurred_at);
+        }
     }
     let done = sqlx::query(
-        "INSERT INTO stock_movements (sale_id, event_id, kind, reservation_id, user_id, quantity, sold_after, held_after, stock_after, occurred_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::int4[], $7::int8[], $8::int8[], $9::int8[], $10::timestamptz[])
-         ON CONFLICT (sale_id, event_id) DO NOTHING",
+        "INSERT INTO stock_movements (sale_id, event_id, kind, reservation_id, user_id, quantity, sold_after, held_after, stock_after, occurred_at, line, sku)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::int4[], $7::int8[], $8::int8[], $9::int8[], $10::timestamptz[], $11::int2[], $12::text[])
+         ON CONFLICT (sale_id, event_id, line) DO NOTHING",
     )
     .bind(&sale)
     .bind(&id)
@@ -253,6 +326,8 @@ async fn insert_movements(
     .bind(&held)
     .bind(&stock)
     .bind(&at)
+    .bind(&line)
+    .bind(&sku)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())

@@ -8,7 +8,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{bound_statements, Store, StoreError};
-use crate::domain::{Admission, SaleConfig, Steering};
+use crate::domain::{Admission, Item, SaleConfig, Steering};
 use crate::ids::SaleId;
 
 /// A time of the scripts (ms) as Postgres keeps it.
@@ -59,6 +59,8 @@ impl<'r> sqlx::FromRow<'r, PgRow> for SaleRow {
                     },
                     _ => Admission::Open,
                 },
+                // Read apart (`sale_items`), where they are needed.
+                items: Vec::new(),
             },
             sold_count: row.try_get("sold_count")?,
             epoch: row.try_get("epoch")?,
@@ -84,6 +86,50 @@ pub struct Snapshot {
     /// (user, units confirmed), every buyer with a purchase.
     pub bought: Vec<(String, i64)>,
     pub sold: i64,
+    /// A sale of several items: units confirmed per sku.
+    pub item_sold: std::collections::HashMap<String, i64>,
+    /// (sku, user, units confirmed) of every item with its own cap.
+    pub item_bought: Vec<(String, String, i64)>,
+}
+
+/// A sale's items as Postgres has them, for `reconcile`.
+#[derive(Debug, Clone, Default)]
+pub struct ItemTotals {
+    /// The items (none for a one-item sale).
+    pub items: Vec<Item>,
+    /// Units confirmed per sku (`order_items`).
+    pub sold: BTreeMap<String, i64>,
+    /// Per [`item_buyer`] of the items with their own cap: units in
+    /// `order_items`, and in `user_item_purchases`.
+    pub bought: BTreeMap<String, i64>,
+    pub purchases: BTreeMap<String, i64>,
+}
+
+/// `<sku>/<user>`: a buyer's count of one item, as `reconcile` names it (a
+/// sku holds no `/`).
+pub fn item_buyer(sku: &str, user: &str) -> String {
+    format!("{sku}/{user}")
+}
+
+/// The items of a sale (none for a one-item sale), in their order.
+async fn read_items(
+    conn: &mut sqlx::PgConnection,
+    sale: &SaleId,
+) -> Result<Vec<Item>, sqlx::Error> {
+    let rows: Vec<(String, i64, Option<i32>)> = sqlx::query_as(
+        "SELECT sku, stock, per_user_limit FROM sale_items WHERE sale_id = $1 ORDER BY position",
+    )
+    .bind(sale.as_str())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sku, stock, cap)| Item {
+            sku,
+            stock,
+            per_user_limit: cap.and_then(|c| u32::try_from(c).ok()),
+        })
+        .collect())
 }
 
 /// The columns of [`SaleRow`], for `concat!` into static SQL.
@@ -117,13 +163,14 @@ impl Store {
                 sale_columns!(),
                 " FROM sales WHERE sale_id = $1 FOR UPDATE"
             );
-            let Some(row) = sqlx::query_as::<_, SaleRow>(sql)
+            let Some(mut row) = sqlx::query_as::<_, SaleRow>(sql)
                 .bind(sale.as_str())
                 .fetch_optional(&mut *tx)
                 .await?
             else {
                 return Ok(None);
             };
+            row.config.items = read_items(&mut tx, sale).await?;
             // READ COMMITTED: this statement sees every write that held the
             // row before the lock above was granted.
             let bought: Vec<(String, i64)> = sqlx::query_as("SELECT user_id, quantity::int8 FROM user_purchases WHERE sale_id = $1 AND quantity > 0 ORDER BY user_id")
@@ -131,12 +178,22 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
             let sold = bought.iter().map(|(_, q)| q).sum();
+            let item_sold: Vec<(String, i64)> = sqlx::query_as("SELECT oi.sku, sum(oi.quantity)::int8 FROM order_items oi JOIN orders o ON o.reservation_id = oi.reservation_id WHERE o.sale_id = $1 GROUP BY oi.sku")
+                .bind(sale.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let item_bought: Vec<(String, String, i64)> = sqlx::query_as("SELECT sku, user_id, quantity::int8 FROM user_item_purchases WHERE sale_id = $1 AND quantity > 0 ORDER BY sku, user_id")
+                .bind(sale.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
             Ok(Some(Rebuild {
                 tx,
                 snapshot: Snapshot {
                     sale: row,
                     bought,
                     sold,
+                    item_sold: item_sold.into_iter().collect(),
+                    item_bought,
                 },
             }))
         };
@@ -182,10 +239,13 @@ impl Store {
                 sale_columns!(),
                 " FROM sales WHERE sale_id = $1 FOR UPDATE"
             );
-            let row = sqlx::query_as::<_, SaleRow>(sql)
+            let mut row = sqlx::query_as::<_, SaleRow>(sql)
                 .bind(sale.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
+            if let Some(row) = row.as_mut() {
+                row.config.items = read_items(&mut tx, sale).await?;
+            }
             Ok((tx, row))
         };
         self.bounded(self.timeout, fut).await
@@ -266,9 +326,45 @@ impl Store {
         .bind(rate)
         .bind(window)
         .bind(to_time(opens));
-        self.bounded(self.timeout, q.execute(&mut **tx))
+        self.bounded(self.timeout, q.execute(&mut **tx)).await?;
+        self.upsert_items(tx, sale, &cfg.items).await
+    }
+
+    /// Writes a sale's items (the whole list: an item left out goes; the
+    /// script refused that if it had units sold or held).
+    async fn upsert_items(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        sale: &SaleId,
+        items: &[Item],
+    ) -> Result<(), StoreError> {
+        let skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
+        let stock: Vec<i64> = items.iter().map(|i| i.stock).collect();
+        let caps: Vec<Option<i32>> = items
+            .iter()
+            .map(|i| i.per_user_limit.and_then(|c| i32::try_from(c).ok()))
+            .collect();
+        let fut = async {
+            sqlx::query("DELETE FROM sale_items WHERE sale_id = $1 AND NOT (sku = ANY($2))")
+                .bind(sale.as_str())
+                .bind(&skus)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO sale_items (sale_id, sku, position, stock, per_user_limit)
+                 SELECT $1, sku, pos::int4, stock, cap
+                 FROM UNNEST($2::text[], $3::int8[], $4::int4[]) WITH ORDINALITY AS t(sku, stock, cap, pos)
+                 ON CONFLICT (sale_id, sku) DO UPDATE SET position = EXCLUDED.position, stock = EXCLUDED.stock,
+                   per_user_limit = EXCLUDED.per_user_limit, updated_at = now()",
+            )
+            .bind(sale.as_str())
+            .bind(&skus)
+            .bind(&stock)
+            .bind(&caps)
+            .execute(&mut **tx)
             .await
-            .map(|_| ())
+        };
+        self.bounded(self.timeout, fut).await.map(|_| ())
     }
 
     /// Per buyer: units in `orders` (the base fact) and in `user_purchases`.
@@ -293,7 +389,45 @@ impl Store {
         self.bounded(self.timeout * 2, fut).await
     }
 
-    /// Recomputes `user_purchases` and `sales.sold_count` from `orders`.
+    /// What `reconcile` checks of a sale's items, for `reconcile`.
+    pub async fn item_totals(&self, sale: &SaleId) -> Result<ItemTotals, StoreError> {
+        let fut = async {
+            let mut conn = self.pool.acquire().await?;
+            let items = read_items(&mut conn, sale).await?;
+            let sold: Vec<(String, i64)> = sqlx::query_as("SELECT oi.sku, sum(oi.quantity)::int8 FROM order_items oi JOIN orders o ON o.reservation_id = oi.reservation_id WHERE o.sale_id = $1 GROUP BY oi.sku")
+                .bind(sale.as_str())
+                .fetch_all(&mut *conn)
+                .await?;
+            let bought: Vec<(String, String, i64)> = sqlx::query_as(concat!(
+                "SELECT oi.sku, o.user_id, sum(oi.quantity)::int8 FROM order_items oi",
+                " JOIN orders o ON o.reservation_id = oi.reservation_id",
+                " JOIN sale_items si ON si.sale_id = o.sale_id AND si.sku = oi.sku AND si.per_user_limit IS NOT NULL",
+                " WHERE o.sale_id = $1 GROUP BY oi.sku, o.user_id"
+            ))
+            .bind(sale.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+            let purchases: Vec<(String, String, i64)> = sqlx::query_as("SELECT sku, user_id, quantity::int8 FROM user_item_purchases WHERE sale_id = $1 AND quantity > 0")
+                .bind(sale.as_str())
+                .fetch_all(&mut *conn)
+                .await?;
+            let keyed = |rows: Vec<(String, String, i64)>| {
+                rows.into_iter()
+                    .map(|(sku, user, n)| (item_buyer(&sku, &user), n))
+                    .collect()
+            };
+            Ok(ItemTotals {
+                items,
+                sold: sold.into_iter().collect(),
+                bought: keyed(bought),
+                purchases: keyed(purchases),
+            })
+        };
+        self.bounded(self.timeout * 2, fut).await
+    }
+
+    /// Recomputes `user_purchases` and `sales.sold_count` from `orders`,
+    /// and `user_item_purchases` from `order_items`.
     pub async fn rebuild_totals(&self, sale: &SaleId) -> Result<(), StoreError> {
         let fut = async {
             let mut tx = self.pool.begin().await?;
@@ -307,6 +441,20 @@ impl Store {
                 .await?;
             sqlx::query("INSERT INTO user_purchases (sale_id, user_id, quantity) SELECT sale_id, user_id, sum(quantity)::int4 FROM orders WHERE sale_id = $1 GROUP BY sale_id, user_id").bind(sale.as_str()).execute(&mut *tx).await?;
             sqlx::query("UPDATE sales SET sold_count = (SELECT coalesce(sum(quantity), 0) FROM orders WHERE sale_id = $1), updated_at = now() WHERE sale_id = $1").bind(sale.as_str()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM user_item_purchases WHERE sale_id = $1")
+                .bind(sale.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(concat!(
+                "INSERT INTO user_item_purchases (sale_id, sku, user_id, quantity)",
+                " SELECT o.sale_id, oi.sku, o.user_id, sum(oi.quantity)::int4 FROM order_items oi",
+                " JOIN orders o ON o.reservation_id = oi.reservation_id",
+                " JOIN sale_items si ON si.sale_id = o.sale_id AND si.sku = oi.sku AND si.per_user_limit IS NOT NULL",
+                " WHERE o.sale_id = $1 GROUP BY o.sale_id, oi.sku, o.user_id"
+            ))
+            .bind(sale.as_str())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await
         };
         self.bounded(self.timeout * 2, fut).await

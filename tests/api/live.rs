@@ -15,7 +15,7 @@ use crate::support::*;
 type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 /// Subscribes to a sale's events (the first one is the view at connect).
-async fn subscribe(app: &TestApp, sale: &str) -> Events {
+pub(crate) async fn subscribe(app: &TestApp, sale: &str) -> Events {
     let r = app.get(&format!("/v1/sales/{sale}/events")).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
@@ -46,7 +46,7 @@ async fn next(events: &mut Events, within: Duration) -> Option<(i64, Value)> {
 }
 
 /// Events until one satisfies `ok`.
-async fn until(events: &mut Events, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until(events: &mut Events, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

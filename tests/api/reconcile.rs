@@ -283,3 +283,193 @@ async fn an_oversell_is_an_incident_and_fix_never_writes_it_into_redis() {
     assert!(text.contains("INCIDENT"), "{text}");
     assert_eq!(app.view(&sale).await["sold"].as_i64(), Some(2));
 }
+
+/// A sale of several items is compared item by item: an item's sold or
+/// held counter that drifted from `order_items` and the live holds' lines
+/// is found, an item oversold is an incident, and `--fix` repairs it.
+#[tokio::test]
+async fn items_are_reconciled_item_by_item() {
+    let app = Spawn::new()
+        .await
+        .durability(ConfirmDurability::Redis)
+        .no_worker()
+        .start()
+        .await;
+    let sale = app
+        .items_sale(
+            serde_json::json!([{"sku": "S", "stock": 3}, {"sku": "M", "stock": 3}]),
+            3,
+            60,
+        )
+        .await;
+    let id = SaleId::parse(&sale).expect("id");
+    let (_, a) = app
+        .reserve_cart(
+            &sale,
+            "ann",
+            serde_json::json!([{"sku": "S", "quantity": 2}, {"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+    let (s, _) = app
+        .reserve_cart(
+            &sale,
+            "bob",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    // The confirm is still in the stream (no worker): lag, not drift.
+    let clean = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        (clean.drift.len(), clean.unresolved()),
+        (0, 0),
+        "{:?}",
+        clean.drift
+    );
+
+    let mut conn = test_redis().await;
+    let key = format!("{}:{{{sale}}}:sale", app.prefix);
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("io:S")
+        .arg(3)
+        .arg("ih:M")
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    let found = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
+    for w in ["item[S] sold", "item[M] held"] {
+        assert!(what.contains(&w), "{w} drift not found in {what:?}");
+    }
+    assert!(
+        found
+            .incidents
+            .iter()
+            .any(|i| i.what.contains("item M") && i.what.contains("oversold")),
+        "M: 1 sold + 3 held > 3: {:?}",
+        found.incidents
+    );
+    let fixed = reconcile(&app.service, Some(&id), &fix())
+        .await
+        .expect("fix");
+    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
+    let v = app.view(&sale).await;
+    assert_eq!(item_counters(&v, "S"), (3, 2, 0, 1));
+    assert_eq!(item_counters(&v, "M"), (3, 1, 1, 1));
+    let again = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+}
+
+/// Each buyer's count of an item with its own cap is compared too: in
+/// Redis (`ib:` / `iu:`) against the orders' lines and the live holds, and
+/// `user_item_purchases` against `order_items`; `--fix` repairs both.
+#[tokio::test]
+async fn a_buyers_count_of_a_capped_item_is_reconciled() {
+    let app = spawn_app().await;
+    let sale = app
+        .items_sale(
+            serde_json::json!([{"sku": "S", "stock": 5}, {"sku": "M", "stock": 5, "per_user_limit": 1}]),
+            3,
+            60,
+        )
+        .await;
+    let id = SaleId::parse(&sale).expect("id");
+    let (_, a) = app
+        .reserve_cart(
+            &sale,
+            "ann",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
+        200
+    );
+    let (s, _) = app
+        .reserve_cart(
+            &sale,
+            "bob",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    app.drained(Duration::from_secs(10)).await;
+    let clean = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert!(clean.drift.is_empty(), "{:?}", clean.drift);
+
+    let mut conn = test_redis().await;
+    let key = format!("{}:{{{sale}}}:sale", app.prefix);
+    let _: () = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("ib:M:ann")
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("iu:M:bob")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    sqlx::query("DELETE FROM user_item_purchases WHERE sale_id = $1")
+        .bind(&sale)
+        .execute(&app.pool)
+        .await
+        .expect("corrupt");
+    let found = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
+    for w in [
+        "item bought[M/ann]",
+        "item held_by[M/bob]",
+        "postgres user_item_purchases[M/ann]",
+    ] {
+        assert!(what.contains(&w), "{w} drift not found in {what:?}");
+    }
+    let fixed = reconcile(&app.service, Some(&id), &fix())
+        .await
+        .expect("fix");
+    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
+    let again = reconcile(&app.service, Some(&id), &check())
+        .await
+        .expect("reconcile");
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+    assert_eq!(
+        user_item_purchases(&app.pool, &sale).await,
+        [(("M".to_string(), "ann".to_string()), 1)].into()
+    );
+    // ann's cap of M counts her unit again.
+    let (s, v) = app
+        .reserve_cart(
+            &sale,
+            "ann",
+            serde_json::json!([{"sku": "M", "quantity": 1}]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["details"]["sku"].as_str()),
+        (409, Some("M")),
+        "{v}"
+    );
+}

@@ -37,12 +37,20 @@ fn every_error_has_the_contract_shape_and_status() {
         (ApiError::Forbidden, 403, "forbidden"),
         (ApiError::SaleNotFound, 404, "sale_not_found"),
         (ApiError::ReservationNotFound, 404, "reservation_not_found"),
-        (ApiError::SoldOut { available: 0 }, 409, "sold_out"),
+        (
+            ApiError::SoldOut {
+                available: 0,
+                shortfalls: Vec::new(),
+            },
+            409,
+            "sold_out",
+        ),
         (
             ApiError::UserLimitExceeded {
                 limit: 2,
                 held: 1,
                 bought: 1,
+                sku: None,
             },
             409,
             "user_limit_exceeded",
@@ -54,7 +62,11 @@ fn every_error_has_the_contract_shape_and_status() {
         ),
         (ApiError::SaleEnded { ends_at: None }, 410, "sale_ended"),
         (
-            ApiError::StockBelowCommitted { sold: 3, held: 2 },
+            ApiError::StockBelowCommitted {
+                sold: 3,
+                held: 2,
+                items: Vec::new(),
+            },
             409,
             "stock_below_committed",
         ),
@@ -123,19 +135,27 @@ fn every_error_has_the_contract_shape_and_status() {
 #[test]
 fn details_carry_the_numbers_a_client_needs() {
     assert_eq!(
-        body(&ApiError::SoldOut { available: 0 })["error"]["details"]["available"],
+        body(&ApiError::SoldOut {
+            available: 0,
+            shortfalls: Vec::new(),
+        })["error"]["details"]["available"],
         0
     );
     assert_eq!(
         body(&ApiError::UserLimitExceeded {
             limit: 2,
             held: 1,
-            bought: 1
+            bought: 1,
+            sku: None,
         })["error"]["details"]["per_user_limit"],
         2
     );
     assert_eq!(
-        body(&ApiError::StockBelowCommitted { sold: 3, held: 2 })["error"]["details"]["held"],
+        body(&ApiError::StockBelowCommitted {
+            sold: 3,
+            held: 2,
+            items: Vec::new(),
+        })["error"]["details"]["held"],
         2
     );
 }
@@ -191,7 +211,11 @@ fn service_errors_map_to_the_contract() {
     assert_eq!(code(ServiceError::SaleNotFound), "sale_not_found");
     assert_eq!(code(ServiceError::Forbidden), "forbidden");
     assert_eq!(
-        code(ServiceError::StockBelowCommitted { sold: 1, held: 2 }),
+        code(ServiceError::StockBelowCommitted {
+            sold: 1,
+            held: 2,
+            items: Vec::new(),
+        }),
         "stock_below_committed"
     );
 }

@@ -27,10 +27,90 @@ impl Case<'_> {
         Ok((stock, sold, held, available))
     }
 
+    /// A sale of items: each item's (stock, sold, held, available), every
+    /// unit accounted for, and the sale's counters their sums.
+    pub(super) async fn item_view(&self) -> Result<BTreeMap<String, (i64, i64, i64, i64)>, String> {
+        let a = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/sales/{}", self.sale),
+                ADMIN,
+                None,
+            )
+            .await?;
+        ensure!(a.status == 200, "view: {} {}", a.status, a.body);
+        let mut out = BTreeMap::new();
+        let mut sums = [0i64; 4];
+        for item in a.body["items"].as_array().cloned().unwrap_or_default() {
+            let n = |f: &str| item[f].as_i64().ok_or(format!("{f} in {item}"));
+            let c = (n("stock")?, n("sold")?, n("held")?, n("available")?);
+            ensure!(
+                c.0 == c.1 + c.2 + c.3 && c.3 >= 0 && c.1 + c.2 <= c.0,
+                "item units unaccounted for: {}",
+                a.body
+            );
+            for (s, v) in sums.iter_mut().zip([c.0, c.1, c.2, c.3]) {
+                *s += v;
+            }
+            out.insert(item["sku"].as_str().unwrap_or_default().to_string(), c);
+        }
+        ensure!(out.len() == 3, "three items: {}", a.body);
+        let n = |f: &str| a.body[f].as_i64().unwrap_or(-1);
+        ensure!(
+            [n("stock"), n("sold"), n("held"), n("available")] == sums,
+            "the sale's counters are not its items' sums: {}",
+            a.body
+        );
+        Ok(out)
+    }
+
+    /// The units of `sku` in the reservations `keep` keeps.
+    fn lines_of(&self, sku: &str, keep: impl Fn(usize, &Told) -> bool) -> i64 {
+        self.resv
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| keep(*i, t))
+            .map(|(_, t)| t.lines.get(sku).copied().unwrap_or(0))
+            .sum()
+    }
+
     /// After a group: the view against what the API told.
     pub(super) async fn check_group(&self, restocks: &BTreeSet<i64>) -> Result<(), String> {
         let (stock, sold, held, _) = self.view().await?;
         let now = now_ms();
+        let live = |t: &Told| !t.ended() && t.deadline_ms > now + SLACK_MS;
+        if self.h.items {
+            for (sku, (st, isold, iheld, _)) in self.item_view().await? {
+                ensure!(
+                    restocks.contains(&st) || (restocks.is_empty() && st == self.stock),
+                    "item {sku} stock {st}, last set to {} ({restocks:?})",
+                    self.stock
+                );
+                let confirmed = self.lines_of(&sku, |_, t| t.confirmed);
+                ensure!(
+                    isold == confirmed,
+                    "item {sku} sold {isold}, but confirmed lines add up to {confirmed}"
+                );
+                let live_held = self.lines_of(&sku, |_, t| live(t));
+                ensure!(
+                    iheld >= live_held,
+                    "item {sku} held {iheld}, but the API told of {live_held} live held units"
+                );
+            }
+            // The sale's stock is the sum of its items'.
+            return self.check_sums(stock / 3, sold, held, restocks, now);
+        }
+        self.check_sums(stock, sold, held, restocks, now)
+    }
+
+    fn check_sums(
+        &self,
+        stock: i64,
+        sold: i64,
+        held: i64,
+        restocks: &BTreeSet<i64>,
+        now: i64,
+    ) -> Result<(), String> {
         if restocks.is_empty() {
             ensure!(
                 stock == self.stock,
@@ -107,6 +187,17 @@ impl Case<'_> {
                 sum("confirmed"),
                 sum("held")
             );
+            if self.h.items {
+                for (sku, (_, isold, iheld, _)) in self.item_view().await? {
+                    let by = |s: &str| self.lines_of(&sku, |i, _| first[i] == s);
+                    ensure!(
+                        (isold, iheld) == (by("confirmed"), by("held")),
+                        "item {sku} sold {isold} held {iheld}, reservations say {} / {}: {first:?}",
+                        by("confirmed"),
+                        by("held")
+                    );
+                }
+            }
             for u in 0..self.users.len() {
                 let mine: i64 = self
                     .resv
@@ -208,6 +299,25 @@ impl Case<'_> {
             sold == sums.values().sum::<i64>(),
             "sales.sold_count {sold}, orders add up to {}",
             sums.values().sum::<i64>()
+        );
+        let lines: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT oi.sku, sum(oi.quantity)::int8 FROM order_items oi JOIN orders o USING (reservation_id) WHERE o.sale_id = $1 GROUP BY oi.sku",
+        )
+        .bind(&self.sale)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+        let mut want_lines: BTreeMap<String, i64> = BTreeMap::new();
+        for t in self.resv.iter().filter(|t| t.confirmed) {
+            for (sku, q) in &t.lines {
+                *want_lines.entry(sku.clone()).or_default() += q;
+            }
+        }
+        ensure!(
+            lines == want_lines,
+            "order_items {lines:?}, confirmed lines {want_lines:?}"
         );
         Ok(())
     }

@@ -22,6 +22,14 @@
 //! write. Abuse limits (per-buyer rate, active-hold cap) are off: they are
 //! not invariants and would only add 429s to the histories.
 //!
+//! Half the histories run a sale of three items (skus `A`, `B`, `C`, each
+//! with the history's stock): a reserve is then a cart of some of them, a
+//! restock sets every item's stock, and each of the checks above holds item
+//! by item too (per sku: `stock = sold + held + available`, sold exactly the
+//! confirmed lines, held at least the live lines, `order_items` exactly the
+//! confirmed lines), besides the sale's sums. A cart is held whole or not at
+//! all: the per-item counts would drift from the lines otherwise.
+//!
 //! `PROPTEST_CASES` sets the number of histories (default 16). A failure
 //! prints the shrunk history (`Debug` of the op list) and what broke.
 
@@ -53,10 +61,13 @@ use operations::{Case, Learned, SEEN};
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A buyer asks for `qty` units (may exceed the cap: 400).
+    /// A buyer asks for `qty` units (may exceed the cap: 400). On a sale of
+    /// items: a cart of the skus `mask` names (bits of A, B, C; none: A),
+    /// `qty` of the first and one of each other.
     Reserve {
         user: usize,
         qty: u32,
+        mask: u8,
     },
     /// Confirm / cancel / extend / read the `target`-th reservation made so
     /// far (modulo their number), as its buyer or as the admin.
@@ -75,8 +86,8 @@ enum Op {
     Get {
         target: usize,
     },
-    /// The admin sets a new stock (409 `stock_below_committed` when below
-    /// sold + held).
+    /// The admin sets a new stock, of every item on a sale of items (409
+    /// `stock_below_committed` when below sold + held).
     Restock {
         stock: i64,
     },
@@ -86,6 +97,8 @@ enum Op {
 
 #[derive(Debug, Clone)]
 struct History {
+    /// A sale of three items (A, B, C), each of `stock` units.
+    items: bool,
     users: usize,
     stock: i64,
     cap: u32,
@@ -95,6 +108,48 @@ struct History {
     groups: Vec<Vec<Op>>,
 }
 
+/// The skus of a sale of items.
+const SKUS: [&str; 3] = ["A", "B", "C"];
+
+impl History {
+    /// The sale's configuration with `stock` (of each item, on a sale of
+    /// items).
+    fn config(&self, stock: i64) -> serde_json::Value {
+        let mut cfg = json!({
+            "per_user_limit": self.cap,
+            "hold_ttl_secs": self.ttl_secs,
+            "max_hold_secs": self.max_hold_secs,
+        });
+        if self.items {
+            cfg["items"] = SKUS
+                .iter()
+                .map(|s| json!({"sku": s, "stock": stock}))
+                .collect();
+        } else {
+            cfg["stock"] = json!(stock);
+        }
+        cfg
+    }
+
+    /// The cart of a reserve on a sale of items: (sku, units), sorted.
+    fn cart(&self, qty: u32, mask: u8) -> Vec<(String, i64)> {
+        let mut picked: Vec<&str> = SKUS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, s)| *s)
+            .collect();
+        if picked.is_empty() {
+            picked.push(SKUS[0]);
+        }
+        picked
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_string(), if i == 0 { i64::from(qty) } else { 1 }))
+            .collect()
+    }
+}
+
 /// One op; buyers are numbered 0..8 (taken modulo the history's number
 /// of buyers), quantities 1..=4 (above the cap: 400).
 fn op() -> impl Strategy<Value = Op> {
@@ -102,7 +157,7 @@ fn op() -> impl Strategy<Value = Op> {
     // Mostly the first few buyers, so that buyers come back for more.
     let user = prop_oneof![3 => 0usize..3, 1 => 0usize..8];
     prop_oneof![
-        6 => (user, qty).prop_map(|(user, qty)| Op::Reserve { user, qty }),
+        6 => (user, qty, 0u8..8).prop_map(|(user, qty, mask)| Op::Reserve { user, qty, mask }),
         3 => (0usize..64, prop::bool::weighted(0.2))
             .prop_map(|(target, admin)| Op::Confirm { target, admin }),
         2 => (0usize..64, prop::bool::weighted(0.2))
@@ -120,46 +175,39 @@ fn op() -> impl Strategy<Value = Op> {
 fn history() -> impl Strategy<Value = History> {
     let params = (3usize..=8, 1i64..=12, 1u32..=3, 1u32..=2, 0u32..=3);
     let groups = prop::collection::vec(prop::collection::vec(op(), 1..=3), 1..=16);
-    (params, groups).prop_map(|((users, stock, cap, ttl_secs, extra), mut groups)| {
-        let mut waits = 0;
-        for op in groups.iter_mut().flatten() {
-            match op {
-                Op::Reserve { user, .. } => *user %= users,
-                // At most two waits per history (each is a TTL long).
-                Op::Wait => {
-                    waits += 1;
-                    if waits > 2 {
-                        *op = Op::Get { target: 0 };
+    (params, groups, prop::bool::ANY).prop_map(
+        |((users, stock, cap, ttl_secs, extra), mut groups, items)| {
+            let mut waits = 0;
+            for op in groups.iter_mut().flatten() {
+                match op {
+                    Op::Reserve { user, .. } => *user %= users,
+                    // At most two waits per history (each is a TTL long).
+                    Op::Wait => {
+                        waits += 1;
+                        if waits > 2 {
+                            *op = Op::Get { target: 0 };
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        History {
-            users,
-            stock,
-            cap,
-            ttl_secs,
-            max_hold_secs: ttl_secs + extra,
-            groups,
-        }
-    })
+            History {
+                items,
+                users,
+                stock,
+                cap,
+                ttl_secs,
+                max_hold_secs: ttl_secs + extra,
+                groups,
+            }
+        },
+    )
 }
 
 async fn run_case(app: &TestApp, h: &History) -> Result<(), String> {
     let tag = &unique_prefix()[1..9];
     let sale = unique_sale();
-    let (s, v) = app
-        .put_sale(
-            &sale,
-            json!({
-                "stock": h.stock,
-                "per_user_limit": h.cap,
-                "hold_ttl_secs": h.ttl_secs,
-                "max_hold_secs": h.max_hold_secs,
-            }),
-        )
-        .await;
+    let (s, v) = app.put_sale(&sale, h.config(h.stock)).await;
     ensure!(s == 201, "create the sale: {s} {v}");
     let mut case = Case {
         app,
@@ -189,7 +237,8 @@ async fn run_case(app: &TestApp, h: &History) -> Result<(), String> {
                 case.stock = *s;
             } else {
                 // Concurrent restocks: whichever ran last is the stock now.
-                case.stock = case.view().await?.0;
+                let stock = case.view().await?.0;
+                case.stock = if h.items { stock / 3 } else { stock };
             }
         }
     }

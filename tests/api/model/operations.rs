@@ -30,6 +30,8 @@ pub(super) struct Told {
     pub(super) rid: String,
     pub(super) user: usize,
     pub(super) qty: i64,
+    /// On a sale of items: its cart, sku -> units (`qty` is their sum).
+    pub(super) lines: BTreeMap<String, i64>,
     /// When the 201 was received (the hold started before that).
     pub(super) reserved_by_ms: i64,
     /// The latest deadline the API gave (deadlines only move forward).
@@ -144,17 +146,47 @@ impl Case<'_> {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(Learned::Nothing)
             }
-            Op::Reserve { user, qty } => {
+            Op::Reserve { user, qty, mask } => {
+                let cart = if self.h.items {
+                    self.h.cart(*qty, *mask)
+                } else {
+                    Vec::new()
+                };
+                let body = if self.h.items {
+                    let lines: Vec<Value> = cart
+                        .iter()
+                        .map(|(s, q)| json!({"sku": s, "quantity": q}))
+                        .collect();
+                    json!({ "items": lines })
+                } else {
+                    json!({ "quantity": qty })
+                };
                 let a = self
                     .call(
                         reqwest::Method::POST,
                         &format!("/v1/sales/{sale}/reservations"),
                         &token(&self.users[*user]),
-                        Some(json!({ "quantity": qty })),
+                        Some(body),
                     )
                     .await?;
-                seen("reserve", &a);
-                let over_cap = *qty > self.h.cap;
+                seen(
+                    if self.h.items {
+                        "reserve cart"
+                    } else {
+                        "reserve"
+                    },
+                    &a,
+                );
+                let total: i64 = if self.h.items {
+                    cart.iter().map(|(_, q)| q).sum()
+                } else {
+                    i64::from(*qty)
+                };
+                let qty = &total;
+                let over_cap = total > i64::from(self.h.cap);
+                // A cart over the sale's cap is a user_limit_exceeded (409),
+                // a quantity over it a 400.
+                let over_cap_400 = over_cap && !self.h.items;
                 match (a.status, code(&a.body)) {
                     (201, _) => {
                         ensure!(!over_cap, "reserve {qty} > cap {} granted", self.h.cap);
@@ -165,6 +197,16 @@ impl Case<'_> {
                                 && b["user_id"] == self.users[*user].as_str(),
                             "reserve 201 body: {b}"
                         );
+                        if self.h.items {
+                            let want: Vec<Value> = cart
+                                .iter()
+                                .map(|(s, q)| json!({"sku": s, "quantity": q}))
+                                .collect();
+                            ensure!(
+                                b["items"] == json!(want),
+                                "reserve 201 without its whole cart: {b}"
+                            );
+                        }
                         let deadline = ms(&b["expires_at"]).ok_or("no expires_at")?;
                         let ttl = i64::from(self.h.ttl_secs) * 1000;
                         ensure!(
@@ -177,7 +219,8 @@ impl Case<'_> {
                         Ok(Learned::Reserved(Told {
                             rid: b["reservation_id"].as_str().ok_or("rid")?.to_string(),
                             user: *user,
-                            qty: i64::from(*qty),
+                            qty: *qty,
+                            lines: cart.iter().cloned().collect(),
                             reserved_by_ms: a.recv_ms,
                             deadline_ms: deadline,
                             ..Told::default()
@@ -185,7 +228,7 @@ impl Case<'_> {
                     }
                     (400, "invalid_request") => {
                         ensure!(
-                            over_cap,
+                            over_cap_400,
                             "reserve {qty} (cap {}) refused: {}",
                             self.h.cap,
                             a.body
@@ -194,23 +237,41 @@ impl Case<'_> {
                     }
                     (409, "sold_out") => {
                         ensure!(!over_cap, "reserve over the cap: {}", a.body);
+                        if self.h.items {
+                            // Every short line named, each really short.
+                            let short = a.body["error"]["details"]["shortfalls"]
+                                .as_array()
+                                .cloned()
+                                .unwrap_or_default();
+                            ensure!(!short.is_empty(), "sold_out without shortfalls: {}", a.body);
+                            for s in &short {
+                                let asked = cart.iter().find(|(sku, _)| s["sku"] == sku.as_str());
+                                ensure!(
+                                    asked.is_some_and(|(_, q)| s["requested"] == json!(q)
+                                        && s["available"].as_i64().is_some_and(|n| n < *q)),
+                                    "shortfall {s} not of the cart {cart:?}: {}",
+                                    a.body
+                                );
+                            }
+                            return Ok(Learned::Nothing);
+                        }
                         let avail = a.body["error"]["details"]["available"].as_i64();
                         ensure!(
-                            avail.is_some_and(|n| n < i64::from(*qty)),
+                            avail.is_some_and(|n| n < *qty),
                             "sold_out with enough available: {}",
                             a.body
                         );
                         Ok(Learned::Nothing)
                     }
                     (409, "user_limit_exceeded") => {
-                        ensure!(!over_cap, "reserve over the cap: {}", a.body);
+                        ensure!(!over_cap_400, "reserve over the cap: {}", a.body);
                         let d = &a.body["error"]["details"];
                         let (held, bought) = (d["held"].as_i64(), d["bought"].as_i64());
                         ensure!(
                             d["per_user_limit"] == json!(self.h.cap)
-                                && held.zip(bought).is_some_and(|(h, b)| {
-                                    h + b + i64::from(*qty) > i64::from(self.h.cap)
-                                }),
+                                && held
+                                    .zip(bought)
+                                    .is_some_and(|(h, b)| { h + b + *qty > i64::from(self.h.cap) }),
                             "user_limit_exceeded within the cap: {}",
                             a.body
                         );
@@ -303,16 +364,23 @@ impl Case<'_> {
                         reqwest::Method::PUT,
                         &format!("/v1/sales/{sale}"),
                         ADMIN,
-                        Some(json!({
-                            "stock": stock,
-                            "per_user_limit": self.h.cap,
-                            "hold_ttl_secs": self.h.ttl_secs,
-                            "max_hold_secs": self.h.max_hold_secs,
-                        })),
+                        Some(self.h.config(*stock)),
                     )
                     .await?;
                 seen("restock", &a);
                 match (a.status, code(&a.body)) {
+                    (200, _) if self.h.items => {
+                        for item in a.body["items"].as_array().cloned().unwrap_or_default() {
+                            let n = |f: &str| item[f].as_i64().unwrap_or(-1);
+                            ensure!(
+                                n("stock") == *stock && n("sold") + n("held") <= *stock,
+                                "restock to {stock} accepted below an item's committed: {}",
+                                a.body
+                            );
+                        }
+                        ensure!(a.body["stock"] == json!(3 * stock), "restock: {}", a.body);
+                        Ok(Learned::Restocked(*stock))
+                    }
                     (200, _) => {
                         let (sold, held) = (a.body["sold"].as_i64(), a.body["held"].as_i64());
                         ensure!(
@@ -322,6 +390,22 @@ impl Case<'_> {
                             a.body
                         );
                         Ok(Learned::Restocked(*stock))
+                    }
+                    (409, "stock_below_committed") if self.h.items => {
+                        let below = a.body["error"]["details"]["items"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        ensure!(!below.is_empty(), "no item named: {}", a.body);
+                        for i in &below {
+                            let n = |f: &str| i[f].as_i64().unwrap_or(-1);
+                            ensure!(
+                                n("stock") == *stock && n("sold") + n("held") > *stock,
+                                "restock to {stock} refused for an item not below: {}",
+                                a.body
+                            );
+                        }
+                        Ok(Learned::Nothing)
                     }
                     (409, "stock_below_committed") => {
                         let d = &a.body["error"]["details"];

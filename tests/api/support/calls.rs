@@ -234,3 +234,51 @@ pub async fn readyz_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `POST .../reservations` of a cart (`[{"sku", "quantity"}, ...]`).
+pub fn cart_req(app: &TestApp, sale: &str, user: &str, items: &Value) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url(&format!("/v1/sales/{sale}/reservations")))
+        .bearer_auth(token(user))
+        .json(&json!({ "items": items }))
+}
+
+/// One item of a sale view by sku: (stock, sold, held, available).
+pub fn item_counters(v: &Value, sku: &str) -> (i64, i64, i64, i64) {
+    let item = v["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["sku"] == sku))
+        .unwrap_or_else(|| panic!("item {sku} in {v}"));
+    counters(item)
+}
+
+impl TestApp {
+    /// Creates a sale of several items (`[{"sku", "stock", ...}]`) and
+    /// asserts 201.
+    pub async fn items_sale(&self, items: Value, limit: u32, ttl_secs: u32) -> String {
+        let id = unique_sale();
+        let (s, v) = self
+            .put_sale(
+                &id,
+                json!({ "items": items, "per_user_limit": limit, "hold_ttl_secs": ttl_secs }),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        id
+    }
+
+    /// Reserves a cart as `user`, with an optional `Idempotency-Key`.
+    pub async fn reserve_cart(
+        &self,
+        sale: &str,
+        user: &str,
+        items: Value,
+        idem: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = cart_req(self, sale, user, &items);
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        body(req.send().await.expect("reserve cart")).await
+    }
+}

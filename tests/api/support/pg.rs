@@ -134,3 +134,30 @@ pub async fn user_purchases(pool: &PgPool, sale: &str) -> BTreeMap<String, i64> 
     .map(|(u, q)| (u, i64::from(q)))
     .collect()
 }
+
+/// A sale's confirmed units per sku, from `order_items`.
+pub async fn item_sold(pool: &PgPool, sale: &str) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT oi.sku, sum(oi.quantity)::int8 FROM order_items oi JOIN orders o USING (reservation_id) WHERE o.sale_id = $1 GROUP BY oi.sku",
+    )
+    .bind(sale)
+    .fetch_all(pool)
+    .await
+    .expect("order_items")
+    .into_iter()
+    .collect()
+}
+
+/// A sale's `user_item_purchases`: (sku, buyer) → units.
+pub async fn user_item_purchases(pool: &PgPool, sale: &str) -> BTreeMap<(String, String), i64> {
+    sqlx::query_as::<_, (String, String, i32)>(
+        "SELECT sku, user_id, quantity FROM user_item_purchases WHERE sale_id = $1",
+    )
+    .bind(sale)
+    .fetch_all(pool)
+    .await
+    .expect("user_item_purchases")
+    .into_iter()
+    .map(|(s, u, q)| ((s, u), i64::from(q)))
+    .collect()
+}
