@@ -65,6 +65,11 @@ pub struct Settings {
     pub confirm_durability: ConfirmDurability,
     /// Bound on waiting for Postgres on the confirm path.
     pub confirm_timeout: Duration,
+    /// Group commit of the confirm path: writer tasks, confirms per
+    /// transaction at most, confirms waiting for a writer at most.
+    pub confirm_writers: usize,
+    pub confirm_batch_max: usize,
+    pub confirm_queue: usize,
     /// Bound on one Redis round trip (connect and response).
     pub redis_timeout: Duration,
     /// Bound on one Postgres statement outside the confirm path.
@@ -116,6 +121,9 @@ impl Default for Settings {
             key_prefix: "fg".into(),
             confirm_durability: ConfirmDurability::Postgres,
             confirm_timeout: Duration::from_millis(2000),
+            confirm_writers: 2,
+            confirm_batch_max: 512,
+            confirm_queue: 16_384,
             redis_timeout: Duration::from_millis(1000),
             db_timeout: Duration::from_millis(5000),
             sweep_interval: Duration::from_millis(1000),
@@ -238,6 +246,15 @@ impl Settings {
         if let Some(v) = var("FLASHGATE_MAX_BODY_BYTES") {
             s.max_body_bytes = parse("FLASHGATE_MAX_BODY_BYTES", &v)?;
         }
+        if let Some(v) = var("FLASHGATE_CONFIRM_WRITERS") {
+            s.confirm_writers = parse("FLASHGATE_CONFIRM_WRITERS", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_CONFIRM_BATCH_MAX") {
+            s.confirm_batch_max = parse("FLASHGATE_CONFIRM_BATCH_MAX", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_CONFIRM_QUEUE") {
+            s.confirm_queue = parse("FLASHGATE_CONFIRM_QUEUE", &v)?;
+        }
         if let Some(v) = var("FLASHGATE_WORKER_BATCH") {
             s.worker_batch = parse("FLASHGATE_WORKER_BATCH", &v)?;
         }
@@ -306,6 +323,19 @@ impl Settings {
                 "FLASHGATE_KEY_PREFIX",
                 "1-32 characters of [A-Za-z0-9_-]",
             ));
+        }
+        if !(1..=16).contains(&self.confirm_writers) {
+            // Each writer holds a Postgres connection of the pool while it commits.
+            return Err(err("FLASHGATE_CONFIRM_WRITERS", "must be between 1 and 16"));
+        }
+        if !(1..=10_000).contains(&self.confirm_batch_max) {
+            return Err(err(
+                "FLASHGATE_CONFIRM_BATCH_MAX",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.confirm_queue == 0 {
+            return Err(err("FLASHGATE_CONFIRM_QUEUE", "must be at least 1"));
         }
         if self.worker_batch == 0 {
             return Err(err("FLASHGATE_WORKER_BATCH", "must be at least 1"));
@@ -431,6 +461,10 @@ mod tests {
         assert_eq!(e.name, "FLASHGATE_REDIS_URL");
         let e = Settings::from_lookup(lookup(&[("FLASHGATE_MAX_INFLIGHT", "0")])).unwrap_err();
         assert_eq!(e.name, "FLASHGATE_MAX_INFLIGHT");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_BATCH_MAX", "0")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_CONFIRM_BATCH_MAX");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_WRITERS", "0")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_CONFIRM_WRITERS");
     }
 
     #[test]

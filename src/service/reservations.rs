@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::gate::Transition;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
-use crate::store::reservation_json;
+use crate::store::{reservation_json, Committed};
 
 impl Service {
     pub async fn reserve(
@@ -112,7 +112,8 @@ impl Service {
             .map_err(ServiceError::NotAudited)
     }
 
-    /// Commits a confirmed reservation's order, within the confirm timeout.
+    /// Commits a confirmed reservation's order, within the confirm timeout,
+    /// in a batch with the confirms waiting beside it (group commit).
     async fn make_durable(
         &self,
         sale: &SaleId,
@@ -127,13 +128,9 @@ impl Service {
             confirmed_at: DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default(),
             epoch: rec.epoch,
         };
-        match self
-            .store
-            .record_orders(&[order], self.confirm_timeout)
-            .await
-        {
-            Ok(recorded) if recorded.stale.is_empty() => Ok(()),
-            Ok(_) => {
+        match self.confirms.commit(order, self.confirm_timeout).await {
+            Ok(Committed::Recorded) => Ok(()),
+            Ok(Committed::Stale) => {
                 crate::metrics::stale_orders("confirm", 1);
                 tracing::warn!(sale = %sale, reservation = %rid, "a confirm of a lost Redis state was refused: the sale was rebuilt from Postgres before its order was written");
                 Err(ServiceError::Lost)

@@ -113,8 +113,8 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             bound_statements(&mut tx, limit).await?;
             let orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
-            // Orders first: they lock the sales' rows (FOR KEY SHARE)
-            // before anything else, as every order write does.
+            // Orders first: they lock the sales' rows (FOR NO KEY UPDATE,
+            // sorted) before anything else, as every order write does.
             let recorded = insert_orders(&mut tx, &orders).await?;
             insert_movements(&mut tx, events).await?;
             tx.commit().await?;
@@ -148,13 +148,19 @@ async fn insert_orders(
     // Data-modifying CTEs run exactly once each; user_purchases and sold_count
     // only move by the rows `ins` really inserted.
     //
-    // `fence` locks the sales' rows FOR KEY SHARE (in one order, so writers
-    // never deadlock; they do not block one another) and keeps only orders
-    // of each sale's current epoch: a rebuild (which takes the row FOR
-    // UPDATE) either waits for this write, and then reads it, or bumped
-    // the epoch first, and then this write records nothing of the lost
-    // state. An order of a sale Postgres does not know is recorded as
-    // before (there is nothing to rebuild it from).
+    // `fence` locks the sales' rows FOR NO KEY UPDATE, sorted by sale id,
+    // and keeps only orders of each sale's current epoch: a rebuild (which
+    // takes the row FOR UPDATE) either waits for this write, and then
+    // reads it, or bumped the epoch first, and then this write records
+    // nothing of the lost state. An order of a sale Postgres does not know
+    // is recorded as before (there is nothing to rebuild it from).
+    //
+    // No deadlock between writers (the confirm path's group commit, the
+    // write-behind, `reconcile --fix`): the only row locks they wait for
+    // are these, taken first and in one order. The `sold` update later
+    // touches only rows already locked here, and two writes that share a
+    // buyer's user_purchases row share its sale's row, so the second one
+    // waits at the fence, before it touches any buyer.
     let (n, stale): (i64, Vec<Uuid>) = sqlx::query_as(
         "WITH input AS (
             SELECT DISTINCT ON (rid) rid, sale_id, user_id, qty, at, epoch
@@ -164,7 +170,7 @@ async fn insert_orders(
             SELECT s.sale_id, s.epoch FROM sales s
             WHERE s.sale_id IN (SELECT sale_id FROM input)
             ORDER BY s.sale_id
-            FOR KEY SHARE
+            FOR NO KEY UPDATE
         ), current AS (
             SELECT i.* FROM input i LEFT JOIN fence f ON f.sale_id = i.sale_id
             WHERE f.sale_id IS NULL OR f.epoch = i.epoch

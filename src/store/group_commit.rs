@@ -1,0 +1,189 @@
+//! Group commit of the confirm path: concurrent confirms (of any sales)
+//! are committed together, one transaction per batch, and each confirm is
+//! answered only after the transaction holding its order has committed.
+//!
+//! A few writer tasks share one bounded queue. A writer takes the first
+//! confirm waiting, then whatever else is waiting (up to the batch bound):
+//! there is no fixed delay, so a lone confirm costs one transaction as
+//! before, and a burst costs one transaction per batch instead of one per
+//! confirm. A batch Postgres rejects (not a connection problem) is split in
+//! halves and retried, down to single rows, so one bad row never fails its
+//! neighbours.
+//!
+//! Every batch runs under a server-side `statement_timeout` that ends
+//! before the earliest deadline of its confirms (`Store::record_orders`):
+//! a confirm that answered 503 because its time ran out is never committed
+//! afterwards by its batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+
+use super::{Store, StoreError};
+use crate::domain::Order;
+
+/// What became of one confirm's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Its row is committed (by this batch, or was already).
+    Recorded,
+    /// Refused: its confirm ran in an epoch the sale has left (see
+    /// `Store::record_orders`); it will never be recorded.
+    Stale,
+}
+
+/// The bounds of the group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommitConfig {
+    /// Writer tasks (each commits one batch at a time).
+    pub writers: usize,
+    /// Most confirms per batch.
+    pub batch_max: usize,
+    /// Confirms waiting for a writer at most; past it a confirm waits for
+    /// room (within its deadline).
+    pub queue: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            writers: 2,
+            batch_max: 512,
+            queue: 16_384,
+        }
+    }
+}
+
+/// A confirm waiting for its batch.
+struct Waiting {
+    order: Order,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// A confirm whose deadline is this close is not written any more: its
+/// batch would get less than this for its statements.
+const MIN_LEFT: Duration = Duration::from_millis(75);
+/// How long past its deadline a confirm waits for its batch's answer (the
+/// server cancels the batch before the deadline; this only covers a
+/// Postgres that stopped answering).
+const CLIENT_GRACE: Duration = Duration::from_millis(500);
+
+/// The handle the confirm path sends its orders to.
+#[derive(Clone)]
+pub struct ConfirmQueue {
+    tx: mpsc::Sender<Waiting>,
+}
+
+impl ConfirmQueue {
+    /// Starts the writer tasks; they stop once every handle is dropped
+    /// (after answering what they hold).
+    pub fn start(store: Store, cfg: GroupCommitConfig) -> Self {
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..cfg.writers.max(1) {
+            tokio::spawn(writer(store.clone(), rx.clone(), cfg.batch_max.max(1)));
+        }
+        Self { tx }
+    }
+
+    /// Commits one confirm's order with the confirms waiting beside it,
+    /// within `limit`: `Ok` only once its row is committed.
+    pub async fn commit(&self, order: Order, limit: Duration) -> Result<Committed, StoreError> {
+        let deadline = Instant::now() + limit;
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            order,
+            deadline,
+            reply,
+        };
+        match tokio::time::timeout_at(deadline, self.tx.send(waiting)).await {
+            Ok(Ok(())) => {}
+            // The writers are gone (shutting down): nothing was written.
+            Ok(Err(_)) => return Err(StoreError::Timeout(limit)),
+            // No room before the deadline: nothing was written.
+            Err(_) => return Err(StoreError::Timeout(limit)),
+        }
+        match tokio::time::timeout_at(deadline + CLIENT_GRACE, answer).await {
+            Ok(Ok(result)) => result,
+            // The writer dropped it without an answer (it stopped).
+            Ok(Err(_)) => Err(StoreError::Timeout(limit)),
+            Err(_) => Err(StoreError::Timeout(limit + CLIENT_GRACE)),
+        }
+    }
+}
+
+/// One writer: takes the first confirm waiting, drains the rest up to
+/// `batch_max` without waiting, commits them, answers them; again.
+async fn writer(store: Store, rx: Arc<Mutex<mpsc::Receiver<Waiting>>>, batch_max: usize) {
+    let mut batch = Vec::with_capacity(batch_max);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
+        commit_batch(&store, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Commits a batch and answers each of its confirms; a batch Postgres
+/// rejects is split and retried until the culprit stands alone.
+async fn commit_batch(store: &Store, batch: Vec<Waiting>) {
+    let mut work = vec![batch];
+    while let Some(batch) = work.pop() {
+        let now = Instant::now();
+        let (live, late): (Vec<Waiting>, Vec<Waiting>) = batch
+            .into_iter()
+            .filter(|w| !w.reply.is_closed())
+            .partition(|w| w.deadline.saturating_duration_since(now) >= MIN_LEFT);
+        for w in late {
+            let left = w.deadline.saturating_duration_since(now);
+            let _ = w.reply.send(Err(StoreError::Timeout(left)));
+        }
+        let Some(deadline) = live.iter().map(|w| w.deadline).min() else {
+            continue;
+        };
+        let orders: Vec<Order> = live.iter().map(|w| w.order.clone()).collect();
+        let started = std::time::Instant::now();
+        let result = store
+            .record_orders(&orders, deadline.saturating_duration_since(now))
+            .await;
+        crate::metrics::confirm_batch(orders.len(), started.elapsed().as_secs_f64());
+        match result {
+            Ok(recorded) => {
+                for w in live {
+                    let outcome = if recorded.stale.contains(&w.order.reservation_id) {
+                        Committed::Stale
+                    } else {
+                        Committed::Recorded
+                    };
+                    let _ = w.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) if e.is_transient() || live.len() == 1 => {
+                let shared = Arc::new(e);
+                for w in live {
+                    let _ = w.reply.send(Err(StoreError::Batch(shared.clone())));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(confirms = live.len(), error = %crate::telemetry::chain(&e), "a confirm batch was rejected by Postgres; retrying it in halves");
+                let mut live = live;
+                let second = live.split_off(live.len() / 2);
+                work.push(second);
+                work.push(live);
+            }
+        }
+    }
+}
