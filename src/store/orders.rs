@@ -80,10 +80,13 @@ impl Store {
     /// advancing user_purchases and sales.sold_count only for rows that were
     /// new, and only orders of their sale's current epoch.
     ///
-    /// Within `limit` it either commits or certainly never will: the write
-    /// runs under a server-side `statement_timeout` that ends before the
-    /// caller's own bound, so Postgres cancels a write that waits (for a
-    /// lock, say) instead of letting it commit after the answer went out.
+    /// Every statement before the COMMIT runs under a server-side
+    /// `statement_timeout` that ends before the caller's own bound, so
+    /// Postgres cancels a write that waits (for a lock, say) instead of
+    /// letting it commit after the answer went out; the COMMIT is sent only
+    /// while some of `limit` is left. Postgres does not bound the COMMIT
+    /// itself: one that takes longer than what is left (a slow WAL flush)
+    /// can land after the caller gave up, and the retry then finds the row.
     pub async fn record_orders(
         &self,
         orders: &[Order],
@@ -95,13 +98,22 @@ impl Store {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             bound_statements(&mut tx, left.saturating_sub(STATEMENT_MARGIN)).await?;
             let recorded = insert_orders(&mut tx, orders).await?;
+            // Postgres does not bound a COMMIT (a WAL flush, a synchronous
+            // replica): one sent this late could land after the caller's
+            // 503. Rolled back instead; the retry writes it.
+            if deadline.saturating_duration_since(tokio::time::Instant::now()) < STATEMENT_MARGIN {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             tx.commit().await?;
-            Ok(recorded)
+            Ok(Some(recorded))
         };
         // The server's bound fires first; this one only guards against a
         // Postgres that stops answering altogether (the write is then
         // cancelled by the server's timeout, or was never received).
-        self.bounded(limit + CLIENT_GRACE, fut).await
+        self.bounded(limit + CLIENT_GRACE, fut)
+            .await?
+            .ok_or(StoreError::Timeout(limit))
     }
 
     /// Applies a batch of one sale's stream events in one transaction: the
