@@ -133,7 +133,7 @@ impl Default for Settings {
             http_workers: 0,
             max_body_bytes: 16 * 1024,
             shutdown_timeout: Duration::from_secs(10),
-            worker_batch: 500,
+            worker_batch: 2000,
             worker_max_deliveries: 5,
             worker_claim_idle: Duration::from_secs(30),
             dev_mode: false,

@@ -124,7 +124,23 @@ impl Store {
         let fut = async {
             let mut tx = self.pool.begin().await?;
             bound_statements(&mut tx, limit).await?;
-            let orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
+            let mut orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
+            // The confirm path (group commit) usually wrote these orders
+            // already: one index lookup, no lock, and only the others are
+            // written. One committed meanwhile is a no-op of the insert.
+            if !orders.is_empty() {
+                let rids: Vec<Uuid> = orders.iter().map(|o| o.reservation_id).collect();
+                let present: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
+                    "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
+                )
+                .bind(&rids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| r.0)
+                .collect();
+                orders.retain(|o| !present.contains(&o.reservation_id));
+            }
             // Orders first: they lock the sales' rows (FOR NO KEY UPDATE,
             // sorted) before anything else, as every order write does.
             let recorded = insert_orders(&mut tx, &orders).await?;
