@@ -6,6 +6,7 @@
 mod burst;
 mod cli;
 mod client;
+mod confirm;
 mod flow;
 mod queue;
 mod raw;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
             Command::Sustained(a) => sustained::run(&cli.common, a).await,
             Command::Watch(a) => watch::run(&cli.common, a).await,
             Command::Queue(a) => queue::run(&cli.common, a).await,
+            Command::Confirm(a) => confirm::run(&cli.common, a).await,
         }
     });
     match result {
