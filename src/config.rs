@@ -77,8 +77,14 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Expired holds given back per script call.
     pub sweep_batch: u32,
-    /// How long reservation records and idempotency keys stay in Redis.
+    /// How long a reservation record stays in Redis at most once final
+    /// (confirmed and expired ones are dropped sooner, once their event is
+    /// in Postgres); a held record outlives its hold whatever this says.
     pub record_ttl: Duration,
+    /// The write-behind drops confirmed and expired records from Redis once
+    /// their event is committed (else they stay `record_ttl`).
+    pub drop_final_records: bool,
+    /// How long idempotency keys stay in Redis.
     pub idempotency_ttl: Duration,
     /// actix worker threads (0 = one per core).
     pub http_workers: usize,
@@ -129,6 +135,7 @@ impl Default for Settings {
             sweep_interval: Duration::from_millis(1000),
             sweep_batch: 200,
             record_ttl: Duration::from_secs(7 * 24 * 3600),
+            drop_final_records: true,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             http_workers: 0,
             max_body_bytes: 16 * 1024,
@@ -173,6 +180,11 @@ impl Default for RateSettings {
         }
     }
 }
+
+/// The shortest `record_ttl`: a final record must stay until the
+/// write-behind wrote its event, usually well under a second. (A held
+/// record always outlives its hold: see `lua/reserve.lua`.)
+pub const MIN_RECORD_TTL: Duration = Duration::from_secs(3600);
 
 /// Minimum length of the admin token and the JWT secret outside dev mode.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -240,6 +252,12 @@ impl Settings {
         ms("FLASHGATE_SHUTDOWN_TIMEOUT_MS", &mut s.shutdown_timeout)?;
         ms("FLASHGATE_WORKER_CLAIM_IDLE_MS", &mut s.worker_claim_idle)?;
         ms("FLASHGATE_STALL_AFTER_MS", &mut s.stall_after)?;
+        if let Some(v) = var("FLASHGATE_DROP_FINAL_RECORDS") {
+            s.drop_final_records = parse_bool("FLASHGATE_DROP_FINAL_RECORDS", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_RECORD_TTL_SECS") {
+            s.record_ttl = Duration::from_secs(parse("FLASHGATE_RECORD_TTL_SECS", &v)?);
+        }
         if let Some(v) = var("FLASHGATE_HTTP_WORKERS") {
             s.http_workers = parse("FLASHGATE_HTTP_WORKERS", &v)?;
         }
@@ -336,6 +354,9 @@ impl Settings {
         }
         if self.confirm_queue == 0 {
             return Err(err("FLASHGATE_CONFIRM_QUEUE", "must be at least 1"));
+        }
+        if self.record_ttl < MIN_RECORD_TTL {
+            return Err(err("FLASHGATE_RECORD_TTL_SECS", "must be at least 3600"));
         }
         if self.worker_batch == 0 {
             return Err(err("FLASHGATE_WORKER_BATCH", "must be at least 1"));
@@ -465,6 +486,8 @@ mod tests {
         assert_eq!(e.name, "FLASHGATE_CONFIRM_BATCH_MAX");
         let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_WRITERS", "0")])).unwrap_err();
         assert_eq!(e.name, "FLASHGATE_CONFIRM_WRITERS");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_RECORD_TTL_SECS", "60")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_RECORD_TTL_SECS");
     }
 
     #[test]

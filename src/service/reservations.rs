@@ -25,8 +25,28 @@ impl Service {
         // Made here, once: the script may run twice (a cluster retry) and
         // must hold the units once.
         let rid = Uuid::new_v4();
-        self.loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
-            .await
+        let outcome = self
+            .loaded(sale, || self.gate.reserve(sale, &rid, user, qty, idem))
+            .await?;
+        // A replay whose reservation Redis no longer has (the script then
+        // says expired, deadline 0): what Postgres recorded, if anything.
+        if let ReserveOutcome::Replay {
+            rid,
+            qty,
+            status: Status::Expired,
+            expires_ms: 0,
+        } = outcome
+        {
+            if let Some(rec) = self.store.final_record(sale, &rid).await? {
+                return Ok(ReserveOutcome::Replay {
+                    rid,
+                    qty,
+                    status: rec.status,
+                    expires_ms: rec.expires_ms,
+                });
+            }
+        }
+        Ok(outcome)
     }
 
     /// Reads a reservation; the caller checks who may see it.
@@ -62,14 +82,29 @@ impl Service {
             .loaded(sale, || self.gate.transition(sale, rid, actor, t))
             .await?;
         if outcome == RecordOutcome::NotFound {
-            let confirmed = match t {
-                Transition::Confirm => RecordOutcome::Replay,
-                Transition::Cancel | Transition::Extend { .. } => RecordOutcome::Conflict,
+            // Redis no longer has it (dropped once final and in Postgres,
+            // expired, or lost): Postgres says what became of it, and the
+            // transition answers as the script would have.
+            let Some(rec) = self.recorded(sale, rid, actor).await? else {
+                return Ok(RecordOutcome::NotFound);
             };
-            return Ok(self
-                .recorded(sale, rid, actor)
-                .await?
-                .map_or(RecordOutcome::NotFound, confirmed));
+            let again = matches!(
+                (t, rec.status),
+                (Transition::Confirm, Status::Confirmed) | (Transition::Cancel, Status::Cancelled)
+            );
+            let outcome = if again {
+                RecordOutcome::Replay(rec)
+            } else {
+                RecordOutcome::Conflict(rec)
+            };
+            if let (Transition::Cancel, Actor::Admin, Some(origin), RecordOutcome::Replay(rec)) =
+                (t, actor, audit, &outcome)
+            {
+                if rec.by_admin {
+                    self.audit_cancel(sale, rid, rec, origin).await?;
+                }
+            }
+            return Ok(outcome);
         }
         if let (
             Transition::Confirm,
@@ -142,22 +177,24 @@ impl Service {
         }
     }
 
-    /// A reservation Redis does not know may still have its order in
-    /// Postgres (its record was lost with Redis' data, or has expired from
-    /// Redis): then it is confirmed. Ownership is checked as in the scripts.
+    /// A reservation Redis does not know may still be recorded in Postgres
+    /// (its record was dropped once final and written, has expired from
+    /// Redis, or was lost with Redis' data): confirmed (its order),
+    /// cancelled or expired (its event). Ownership is checked as in the
+    /// scripts.
     async fn recorded(
         &self,
         sale: &SaleId,
         rid: &Uuid,
         actor: Actor<'_>,
     ) -> Result<Option<Record>, ServiceError> {
-        let Some(order) = self.store.order(sale, rid).await? else {
+        let Some(rec) = self.store.final_record(sale, rid).await? else {
             return Ok(None);
         };
-        if !actor.may_act_for(&order.user_id) {
+        if !actor.may_act_for(&rec.user) {
             return Err(ServiceError::Forbidden);
         }
-        Ok(Some(order.record()))
+        Ok(Some(rec))
     }
 }
 

@@ -94,11 +94,12 @@ pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::
         settings.redis_timeout * WORKER_TIMEOUT_FACTOR,
     )
     .await?;
-    let cfg = WorkerConfig::new(
+    let mut cfg = WorkerConfig::new(
         settings.worker_batch,
         settings.worker_max_deliveries,
         settings.worker_claim_idle,
     );
+    cfg.drop_final_records = settings.drop_final_records;
     Ok(Worker::new(
         gate.clone(),
         directory(gate, store),

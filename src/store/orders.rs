@@ -10,7 +10,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{bound_statements, Event, Store, StoreError};
-use crate::domain::Order;
+use crate::domain::{Order, Record, Status};
 use crate::ids::SaleId;
 
 /// What a write of orders did.
@@ -56,6 +56,51 @@ impl Store {
         .bind(sale.as_str())
         .fetch_optional(&self.pool);
         Ok(self.bounded(self.timeout, q).await?.map(order))
+    }
+
+    /// A final reservation as Postgres recorded it: its order (confirmed),
+    /// or its `cancelled` / `expired` event. What lookups fall back to once
+    /// Redis dropped the reservation's record (the write-behind drops
+    /// confirmed and expired records once their event is committed).
+    pub async fn final_record(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+    ) -> Result<Option<Record>, StoreError> {
+        let q = sqlx::query_as::<_, (String, String, i32, DateTime<Utc>, bool)>(
+            "SELECT kind, user_id, quantity, at, by_admin FROM (
+                SELECT 'confirmed' AS kind, user_id, quantity, confirmed_at AS at, false AS by_admin, 0 AS rank
+                FROM orders WHERE reservation_id = $1 AND sale_id = $2
+                UNION ALL
+                SELECT m.kind, m.user_id, m.quantity, m.occurred_at, EXISTS (
+                    SELECT 1 FROM admin_actions a WHERE a.reservation_id = $1 AND a.action = 'cancel'), 1
+                FROM stock_movements m
+                WHERE m.reservation_id = $1 AND m.sale_id = $2 AND m.kind IN ('cancelled', 'expired')
+                  AND m.user_id IS NOT NULL
+            ) x ORDER BY rank LIMIT 1",
+        )
+        .bind(rid)
+        .bind(sale.as_str())
+        .fetch_optional(&self.pool);
+        Ok(self
+            .bounded(self.timeout, q)
+            .await?
+            .map(|(kind, user, qty, at, by_admin)| {
+                let at_ms = at.timestamp_millis();
+                Record {
+                    user,
+                    qty: u32::try_from(qty).unwrap_or(0),
+                    status: match kind.as_str() {
+                        "confirmed" => Status::Confirmed,
+                        "cancelled" => Status::Cancelled,
+                        _ => Status::Expired,
+                    },
+                    expires_ms: at_ms,
+                    at_ms,
+                    epoch: 0,
+                    by_admin,
+                }
+            }))
     }
 
     /// Which of these reservations already have an order row.

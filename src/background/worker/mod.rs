@@ -70,6 +70,9 @@ pub struct WorkerConfig {
     pub batch: usize,
     pub max_deliveries: u64,
     pub claim_idle: Duration,
+    /// Drop confirmed and expired reservation records from Redis once
+    /// their event is committed (`FLASHGATE_DROP_FINAL_RECORDS`).
+    pub drop_final_records: bool,
     /// Pause when a whole pass found nothing to do, doubled after each
     /// pass that found nothing, up to [`IDLE_WAIT_MAX`].
     pub idle_wait: Duration,
@@ -84,6 +87,7 @@ impl WorkerConfig {
             batch,
             max_deliveries,
             claim_idle,
+            drop_final_records: true,
             idle_wait: Duration::from_millis(50),
         }
     }
