@@ -10,18 +10,23 @@
 //! halves and retried, down to single rows, so one bad row never fails its
 //! neighbours.
 //!
-//! Every batch runs under a server-side `statement_timeout` that ends
-//! before the earliest deadline of its confirms (`Store::record_orders`):
-//! a confirm that answered 503 because its time ran out is never committed
-//! afterwards by its batch.
+//! Each writer has its own Postgres connection (outside the pool) and
+//! writes a batch as one statement in autocommit: one round trip, the
+//! commit right after it. Its session's `statement_timeout` ends before
+//! the earliest deadline of the batch's confirms, so Postgres cancels a
+//! batch that waits (for a lock, say) instead of letting it commit after
+//! its confirms answered 503; the commit itself (the WAL flush) is not
+//! bounded by Postgres (README, Durability).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
 
-use super::{Store, StoreError};
+use super::orders::{insert_orders, CLIENT_GRACE, STATEMENT_MARGIN};
+use super::{Recorded, Store, StoreError};
 use crate::domain::Order;
 
 /// What became of one confirm's order.
@@ -66,10 +71,9 @@ struct Waiting {
 /// A confirm whose deadline is this close is not written any more: its
 /// batch would get less than this for its statements.
 const MIN_LEFT: Duration = Duration::from_millis(75);
-/// How long past its deadline a confirm waits for its batch's answer (the
-/// server cancels the batch before the deadline; this only covers a
-/// Postgres that stopped answering).
-const CLIENT_GRACE: Duration = Duration::from_millis(500);
+/// A writer's statement_timeout moves in steps of this (it is set again
+/// only when a batch needs a shorter one, or could have twice as long).
+const BOUND_STEP: Duration = Duration::from_millis(100);
 
 /// The handle the confirm path sends its orders to.
 #[derive(Clone)]
@@ -115,10 +119,76 @@ impl ConfirmQueue {
     }
 }
 
+/// A writer's own connection and the statement_timeout its session has.
+struct WriterConn {
+    conn: PgConnection,
+    bound: Duration,
+}
+
+impl Store {
+    /// A connection of its own for a writer (not the pool's: its session
+    /// settings stay with it), within `limit`.
+    async fn writer_conn(&self, limit: Duration) -> Result<WriterConn, StoreError> {
+        let opts = self.pool.connect_options();
+        let conn = self
+            .bounded(limit, PgConnection::connect_with(&opts))
+            .await?;
+        Ok(WriterConn {
+            conn,
+            bound: Duration::ZERO,
+        })
+    }
+
+    /// Writes one batch of orders on the writer's connection (made first
+    /// if it has none), as one statement that Postgres cancels unless it
+    /// ends before `deadline` (less a margin). A connection that failed is
+    /// dropped, and the next batch makes another.
+    async fn write_batch(
+        &self,
+        slot: &mut Option<WriterConn>,
+        orders: &[Order],
+        deadline: Instant,
+    ) -> Result<Recorded, StoreError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let bound = left.saturating_sub(STATEMENT_MARGIN);
+        let mut w = match slot.take() {
+            Some(w) => w,
+            None => self.writer_conn(left).await?,
+        };
+        let fut = async {
+            if w.bound.is_zero() || w.bound > bound || w.bound * 2 < bound {
+                // Rounded down to a step (never above `bound`).
+                let step = if bound > BOUND_STEP {
+                    let steps = bound.as_millis() / BOUND_STEP.as_millis();
+                    BOUND_STEP * u32::try_from(steps).unwrap_or(u32::MAX)
+                } else {
+                    bound
+                };
+                let ms = step.as_millis().clamp(1, i32::MAX as u128).to_string();
+                sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+                    .bind(ms)
+                    .execute(&mut w.conn)
+                    .await?;
+                w.bound = step;
+            }
+            insert_orders(&mut w.conn, orders).await
+        };
+        match tokio::time::timeout(left + CLIENT_GRACE, fut).await {
+            Ok(Ok(recorded)) => {
+                *slot = Some(w);
+                Ok(recorded)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Timeout(left + CLIENT_GRACE)),
+        }
+    }
+}
+
 /// One writer: takes the first confirm waiting, drains the rest up to
 /// `batch_max` without waiting, commits them, answers them; again.
 async fn writer(store: Store, rx: Arc<Mutex<mpsc::Receiver<Waiting>>>, batch_max: usize) {
     let mut batch = Vec::with_capacity(batch_max);
+    let mut conn = None;
     loop {
         {
             let mut rx = rx.lock().await;
@@ -133,13 +203,13 @@ async fn writer(store: Store, rx: Arc<Mutex<mpsc::Receiver<Waiting>>>, batch_max
                 }
             }
         }
-        commit_batch(&store, std::mem::take(&mut batch)).await;
+        commit_batch(&store, &mut conn, std::mem::take(&mut batch)).await;
     }
 }
 
 /// Commits a batch and answers each of its confirms; a batch Postgres
 /// rejects is split and retried until the culprit stands alone.
-async fn commit_batch(store: &Store, batch: Vec<Waiting>) {
+async fn commit_batch(store: &Store, conn: &mut Option<WriterConn>, batch: Vec<Waiting>) {
     let mut work = vec![batch];
     while let Some(batch) = work.pop() {
         let now = Instant::now();
@@ -156,9 +226,7 @@ async fn commit_batch(store: &Store, batch: Vec<Waiting>) {
         };
         let orders: Vec<Order> = live.iter().map(|w| w.order.clone()).collect();
         let started = std::time::Instant::now();
-        let result = store
-            .record_orders(&orders, deadline.saturating_duration_since(now))
-            .await;
+        let result = store.write_batch(conn, &orders, deadline).await;
         crate::metrics::confirm_batch(orders.len(), started.elapsed().as_secs_f64());
         match result {
             Ok(recorded) => {

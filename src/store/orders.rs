@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{bound_statements, Event, Store, StoreError};
@@ -41,10 +41,10 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
 }
 
 /// How much earlier than the caller's deadline the server cancels a write.
-const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
+pub(super) const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
 /// How long past its deadline the client waits for the server's own
 /// cancellation before giving up on the connection.
-const CLIENT_GRACE: Duration = Duration::from_millis(500);
+pub(super) const CLIENT_GRACE: Duration = Duration::from_millis(500);
 
 impl Store {
     /// The order of one reservation, if it was recorded.
@@ -197,8 +197,12 @@ impl Store {
     }
 }
 
-async fn insert_orders(
-    tx: &mut Transaction<'static, Postgres>,
+/// Records `orders` (any sales, any number) in one statement: the one
+/// place orders are written, by every writer (group commit, write-behind,
+/// `reconcile --fix`). Rows written with an order in the same transaction
+/// belong beside it.
+pub(super) async fn insert_orders(
+    conn: &mut PgConnection,
     orders: &[Order],
 ) -> Result<Recorded, sqlx::Error> {
     if orders.is_empty() {
@@ -275,7 +279,7 @@ async fn insert_orders(
     .bind(&qty)
     .bind(&at)
     .bind(&epoch)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(Recorded {
         inserted: u64::try_from(n).unwrap_or(0),
