@@ -94,6 +94,9 @@ pub struct Settings {
     /// idle time after which another consumer's pending entries are claimed.
     pub worker_batch: usize,
     pub worker_max_deliveries: u64,
+    /// Write-behind tasks per instance (consumers of the same group: each
+    /// takes other entries, their Postgres writes overlap).
+    pub worker_tasks: usize,
     pub worker_claim_idle: Duration,
     /// Started with `--dev`: short secrets are allowed (loudly); missing ones never.
     pub dev_mode: bool,
@@ -142,6 +145,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             worker_batch: 2000,
             worker_max_deliveries: 5,
+            worker_tasks: 2,
             worker_claim_idle: Duration::from_secs(30),
             dev_mode: false,
             rate: RateSettings::default(),
@@ -273,6 +277,9 @@ impl Settings {
         if let Some(v) = var("FLASHGATE_CONFIRM_QUEUE") {
             s.confirm_queue = parse("FLASHGATE_CONFIRM_QUEUE", &v)?;
         }
+        if let Some(v) = var("FLASHGATE_WORKER_TASKS") {
+            s.worker_tasks = parse("FLASHGATE_WORKER_TASKS", &v)?;
+        }
         if let Some(v) = var("FLASHGATE_WORKER_BATCH") {
             s.worker_batch = parse("FLASHGATE_WORKER_BATCH", &v)?;
         }
@@ -357,6 +364,9 @@ impl Settings {
         }
         if self.record_ttl < MIN_RECORD_TTL {
             return Err(err("FLASHGATE_RECORD_TTL_SECS", "must be at least 3600"));
+        }
+        if !(1..=8).contains(&self.worker_tasks) {
+            return Err(err("FLASHGATE_WORKER_TASKS", "must be between 1 and 8"));
         }
         if self.worker_batch == 0 {
             return Err(err("FLASHGATE_WORKER_BATCH", "must be at least 1"));

@@ -167,10 +167,17 @@ async fn background(
     )));
     let mut worker_status = None;
     if opts.run_worker {
-        let w = worker(settings, gate, store).await?;
-        worker_status = Some(w.status());
-        readiness.watch(w.health());
-        tasks.push(tokio::spawn(w.run(shutdown.clone())));
+        // Several consumers of the group: each takes other entries, and
+        // their Postgres writes overlap. One status for all of them.
+        for _ in 0..settings.worker_tasks.max(1) {
+            let mut w = worker(settings, gate, store).await?;
+            match &worker_status {
+                Some(status) => w = w.sharing(Arc::clone(status)),
+                None => worker_status = Some(w.status()),
+            }
+            readiness.watch(w.health());
+            tasks.push(tokio::spawn(w.run(shutdown.clone())));
+        }
     }
     if opts.run_sweeper {
         let health = Arc::new(TaskHealth::new("sweeper", settings.stall_after));

@@ -157,6 +157,13 @@ impl Worker {
         self.status.clone()
     }
 
+    /// Reports into `status` (shared by the write-behind tasks of one
+    /// instance) instead of a status of its own.
+    pub fn sharing(mut self, status: Arc<WorkerStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn health(&self) -> Arc<TaskHealth> {
         self.health.clone()
     }
