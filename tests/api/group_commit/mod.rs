@@ -333,3 +333,61 @@ async fn hundreds_of_concurrent_confirms_twice_each_are_counted_exactly() {
         twice.len()
     );
 }
+
+/// The write-behind does not redo the confirm path's work: a trigger of
+/// the test counts every row offered to `orders` (a BEFORE INSERT trigger
+/// fires even for a row ON CONFLICT then skips). 150 confirms answered
+/// 200 with no worker running; then a worker drains their `confirmed`
+/// events: still 150 rows offered, none again by the worker, which wrote
+/// each event's `stock_movements` row. (A worker that reads a `confirmed`
+/// event before its batch committed writes the order too, once: see
+/// README, Durability.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_behind_does_not_write_committed_orders_again() {
+    let spawn = Spawn::new().await.no_worker();
+    let (url, prefix) = (spawn.database_url(), spawn.settings.key_prefix.clone());
+    let app = Arc::new(spawn.start().await);
+    for sql in [
+        "CREATE TABLE offered (n bigint NOT NULL)",
+        "INSERT INTO offered VALUES (0)",
+        "CREATE FUNCTION count_offered() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN UPDATE offered SET n = n + 1; RETURN NEW; END $$",
+        "CREATE TRIGGER count_offered BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION count_offered()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.expect("trigger");
+    }
+    let sale = app.sale(500, 1, 300).await;
+    let all = holds(&app, &sale, "once", 150).await;
+    for (h, s) in confirm_all(&app, &all).await {
+        assert_eq!(s, 200, "confirm {}", h.rid);
+    }
+    let offered = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT n FROM offered")
+            .fetch_one(&app.pool)
+            .await
+            .expect("offered");
+        n
+    };
+    assert_eq!(
+        offered().await,
+        150,
+        "each order offered once, by the confirm path"
+    );
+
+    let worker = Spawn::shared(&url, &prefix).start().await;
+    worker.drained(Duration::from_secs(30)).await;
+    assert_eq!(
+        offered().await,
+        150,
+        "the worker offered no committed order again"
+    );
+    let (movements,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM stock_movements WHERE sale_id = $1 AND kind = 'confirmed'",
+    )
+    .bind(&sale)
+    .fetch_one(&app.pool)
+    .await
+    .expect("movements");
+    assert_eq!(movements, 150, "every confirmed event in the audit trail");
+    assert_recorded(&app.pool, std::slice::from_ref(&sale), &all).await;
+}
