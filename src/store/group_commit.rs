@@ -149,12 +149,17 @@ impl Store {
         orders: &[Order],
         deadline: Instant,
     ) -> Result<Recorded, StoreError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let bound = left.saturating_sub(STATEMENT_MARGIN);
         let mut w = match slot.take() {
             Some(w) => w,
-            None => self.writer_conn(left).await?,
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.writer_conn(left).await?
+            }
         };
+        // What is left once connected: the statement's bound ends before
+        // the deadline however long the connection took.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let bound = left.saturating_sub(STATEMENT_MARGIN);
         let fut = async {
             if w.bound.is_zero() || w.bound > bound || w.bound * 2 < bound {
                 // Rounded down to a step (never above `bound`).
@@ -178,7 +183,14 @@ impl Store {
                 *slot = Some(w);
                 Ok(recorded)
             }
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Err(e)) => {
+                // Postgres refused the statement (a bad row): the
+                // connection is fine. Anything else: a new one next time.
+                if matches!(e, sqlx::Error::Database(_)) {
+                    *slot = Some(w);
+                }
+                Err(e.into())
+            }
             Err(_) => Err(StoreError::Timeout(left + CLIENT_GRACE)),
         }
     }
