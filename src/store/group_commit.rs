@@ -16,7 +16,8 @@
 //! the earliest deadline of the batch's confirms, so Postgres cancels a
 //! batch that waits (for a lock, say) instead of letting it commit after
 //! its confirms answered 503; the commit itself (the WAL flush) is not
-//! bounded by Postgres (README, Durability).
+//! bounded by Postgres (README, Durability). A batch whose connection
+//! failed is answered once that bound has passed, from what Postgres has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,7 +252,14 @@ async fn commit_batch(store: &Store, conn: &mut Option<WriterConn>, batch: Vec<W
                     let _ = w.reply.send(Ok(outcome));
                 }
             }
-            Err(e) if e.is_transient() || live.len() == 1 => {
+            Err(e) if e.is_transient() => {
+                // The batch's statement may have reached Postgres before the
+                // connection failed, and then it runs (and commits) on its
+                // own until its server-side bound: answered only once that
+                // has passed, with what Postgres then has.
+                tokio::spawn(answer_after_bound(store.clone(), live, deadline, e));
+            }
+            Err(e) if live.len() == 1 => {
                 let shared = Arc::new(e);
                 for w in live {
                     let _ = w.reply.send(Err(StoreError::Batch(shared.clone())));
@@ -265,5 +273,24 @@ async fn commit_batch(store: &Store, conn: &mut Option<WriterConn>, batch: Vec<W
                 work.push(live);
             }
         }
+    }
+}
+
+/// Answers the confirms of a batch whose write failed on the way (a broken
+/// connection, a timeout): once the batch's statement can no longer run
+/// (its server-side bound has passed), those whose order Postgres has are
+/// committed (200); the others get the error (503, retry).
+async fn answer_after_bound(store: Store, live: Vec<Waiting>, deadline: Instant, e: StoreError) {
+    tokio::time::sleep_until(deadline.checked_sub(STATEMENT_MARGIN).unwrap_or(deadline)).await;
+    let rids: Vec<uuid::Uuid> = live.iter().map(|w| w.order.reservation_id).collect();
+    let present = store.orders_present(&rids).await.unwrap_or_default();
+    let shared = Arc::new(e);
+    for w in live {
+        let answer = if present.contains(&w.order.reservation_id) {
+            Ok(Committed::Recorded)
+        } else {
+            Err(StoreError::Batch(shared.clone()))
+        };
+        let _ = w.reply.send(answer);
     }
 }

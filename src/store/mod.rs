@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 pub use audit::{reservation_json, sale_json, AdminAction, AuditEntry};
 pub use events::{Event, EventKind};
@@ -91,14 +91,11 @@ pub struct Store {
 /// statement still running (or waiting for a lock) when the client gives
 /// up is cancelled by Postgres itself, so its transaction never commits
 /// later behind the client's back, and its locks go with it.
-async fn bound_statements(
-    tx: &mut Transaction<'static, Postgres>,
-    limit: Duration,
-) -> Result<(), sqlx::Error> {
+async fn bound_statements(tx: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
     let ms = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
         .bind(ms)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map(|_| ())
 }

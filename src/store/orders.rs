@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
 use super::{bound_statements, Event, Store, StoreError};
@@ -161,35 +161,47 @@ impl Store {
             .ok_or(StoreError::Timeout(limit))
     }
 
-    /// Applies a batch of one sale's stream events in one transaction: the
-    /// audit rows and the orders of its `confirmed` events. Replaying any
-    /// part of it changes nothing.
+    /// Applies a batch of one sale's stream events: the audit rows, then
+    /// the orders of its `confirmed` events that are not recorded yet (two
+    /// transactions). Replaying any part of it changes nothing.
     pub async fn apply_events(&self, events: &[Event]) -> Result<Recorded, StoreError> {
         let limit = self.timeout * 4;
         let fut = async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = self.pool.acquire().await?;
+            // The audit rows first, in a transaction of their own: it takes
+            // no sale's row, so the orders' transaction below holds its
+            // sales' rows (which the confirm path's batches wait for) only
+            // for its one insert and commit. Both are idempotent, and the
+            // batch is acknowledged only once both committed.
+            let mut tx = conn.begin().await?;
             bound_statements(&mut tx, limit).await?;
+            insert_movements(&mut tx, events).await?;
+            tx.commit().await?;
+
             let mut orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
+            if orders.is_empty() {
+                return Ok(Recorded::default());
+            }
             // The confirm path (group commit) usually wrote these orders
             // already: one index lookup, no lock, and only the others are
             // written. One committed meanwhile is a no-op of the insert.
-            if !orders.is_empty() {
-                let rids: Vec<Uuid> = orders.iter().map(|o| o.reservation_id).collect();
-                let present: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
-                    "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
-                )
-                .bind(&rids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|r| r.0)
-                .collect();
-                orders.retain(|o| !present.contains(&o.reservation_id));
+            let rids: Vec<Uuid> = orders.iter().map(|o| o.reservation_id).collect();
+            let present: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
+                "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
+            )
+            .bind(&rids)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+            orders.retain(|o| !present.contains(&o.reservation_id));
+            if orders.is_empty() {
+                return Ok(Recorded::default());
             }
-            // Orders first: they lock the sales' rows (FOR NO KEY UPDATE,
-            // sorted) before anything else, as every order write does.
+            let mut tx = conn.begin().await?;
+            bound_statements(&mut tx, limit).await?;
             let recorded = insert_orders(&mut tx, &orders).await?;
-            insert_movements(&mut tx, events).await?;
             tx.commit().await?;
             Ok(recorded)
         };
@@ -287,10 +299,7 @@ pub(super) async fn insert_orders(
     })
 }
 
-async fn insert_movements(
-    tx: &mut Transaction<'static, Postgres>,
-    events: &[Event],
-) -> Result<u64, sqlx::Error> {
+async fn insert_movements(tx: &mut PgConnection, events: &[Event]) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -336,7 +345,7 @@ async fn insert_movements(
     .bind(&held)
     .bind(&stock)
     .bind(&at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected())
 }
