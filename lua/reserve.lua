@@ -12,7 +12,8 @@
 --         'queue')
 -- ARGV[1] base   ARGV[2] rid (fresh, made by the caller)   ARGV[3] user
 -- ARGV[4] qty    ARGV[5] sweep limit   ARGV[6] '1' to use the idempotency key
--- ARGV[7] idempotency key ttl ms   ARGV[8] reservation record ttl ms
+-- ARGV[7] idempotency key ttl ms   ARGV[8] reservation record ttl ms (at
+--         least the sale's max hold + a day is used)
 -- ARGV[9] the buyer's cap of active holds across sales, '0' for none
 -- ARGV[10] the hold's member in KEYS[7]: '<sale>|<rid>'
 -- ARGV[11..] a cart, on a sale of several items: pairs sku, quantity (skus
@@ -192,7 +193,9 @@ else
   redis.call('HSET', KEYS[4], 'user', user, 'qty', s(qty), 'status', 'held',
     'created', s(now), 'expires', s(expires), 'max_until', s(now + max_hold))
 end
-redis.call('PEXPIRE', KEYS[4], ARGV[8])
+-- The record outlives the longest the hold can last (extended up to
+-- max_hold), by a day, whatever the configured record ttl.
+redis.call('PEXPIRE', KEYS[4], s(math.max(tonumber(ARGV[8]), max_hold + 86400000)))
 redis.call('SET', KEYS[5], '1', 'PX', s(ttl))
 redis.call('ZADD', KEYS[2], s(expires), rid)
 if use_idem then

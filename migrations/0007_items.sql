@@ -1,6 +1,6 @@
 -- Sales of several items (variants: sizes, colours) and carts: one sale,
 -- several skus, one per-buyer cap across them, holds of every line or of
--- none. (0006 is another change's.)
+-- none.
 
 -- The items of a sale of several items, in their order (none for a one-item
 -- sale: its stock is sales.stock_limit, as before). A rebuild after Redis

@@ -65,6 +65,11 @@ pub struct Settings {
     pub confirm_durability: ConfirmDurability,
     /// Bound on waiting for Postgres on the confirm path.
     pub confirm_timeout: Duration,
+    /// Group commit of the confirm path: writer tasks, confirms per
+    /// transaction at most, confirms waiting for a writer at most.
+    pub confirm_writers: usize,
+    pub confirm_batch_max: usize,
+    pub confirm_queue: usize,
     /// Bound on one Redis round trip (connect and response).
     pub redis_timeout: Duration,
     /// Bound on one Postgres statement outside the confirm path.
@@ -72,8 +77,14 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Expired holds given back per script call.
     pub sweep_batch: u32,
-    /// How long reservation records and idempotency keys stay in Redis.
+    /// How long a reservation record stays in Redis at most once final
+    /// (confirmed and expired ones are dropped sooner, once their event is
+    /// in Postgres); a held record outlives its hold whatever this says.
     pub record_ttl: Duration,
+    /// The write-behind drops confirmed and expired records from Redis once
+    /// their event is committed (else they stay `record_ttl`).
+    pub drop_final_records: bool,
+    /// How long idempotency keys stay in Redis.
     pub idempotency_ttl: Duration,
     /// actix worker threads (0 = one per core).
     pub http_workers: usize,
@@ -83,6 +94,9 @@ pub struct Settings {
     /// idle time after which another consumer's pending entries are claimed.
     pub worker_batch: usize,
     pub worker_max_deliveries: u64,
+    /// Write-behind tasks per instance (consumers of the same group: each
+    /// takes other entries, their Postgres writes overlap).
+    pub worker_tasks: usize,
     pub worker_claim_idle: Duration,
     /// Started with `--dev`: short secrets are allowed (loudly); missing ones never.
     pub dev_mode: bool,
@@ -116,17 +130,22 @@ impl Default for Settings {
             key_prefix: "fg".into(),
             confirm_durability: ConfirmDurability::Postgres,
             confirm_timeout: Duration::from_millis(2000),
+            confirm_writers: 2,
+            confirm_batch_max: 512,
+            confirm_queue: 16_384,
             redis_timeout: Duration::from_millis(1000),
             db_timeout: Duration::from_millis(5000),
             sweep_interval: Duration::from_millis(1000),
             sweep_batch: 200,
             record_ttl: Duration::from_secs(7 * 24 * 3600),
+            drop_final_records: true,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             http_workers: 0,
             max_body_bytes: 16 * 1024,
             shutdown_timeout: Duration::from_secs(10),
-            worker_batch: 500,
+            worker_batch: 2000,
             worker_max_deliveries: 5,
+            worker_tasks: 2,
             worker_claim_idle: Duration::from_secs(30),
             dev_mode: false,
             rate: RateSettings::default(),
@@ -165,6 +184,11 @@ impl Default for RateSettings {
         }
     }
 }
+
+/// The shortest `record_ttl`: a final record must stay until the
+/// write-behind wrote its event, usually well under a second. (A held
+/// record always outlives its hold: see `lua/reserve.lua`.)
+pub const MIN_RECORD_TTL: Duration = Duration::from_secs(3600);
 
 /// Minimum length of the admin token and the JWT secret outside dev mode.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -232,11 +256,29 @@ impl Settings {
         ms("FLASHGATE_SHUTDOWN_TIMEOUT_MS", &mut s.shutdown_timeout)?;
         ms("FLASHGATE_WORKER_CLAIM_IDLE_MS", &mut s.worker_claim_idle)?;
         ms("FLASHGATE_STALL_AFTER_MS", &mut s.stall_after)?;
+        if let Some(v) = var("FLASHGATE_DROP_FINAL_RECORDS") {
+            s.drop_final_records = parse_bool("FLASHGATE_DROP_FINAL_RECORDS", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_RECORD_TTL_SECS") {
+            s.record_ttl = Duration::from_secs(parse("FLASHGATE_RECORD_TTL_SECS", &v)?);
+        }
         if let Some(v) = var("FLASHGATE_HTTP_WORKERS") {
             s.http_workers = parse("FLASHGATE_HTTP_WORKERS", &v)?;
         }
         if let Some(v) = var("FLASHGATE_MAX_BODY_BYTES") {
             s.max_body_bytes = parse("FLASHGATE_MAX_BODY_BYTES", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_CONFIRM_WRITERS") {
+            s.confirm_writers = parse("FLASHGATE_CONFIRM_WRITERS", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_CONFIRM_BATCH_MAX") {
+            s.confirm_batch_max = parse("FLASHGATE_CONFIRM_BATCH_MAX", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_CONFIRM_QUEUE") {
+            s.confirm_queue = parse("FLASHGATE_CONFIRM_QUEUE", &v)?;
+        }
+        if let Some(v) = var("FLASHGATE_WORKER_TASKS") {
+            s.worker_tasks = parse("FLASHGATE_WORKER_TASKS", &v)?;
         }
         if let Some(v) = var("FLASHGATE_WORKER_BATCH") {
             s.worker_batch = parse("FLASHGATE_WORKER_BATCH", &v)?;
@@ -306,6 +348,25 @@ impl Settings {
                 "FLASHGATE_KEY_PREFIX",
                 "1-32 characters of [A-Za-z0-9_-]",
             ));
+        }
+        if !(1..=16).contains(&self.confirm_writers) {
+            // Each writer holds a Postgres connection of the pool while it commits.
+            return Err(err("FLASHGATE_CONFIRM_WRITERS", "must be between 1 and 16"));
+        }
+        if !(1..=10_000).contains(&self.confirm_batch_max) {
+            return Err(err(
+                "FLASHGATE_CONFIRM_BATCH_MAX",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.confirm_queue == 0 {
+            return Err(err("FLASHGATE_CONFIRM_QUEUE", "must be at least 1"));
+        }
+        if self.record_ttl < MIN_RECORD_TTL {
+            return Err(err("FLASHGATE_RECORD_TTL_SECS", "must be at least 3600"));
+        }
+        if !(1..=8).contains(&self.worker_tasks) {
+            return Err(err("FLASHGATE_WORKER_TASKS", "must be between 1 and 8"));
         }
         if self.worker_batch == 0 {
             return Err(err("FLASHGATE_WORKER_BATCH", "must be at least 1"));
@@ -431,6 +492,12 @@ mod tests {
         assert_eq!(e.name, "FLASHGATE_REDIS_URL");
         let e = Settings::from_lookup(lookup(&[("FLASHGATE_MAX_INFLIGHT", "0")])).unwrap_err();
         assert_eq!(e.name, "FLASHGATE_MAX_INFLIGHT");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_BATCH_MAX", "0")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_CONFIRM_BATCH_MAX");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_WRITERS", "0")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_CONFIRM_WRITERS");
+        let e = Settings::from_lookup(lookup(&[("FLASHGATE_RECORD_TTL_SECS", "60")])).unwrap_err();
+        assert_eq!(e.name, "FLASHGATE_RECORD_TTL_SECS");
     }
 
     #[test]

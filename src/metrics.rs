@@ -99,6 +99,15 @@ fn describe() {
         "flashgate_background_stalled",
         "1 while a background task has been failing longer than FLASHGATE_STALL_AFTER_MS"
     );
+    describe_histogram!(
+        "flashgate_confirm_batch_size",
+        "Confirms committed per group-commit transaction of the confirm path"
+    );
+    describe_histogram!(
+        "flashgate_confirm_commit_duration_seconds",
+        Unit::Seconds,
+        "Duration of one group-commit transaction of the confirm path"
+    );
     describe_counter!(
         "flashgate_write_behind_dead_letters_total",
         "Stream entries parked in a sale's dead-letter stream"
@@ -163,6 +172,13 @@ pub fn write_behind_batch(events: usize) {
 pub fn write_behind_lag(backlog: i64, pending: i64) {
     metrics::gauge!("flashgate_write_behind_backlog").set(backlog as f64);
     metrics::gauge!("flashgate_write_behind_pending").set(pending as f64);
+}
+
+/// One group-commit transaction of the confirm path: its confirms and how
+/// long it took (committed or not).
+pub fn confirm_batch(confirms: usize, seconds: f64) {
+    histogram!("flashgate_confirm_batch_size").record(confirms as f64);
+    histogram!("flashgate_confirm_commit_duration_seconds").record(seconds);
 }
 
 pub fn postgres_write_error(path: &'static str) {

@@ -80,6 +80,23 @@ pub enum Command {
     Watch(WatchArgs),
     /// Fast and slow buyers: who wins, through the fair queue or open.
     Queue(QueueArgs),
+    /// N held reservations of one sale (a fresh buyer each), then all
+    /// confirmed at a given concurrency: durable confirms per second.
+    Confirm(ConfirmArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfirmArgs {
+    /// Held reservations to make, then confirm (one fresh buyer each; the
+    /// sale's stock is this).
+    #[arg(long, default_value_t = 5000)]
+    pub holds: u32,
+    /// Requests in flight at any time, in both phases (closed loop).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// Hold TTL of the sale: long enough for every confirm to come.
+    #[arg(long, default_value_t = 300)]
+    pub hold_ttl_secs: u32,
 }
 
 #[derive(Debug, Clone, Args)]

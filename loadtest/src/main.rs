@@ -7,6 +7,7 @@ mod burst;
 mod carts;
 mod cli;
 mod client;
+mod confirm;
 mod flow;
 mod queue;
 mod raw;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             Command::Sustained(a) => sustained::run(&cli.common, a).await,
             Command::Watch(a) => watch::run(&cli.common, a).await,
             Command::Queue(a) => queue::run(&cli.common, a).await,
+            Command::Confirm(a) => confirm::run(&cli.common, a).await,
         }
     });
     match result {

@@ -280,9 +280,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Postgres(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {
                 Self::unavailable("Postgres is unavailable; retry", e)
             }
-            ServiceError::Postgres(StoreError::Database(_) | StoreError::Migrate(_)) => {
-                Self::Internal(Box::new(e))
+            ServiceError::Postgres(StoreError::Batch(ref b)) if b.is_transient() => {
+                Self::unavailable("Postgres is unavailable; retry", e)
             }
+            ServiceError::Postgres(
+                StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Batch(_),
+            ) => Self::Internal(Box::new(e)),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::config::{ConfirmDurability, Settings};
 use crate::domain::ItemBelow;
 use crate::gate::{Durable, Gate, GateError};
 use crate::ids::SaleId;
-use crate::store::{Store, StoreError};
+use crate::store::{ConfirmQueue, GroupCommitConfig, Store, StoreError};
 use crate::telemetry::chain;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,16 +90,29 @@ pub struct Service {
     pub store: Store,
     pub durability: ConfirmDurability,
     pub confirm_timeout: Duration,
+    /// The confirm path's group commit (see `store::group_commit`).
+    confirms: ConfirmQueue,
     /// Order exports running at once on this instance (each holds a
     /// Postgres connection while its client reads).
     exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
+    /// Starts the confirm path's writer tasks (they stop when the last
+    /// clone of the service is dropped): call it inside a Tokio runtime.
     pub fn new(gate: Gate, store: Store, settings: &Settings) -> Self {
+        let confirms = ConfirmQueue::start(
+            store.clone(),
+            GroupCommitConfig {
+                writers: settings.confirm_writers,
+                batch_max: settings.confirm_batch_max,
+                queue: settings.confirm_queue,
+            },
+        );
         Self {
             gate,
             store,
+            confirms,
             durability: settings.confirm_durability,
             confirm_timeout: settings.confirm_timeout,
             exports: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EXPORTS)),

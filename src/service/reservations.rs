@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::gate::Transition;
 use crate::ids::{IdempotencyKey, SaleId, UserId};
-use crate::store::reservation_json;
+use crate::store::{reservation_json, Committed};
 
 impl Service {
     /// Holds `qty` units (a one-item sale) or, on a sale of several items,
@@ -29,10 +29,37 @@ impl Service {
         // Made here, once: the script may run twice (a cluster retry) and
         // must hold the units once.
         let rid = Uuid::new_v4();
-        self.loaded(sale, || {
-            self.gate.reserve_cart(sale, &rid, user, qty, cart, idem)
-        })
-        .await
+        let outcome = self
+            .loaded(sale, || {
+                self.gate.reserve_cart(sale, &rid, user, qty, cart, idem)
+            })
+            .await?;
+        // A replay whose reservation Redis no longer has (the script then
+        // says expired, deadline 0): what Postgres recorded, if anything.
+        if let ReserveOutcome::Replay {
+            rid,
+            qty,
+            status: Status::Expired,
+            expires_ms: 0,
+            ref items,
+        } = outcome
+        {
+            if let Some(rec) = self.store.final_record(sale, &rid).await? {
+                let items = if rec.items.is_empty() {
+                    items.clone()
+                } else {
+                    rec.items
+                };
+                return Ok(ReserveOutcome::Replay {
+                    rid,
+                    qty,
+                    status: rec.status,
+                    expires_ms: rec.expires_ms,
+                    items,
+                });
+            }
+        }
+        Ok(outcome)
     }
 
     /// Reads a reservation; the caller checks who may see it.
@@ -68,14 +95,29 @@ impl Service {
             .loaded(sale, || self.gate.transition(sale, rid, actor, t))
             .await?;
         if outcome == RecordOutcome::NotFound {
-            let confirmed = match t {
-                Transition::Confirm => RecordOutcome::Replay,
-                Transition::Cancel | Transition::Extend { .. } => RecordOutcome::Conflict,
+            // Redis no longer has it (dropped once final and in Postgres,
+            // expired, or lost): Postgres says what became of it, and the
+            // transition answers as the script would have.
+            let Some(rec) = self.recorded(sale, rid, actor).await? else {
+                return Ok(RecordOutcome::NotFound);
             };
-            return Ok(self
-                .recorded(sale, rid, actor)
-                .await?
-                .map_or(RecordOutcome::NotFound, confirmed));
+            let again = matches!(
+                (t, rec.status),
+                (Transition::Confirm, Status::Confirmed) | (Transition::Cancel, Status::Cancelled)
+            );
+            let outcome = if again {
+                RecordOutcome::Replay(rec)
+            } else {
+                RecordOutcome::Conflict(rec)
+            };
+            if let (Transition::Cancel, Actor::Admin, Some(origin), RecordOutcome::Replay(rec)) =
+                (t, actor, audit, &outcome)
+            {
+                if rec.by_admin {
+                    self.audit_cancel(sale, rid, rec, origin).await?;
+                }
+            }
+            return Ok(outcome);
         }
         if let (
             Transition::Confirm,
@@ -118,7 +160,8 @@ impl Service {
             .map_err(ServiceError::NotAudited)
     }
 
-    /// Commits a confirmed reservation's order, within the confirm timeout.
+    /// Commits a confirmed reservation's order, within the confirm timeout,
+    /// in a batch with the confirms waiting beside it (group commit).
     async fn make_durable(
         &self,
         sale: &SaleId,
@@ -134,13 +177,9 @@ impl Service {
             epoch: rec.epoch,
             items: rec.items.clone(),
         };
-        match self
-            .store
-            .record_orders(&[order], self.confirm_timeout)
-            .await
-        {
-            Ok(recorded) if recorded.stale.is_empty() => Ok(()),
-            Ok(_) => {
+        match self.confirms.commit(order, self.confirm_timeout).await {
+            Ok(Committed::Recorded) => Ok(()),
+            Ok(Committed::Stale) => {
                 crate::metrics::stale_orders("confirm", 1);
                 tracing::warn!(sale = %sale, reservation = %rid, "a confirm of a lost Redis state was refused: the sale was rebuilt from Postgres before its order was written");
                 Err(ServiceError::Lost)
@@ -152,22 +191,24 @@ impl Service {
         }
     }
 
-    /// A reservation Redis does not know may still have its order in
-    /// Postgres (its record was lost with Redis' data, or has expired from
-    /// Redis): then it is confirmed. Ownership is checked as in the scripts.
+    /// A reservation Redis does not know may still be recorded in Postgres
+    /// (its record was dropped once final and written, has expired from
+    /// Redis, or was lost with Redis' data): confirmed (its order),
+    /// cancelled or expired (its event). Ownership is checked as in the
+    /// scripts.
     async fn recorded(
         &self,
         sale: &SaleId,
         rid: &Uuid,
         actor: Actor<'_>,
     ) -> Result<Option<Record>, ServiceError> {
-        let Some(order) = self.store.order(sale, rid).await? else {
+        let Some(rec) = self.store.final_record(sale, rid).await? else {
             return Ok(None);
         };
-        if !actor.may_act_for(&order.user_id) {
+        if !actor.may_act_for(&rec.user) {
             return Err(ServiceError::Forbidden);
         }
-        Ok(Some(order.record()))
+        Ok(Some(rec))
     }
 }
 

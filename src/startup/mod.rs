@@ -94,11 +94,12 @@ pub async fn worker(settings: &Settings, gate: &Gate, store: &Store) -> anyhow::
         settings.redis_timeout * WORKER_TIMEOUT_FACTOR,
     )
     .await?;
-    let cfg = WorkerConfig::new(
+    let mut cfg = WorkerConfig::new(
         settings.worker_batch,
         settings.worker_max_deliveries,
         settings.worker_claim_idle,
     );
+    cfg.drop_final_records = settings.drop_final_records;
     Ok(Worker::new(
         gate.clone(),
         directory(gate, store),
@@ -166,10 +167,17 @@ async fn background(
     )));
     let mut worker_status = None;
     if opts.run_worker {
-        let w = worker(settings, gate, store).await?;
-        worker_status = Some(w.status());
-        readiness.watch(w.health());
-        tasks.push(tokio::spawn(w.run(shutdown.clone())));
+        // Several consumers of the group: each takes other entries, and
+        // their Postgres writes overlap. One status for all of them.
+        for _ in 0..settings.worker_tasks.max(1) {
+            let mut w = worker(settings, gate, store).await?;
+            match &worker_status {
+                Some(status) => w = w.sharing(Arc::clone(status)),
+                None => worker_status = Some(w.status()),
+            }
+            readiness.watch(w.health());
+            tasks.push(tokio::spawn(w.run(shutdown.clone())));
+        }
     }
     if opts.run_sweeper {
         let health = Arc::new(TaskHealth::new("sweeper", settings.stall_after));

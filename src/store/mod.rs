@@ -4,6 +4,7 @@
 //! - `mod.rs` (here): the store, its errors, the bounds on every call;
 //! - `sales.rs`: sale rows, configuration, the rebuild of a lost sale;
 //! - `orders.rs`: orders and stock movements, written exactly once;
+//! - `group_commit.rs`: the confirm path's orders, committed in batches;
 //! - `events.rs`: the events of a sale's Redis stream, as the
 //!   write-behind reads them;
 //! - `audit.rs`: the audit of admin changes (`admin_actions`);
@@ -11,17 +12,20 @@
 
 mod audit;
 pub mod events;
+mod group_commit;
 mod listing;
 mod orders;
 mod sales;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 pub use audit::{reservation_json, sale_json, AdminAction, AuditEntry};
 pub use events::{Event, EventKind};
+pub use group_commit::{Committed, ConfirmQueue, GroupCommitConfig};
 pub use orders::Recorded;
 pub use sales::{item_buyer, ItemTotals, Rebuild, SaleRow, Snapshot};
 
@@ -35,12 +39,19 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The failure of a group commit, shared by every confirm of its batch.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
 }
 
 impl StoreError {
     /// True when retrying later can succeed (connection, overload, deadlock).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+        match self {
+            Self::Unavailable(_) | Self::Timeout(_) => true,
+            Self::Batch(e) => e.is_transient(),
+            Self::Database(_) | Self::Migrate(_) => false,
+        }
     }
 }
 
@@ -80,14 +91,11 @@ pub struct Store {
 /// statement still running (or waiting for a lock) when the client gives
 /// up is cancelled by Postgres itself, so its transaction never commits
 /// later behind the client's back, and its locks go with it.
-async fn bound_statements(
-    tx: &mut Transaction<'static, Postgres>,
-    limit: Duration,
-) -> Result<(), sqlx::Error> {
+async fn bound_statements(tx: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
     let ms = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
         .bind(ms)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map(|_| ())
 }

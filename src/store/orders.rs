@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
 use super::{bound_statements, Event, Store, StoreError};
-use crate::domain::{Line, Order};
+use crate::domain::{Line, Order, Record, Status};
 use crate::ids::SaleId;
 
 /// What a write of orders did.
@@ -42,10 +42,10 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
 }
 
 /// How much earlier than the caller's deadline the server cancels a write.
-const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
+pub(super) const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
 /// How long past its deadline the client waits for the server's own
 /// cancellation before giving up on the connection.
-const CLIENT_GRACE: Duration = Duration::from_millis(500);
+pub(super) const CLIENT_GRACE: Duration = Duration::from_millis(500);
 
 impl Store {
     /// The order of one reservation, if it was recorded, with its lines.
@@ -80,6 +80,85 @@ impl Store {
         self.bounded(self.timeout, fut).await
     }
 
+    /// A final reservation as Postgres recorded it: its order (confirmed),
+    /// or its `cancelled` / `expired` event. What lookups fall back to once
+    /// Redis dropped the reservation's record (the write-behind drops
+    /// confirmed and expired records once their event is committed).
+    pub async fn final_record(
+        &self,
+        sale: &SaleId,
+        rid: &Uuid,
+    ) -> Result<Option<Record>, StoreError> {
+        // A cart's cancel or expiry is one movement per line: their sum is
+        // the reservation's quantity, their skus its lines (an order's lines
+        // are in order_items).
+        let fut = async {
+            let Some((kind, user, qty, at, by_admin)) =
+                sqlx::query_as::<_, (String, String, i64, DateTime<Utc>, bool)>(
+                    "SELECT kind, user_id, quantity, at, by_admin FROM (
+                        SELECT 'confirmed' AS kind, user_id, quantity::bigint AS quantity,
+                               confirmed_at AS at, false AS by_admin, 0 AS rank
+                        FROM orders WHERE reservation_id = $1 AND sale_id = $2
+                        UNION ALL
+                        SELECT m.kind, min(m.user_id), sum(m.quantity)::bigint, max(m.occurred_at), EXISTS (
+                            SELECT 1 FROM admin_actions a WHERE a.reservation_id = $1 AND a.action = 'cancel'), 1
+                        FROM stock_movements m
+                        WHERE m.reservation_id = $1 AND m.sale_id = $2 AND m.kind IN ('cancelled', 'expired')
+                          AND m.user_id IS NOT NULL
+                        GROUP BY m.kind
+                    ) x ORDER BY rank LIMIT 1",
+                )
+                .bind(rid)
+                .bind(sale.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let lines: Vec<(String, i32)> = if kind == "confirmed" {
+                sqlx::query_as(
+                    "SELECT sku, quantity FROM order_items WHERE reservation_id = $1 ORDER BY sku",
+                )
+                .bind(rid)
+                .fetch_all(&self.pool)
+                .await?
+            } else {
+                sqlx::query_as(
+                    "SELECT sku, quantity FROM stock_movements
+                     WHERE reservation_id = $1 AND sale_id = $2 AND kind = $3 AND sku IS NOT NULL
+                     ORDER BY sku",
+                )
+                .bind(rid)
+                .bind(sale.as_str())
+                .bind(&kind)
+                .fetch_all(&self.pool)
+                .await?
+            };
+            let at_ms = at.timestamp_millis();
+            Ok(Some(Record {
+                user,
+                qty: u32::try_from(qty).unwrap_or(0),
+                status: match kind.as_str() {
+                    "confirmed" => Status::Confirmed,
+                    "cancelled" => Status::Cancelled,
+                    _ => Status::Expired,
+                },
+                expires_ms: at_ms,
+                at_ms,
+                epoch: 0,
+                by_admin,
+                items: lines
+                    .into_iter()
+                    .map(|(sku, q)| Line {
+                        sku,
+                        quantity: u32::try_from(q).unwrap_or(0),
+                    })
+                    .collect(),
+            }))
+        };
+        self.bounded(self.timeout, fut).await
+    }
+
     /// Which of these reservations already have an order row.
     pub async fn orders_present(&self, rids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
         if rids.is_empty() {
@@ -102,10 +181,13 @@ impl Store {
     /// advancing user_purchases and sales.sold_count only for rows that were
     /// new, and only orders of their sale's current epoch.
     ///
-    /// Within `limit` it either commits or certainly never will: the write
-    /// runs under a server-side `statement_timeout` that ends before the
-    /// caller's own bound, so Postgres cancels a write that waits (for a
-    /// lock, say) instead of letting it commit after the answer went out.
+    /// Every statement before the COMMIT runs under a server-side
+    /// `statement_timeout` that ends before the caller's own bound, so
+    /// Postgres cancels a write that waits (for a lock, say) instead of
+    /// letting it commit after the answer went out; the COMMIT is sent only
+    /// while some of `limit` is left. Postgres does not bound the COMMIT
+    /// itself: one that takes longer than what is left (a slow WAL flush)
+    /// can land after the caller gave up, and the retry then finds the row.
     pub async fn record_orders(
         &self,
         orders: &[Order],
@@ -117,28 +199,65 @@ impl Store {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             bound_statements(&mut tx, left.saturating_sub(STATEMENT_MARGIN)).await?;
             let recorded = insert_orders(&mut tx, orders).await?;
+            // Postgres does not bound a COMMIT (a WAL flush, a synchronous
+            // replica): one sent this late could land after the caller's
+            // 503. Rolled back instead; the retry writes it.
+            if deadline.saturating_duration_since(tokio::time::Instant::now()) < STATEMENT_MARGIN {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             tx.commit().await?;
-            Ok(recorded)
+            Ok(Some(recorded))
         };
         // The server's bound fires first; this one only guards against a
         // Postgres that stops answering altogether (the write is then
         // cancelled by the server's timeout, or was never received).
-        self.bounded(limit + CLIENT_GRACE, fut).await
+        self.bounded(limit + CLIENT_GRACE, fut)
+            .await?
+            .ok_or(StoreError::Timeout(limit))
     }
 
-    /// Applies a batch of one sale's stream events in one transaction: the
-    /// audit rows and the orders of its `confirmed` events. Replaying any
-    /// part of it changes nothing.
+    /// Applies a batch of one sale's stream events: the audit rows, then
+    /// the orders of its `confirmed` events that are not recorded yet (two
+    /// transactions). Replaying any part of it changes nothing.
     pub async fn apply_events(&self, events: &[Event]) -> Result<Recorded, StoreError> {
         let limit = self.timeout * 4;
         let fut = async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = self.pool.acquire().await?;
+            // The audit rows first, in a transaction of their own: it takes
+            // no sale's row, so the orders' transaction below holds its
+            // sales' rows (which the confirm path's batches wait for) only
+            // for its one insert and commit. Both are idempotent, and the
+            // batch is acknowledged only once both committed.
+            let mut tx = conn.begin().await?;
             bound_statements(&mut tx, limit).await?;
-            let orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
-            // Orders first: they lock the sales' rows (FOR KEY SHARE)
-            // before anything else, as every order write does.
-            let recorded = insert_orders(&mut tx, &orders).await?;
             insert_movements(&mut tx, events).await?;
+            tx.commit().await?;
+
+            let mut orders: Vec<Order> = events.iter().filter_map(Event::order).collect();
+            if orders.is_empty() {
+                return Ok(Recorded::default());
+            }
+            // The confirm path (group commit) usually wrote these orders
+            // already: one index lookup, no lock, and only the others are
+            // written. One committed meanwhile is a no-op of the insert.
+            let rids: Vec<Uuid> = orders.iter().map(|o| o.reservation_id).collect();
+            let present: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
+                "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
+            )
+            .bind(&rids)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+            orders.retain(|o| !present.contains(&o.reservation_id));
+            if orders.is_empty() {
+                return Ok(Recorded::default());
+            }
+            let mut tx = conn.begin().await?;
+            bound_statements(&mut tx, limit).await?;
+            let recorded = insert_orders(&mut tx, &orders).await?;
             tx.commit().await?;
             Ok(recorded)
         };
@@ -146,8 +265,12 @@ impl Store {
     }
 }
 
-async fn insert_orders(
-    tx: &mut Transaction<'static, Postgres>,
+/// Records `orders` (any sales, any number) in one statement: the one
+/// place orders are written, by every writer (group commit, write-behind,
+/// `reconcile --fix`). Rows written with an order in the same transaction
+/// belong beside it.
+pub(super) async fn insert_orders(
+    conn: &mut PgConnection,
     orders: &[Order],
 ) -> Result<Recorded, sqlx::Error> {
     if orders.is_empty() {
@@ -179,13 +302,19 @@ async fn insert_orders(
     // user_item_purchases (the lines of those orders; per buyer only for
     // items with their own cap).
     //
-    // `fence` locks the sales' rows FOR KEY SHARE (in one order, so writers
-    // never deadlock; they do not block one another) and keeps only orders
-    // of each sale's current epoch: a rebuild (which takes the row FOR
-    // UPDATE) either waits for this write, and then reads it, or bumped
-    // the epoch first, and then this write records nothing of the lost
-    // state. An order of a sale Postgres does not know is recorded as
-    // before (there is nothing to rebuild it from).
+    // `fence` locks the sales' rows FOR NO KEY UPDATE, sorted by sale id,
+    // and keeps only orders of each sale's current epoch: a rebuild (which
+    // takes the row FOR UPDATE) either waits for this write, and then
+    // reads it, or bumped the epoch first, and then this write records
+    // nothing of the lost state. An order of a sale Postgres does not know
+    // is recorded as before (there is nothing to rebuild it from).
+    //
+    // No deadlock between writers (the confirm path's group commit, the
+    // write-behind, `reconcile --fix`): the only row locks they wait for
+    // are these, taken first and in one order. The `sold` update later
+    // touches only rows already locked here, and two writes that share a
+    // buyer's user_purchases row share its sale's row, so the second one
+    // waits at the fence, before it touches any buyer.
     let (n, stale): (i64, Vec<Uuid>) = sqlx::query_as(
         "WITH input AS (
             SELECT DISTINCT ON (rid) rid, sale_id, user_id, qty, at, epoch
@@ -195,7 +324,7 @@ async fn insert_orders(
             SELECT s.sale_id, s.epoch FROM sales s
             WHERE s.sale_id IN (SELECT sale_id FROM input)
             ORDER BY s.sale_id
-            FOR KEY SHARE
+            FOR NO KEY UPDATE
         ), current AS (
             SELECT i.* FROM input i LEFT JOIN fence f ON f.sale_id = i.sale_id
             WHERE f.sale_id IS NULL OR f.epoch = i.epoch
@@ -247,7 +376,7 @@ async fn insert_orders(
     .bind(&line_rid)
     .bind(&line_sku)
     .bind(&line_qty)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(Recorded {
         inserted: u64::try_from(n).unwrap_or(0),
@@ -255,10 +384,7 @@ async fn insert_orders(
     })
 }
 
-async fn insert_movements(
-    tx: &mut Transaction<'static, Postgres>,
-    events: &[Event],
-) -> Result<u64, sqlx::Error> {
+async fn insert_movements(tx: &mut PgConnection, events: &[Event]) -> Result<u64, sqlx::Error> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -328,7 +454,7 @@ async fn insert_movements(
     .bind(&at)
     .bind(&line)
     .bind(&sku)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected())
 }

@@ -150,7 +150,7 @@ impl Store {
     }
 
     /// Starts a rebuild of the sale's Redis state: locks its row (waiting
-    /// for order writes in flight, which hold it `FOR KEY SHARE`, and
+    /// for order writes in flight, which hold it `FOR NO KEY UPDATE`, and
     /// holding back new ones), then reads every buyer's confirmed total,
     /// which now includes everything committed. `None`: no such sale.
     pub async fn begin_rebuild(&self, sale: &SaleId) -> Result<Option<Rebuild>, StoreError> {

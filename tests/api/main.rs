@@ -13,6 +13,7 @@ mod cluster;
 mod contract;
 mod durability;
 mod faults;
+mod group_commit;
 mod items;
 mod lifecycle;
 mod limits;

@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use super::{Worker, WorkerError, GROUP};
 use crate::gate::SaleKeys;
 use crate::ids::SaleId;
-use crate::store::Event;
+use crate::store::{Event, EventKind};
 
 impl Worker {
     /// Writes a batch and acknowledges it. Entries that cannot be parsed go
@@ -50,7 +50,12 @@ impl Worker {
                 self.status.postgres_ok.store(true, Ordering::Relaxed);
                 stale(sale, &recorded.stale);
                 let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-                self.ack(keys, &ids).await?;
+                let done = if self.cfg.drop_final_records {
+                    finished(keys, &events, &recorded.stale)
+                } else {
+                    Vec::new()
+                };
+                self.ack_and_forget(keys, &ids, &done).await?;
                 self.status
                     .events_written
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -104,6 +109,17 @@ impl Worker {
     }
 
     async fn ack<S: AsRef<str>>(&mut self, keys: &SaleKeys, ids: &[S]) -> Result<(), WorkerError> {
+        self.ack_and_forget(keys, ids, &[]).await
+    }
+
+    /// Acknowledges and deletes `ids`, and drops the reservation records
+    /// `records` (final, and now in Postgres), in one atomic step.
+    async fn ack_and_forget<S: AsRef<str>>(
+        &mut self,
+        keys: &SaleKeys,
+        ids: &[S],
+        records: &[String],
+    ) -> Result<(), WorkerError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -113,6 +129,9 @@ impl Worker {
         pipe.atomic()
             .xack(keys.events(), GROUP, &ids)
             .xdel(keys.events(), &ids);
+        if !records.is_empty() {
+            pipe.unlink(records);
+        }
         let _: () = pipe.query_async(&mut self.conn).await?;
         Ok(())
     }
@@ -144,6 +163,24 @@ impl Worker {
         crate::metrics::dead_lettered();
         Ok(())
     }
+}
+
+/// The records of the reservations this batch made final in Postgres:
+/// confirmed (and recorded, not refused as stale) or expired. Redis need
+/// not keep them: a lookup of a reservation Redis does not know reads
+/// Postgres (`Service::recorded`). Cancelled records stay until their TTL
+/// (`FLASHGATE_RECORD_TTL_SECS`): an admin cancel's audit is retried from
+/// what the record says.
+fn finished(keys: &SaleKeys, events: &[Event], stale: &[uuid::Uuid]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| match e.kind {
+            EventKind::Expired => true,
+            EventKind::Confirmed => e.reservation_id.is_some_and(|r| !stale.contains(&r)),
+            _ => false,
+        })
+        .filter_map(|e| e.reservation_id.map(|rid| keys.reservation(&rid)))
+        .collect()
 }
 
 /// Confirms of a lost Redis state that Postgres refused (see

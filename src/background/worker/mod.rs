@@ -70,7 +70,11 @@ pub struct WorkerConfig {
     pub batch: usize,
     pub max_deliveries: u64,
     pub claim_idle: Duration,
-    /// Pause when a whole pass found nothing to do.
+    /// Drop confirmed and expired reservation records from Redis once
+    /// their event is committed (`FLASHGATE_DROP_FINAL_RECORDS`).
+    pub drop_final_records: bool,
+    /// Pause when a whole pass found nothing to do, doubled after each
+    /// pass that found nothing, up to [`IDLE_WAIT_MAX`].
     pub idle_wait: Duration,
 }
 
@@ -83,6 +87,7 @@ impl WorkerConfig {
             batch,
             max_deliveries,
             claim_idle,
+            drop_final_records: true,
             idle_wait: Duration::from_millis(50),
         }
     }
@@ -93,6 +98,9 @@ impl WorkerConfig {
 /// slow the others down.
 const SALE_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const SALE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between passes that found nothing: the first event
+/// after a quiet spell waits at most this long for the worker.
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(400);
 /// How often the backlog is counted (and logged while it is not zero).
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -149,6 +157,13 @@ impl Worker {
         self.status.clone()
     }
 
+    /// Reports into `status` (shared by the write-behind tasks of one
+    /// instance) instead of a status of its own.
+    pub fn sharing(mut self, status: Arc<WorkerStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn health(&self) -> Arc<TaskHealth> {
         self.health.clone()
     }
@@ -159,6 +174,7 @@ impl Worker {
         tracing::info!(consumer = %self.cfg.consumer, "write-behind worker started");
         self.health.set_running(true);
         self.status.postgres_ok.store(true, Ordering::Relaxed);
+        let mut idle = self.cfg.idle_wait;
         while !shutdown.is_cancelled() {
             let done = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -167,8 +183,13 @@ impl Worker {
             if done == 0 {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(self.cfg.idle_wait) => {}
+                    _ = tokio::time::sleep(idle) => {}
                 }
+                // Every pass lists the sales and reads each one's stream:
+                // while nothing happens, pass less and less often.
+                idle = (idle * 2).min(IDLE_WAIT_MAX.max(self.cfg.idle_wait));
+            } else {
+                idle = self.cfg.idle_wait;
             }
         }
         self.health.set_running(false);

@@ -2,6 +2,7 @@
 //! worker crashes and Postgres outages, and nothing acknowledged in Redis
 //! before Postgres committed it.
 
+mod retention;
 mod worker_faults;
 mod write_behind;
 

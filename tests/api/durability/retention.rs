@@ -1,0 +1,107 @@
+//! Redis keeps live state, not history (README, Durability): once a
+//! confirmed or expired reservation's event is committed in Postgres, the
+//! write-behind drops its record from Redis, and every lookup of it falls
+//! back to Postgres with the answer Redis would have given.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+async fn record_exists(app: &TestApp, sale: &str, rid: &str) -> bool {
+    let mut conn = app.redis().await;
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(format!("{}:{{{sale}}}:r:{rid}", app.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    n == 1
+}
+
+/// A confirmed, an expired, a cancelled reservation and one made with an
+/// Idempotency-Key, then confirmed. Drained: the confirmed and expired
+/// records are gone from Redis (the cancelled one stays: an admin
+/// cancel's audit is retried from it); GET, confirm, cancel and the
+/// idempotent replay answer from Postgres as before; one order each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
+    let app = spawn_app().await;
+    let sale = app.sale(10, 1, 1).await;
+    let (s, v) = app.reserve(&sale, "ann", 1, None).await;
+    assert_eq!(s, 201, "{v}");
+    let confirmed = rid(&v);
+    let (s, v) = app.reserve(&sale, "bob", 1, None).await;
+    assert_eq!(s, 201, "{v}");
+    let expired = rid(&v);
+    let (s, v) = app.reserve(&sale, "cat", 1, None).await;
+    assert_eq!(s, 201, "{v}");
+    let cancelled = rid(&v);
+    let (s, v) = app.reserve(&sale, "dan", 1, Some("cart-dan")).await;
+    assert_eq!(s, 201, "{v}");
+    let keyed = rid(&v);
+    assert_eq!(
+        app.act(&sale, &confirmed, "confirm", Some("ann")).await.0,
+        200
+    );
+    assert_eq!(
+        app.act(&sale, &cancelled, "cancel", Some("cat")).await.0,
+        200
+    );
+    assert_eq!(app.act(&sale, &keyed, "confirm", Some("dan")).await.0, 200);
+    // bob's hold expires (1 s), and the sweeper gives it back.
+    for attempt in 0.. {
+        let (s, v) = app.get_reservation(&sale, &expired, Some("bob")).await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"] == "expired" && app.view(&sale).await["held"] == 0 {
+            break;
+        }
+        assert!(attempt < 200, "bob's hold never expired: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.drained(Duration::from_secs(30)).await;
+
+    assert!(
+        !record_exists(&app, &sale, &confirmed).await,
+        "confirmed record dropped"
+    );
+    assert!(
+        !record_exists(&app, &sale, &keyed).await,
+        "confirmed record dropped"
+    );
+    assert!(
+        !record_exists(&app, &sale, &expired).await,
+        "expired record dropped"
+    );
+    assert!(
+        record_exists(&app, &sale, &cancelled).await,
+        "cancelled record kept"
+    );
+
+    let (s, v) = app.get_reservation(&sale, &confirmed, Some("ann")).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("confirmed")), "{v}");
+    let (s, v) = app.act(&sale, &confirmed, "confirm", Some("ann")).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("confirmed")), "{v}");
+    let (s, v) = app.act(&sale, &confirmed, "cancel", Some("ann")).await;
+    assert_eq!((s, error_code(&v)), (409, "reservation_confirmed"), "{v}");
+    let (s, _) = app.get_reservation(&sale, &confirmed, Some("bob")).await;
+    assert_eq!(s, 403, "another buyer's, from Postgres too");
+
+    let (s, v) = app.get_reservation(&sale, &expired, Some("bob")).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("expired")), "{v}");
+    let (s, v) = app.act(&sale, &expired, "confirm", Some("bob")).await;
+    assert_eq!((s, error_code(&v)), (410, "reservation_expired"), "{v}");
+
+    let (s, v) = app.get_reservation(&sale, &cancelled, Some("cat")).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+
+    let (s, v) = app.reserve(&sale, "dan", 1, Some("cart-dan")).await;
+    assert_eq!(s, 200, "the idempotent replay: {v}");
+    assert_eq!(
+        (rid(&v), v["status"].as_str()),
+        (keyed.clone(), Some("confirmed")),
+        "{v}"
+    );
+
+    let rows = orders(&app.pool, &sale).await;
+    assert_eq!(rows.len(), 2, "one order per confirm: {rows:?}");
+    assert_eq!(sold_count(&app.pool, &sale).await, 2);
+}

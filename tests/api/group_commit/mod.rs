@@ -1,0 +1,393 @@
+//! Group commit of the confirm path (README, Durability): confirms of any
+//! sales committed together, each answered only after its batch committed,
+//! exactly once whatever happens to the batch, the process or Postgres.
+//!
+//! - here: batches (many sales in one, a bad row among them, the same
+//!   reservation twice) and hundreds of concurrent confirms, exact counts;
+//! - `faults.rs`: the process killed between a batch's commit and its
+//!   answers, Postgres cut mid-batch, a confirm timing out while its batch
+//!   commits.
+
+mod faults;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sqlx::PgPool;
+
+use crate::support::*;
+
+/// A reserved unit: sale, buyer, reservation id.
+#[derive(Clone, Debug)]
+struct Hold {
+    sale: String,
+    user: String,
+    rid: String,
+}
+
+/// One hold per buyer `{tag}-{i}` of `sale`, `n` of them.
+async fn holds(app: &TestApp, sale: &str, tag: &str, n: usize) -> Vec<Hold> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let user = format!("{tag}-{i}");
+        let (s, v) = app.reserve(sale, &user, 1, None).await;
+        assert_eq!(s, 201, "reserve {user}: {v}");
+        out.push(Hold {
+            sale: sale.to_string(),
+            user,
+            rid: rid(&v),
+        });
+    }
+    out
+}
+
+/// Confirms every hold at once; the status each got.
+async fn confirm_all(app: &Arc<TestApp>, holds: &[Hold]) -> Vec<(Hold, u16)> {
+    join_all(holds.iter().cloned().map(|h| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let (s, _) = body(
+                confirm_req(&app, &h.sale, &h.rid, &h.user)
+                    .send()
+                    .await
+                    .expect("confirm"),
+            )
+            .await;
+            (h, s)
+        })
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.expect("confirm task"))
+    .collect()
+}
+
+/// Postgres holds exactly these holds as orders of their sales (one row
+/// each, none other), and each sale's sold_count and user_purchases are
+/// their sums.
+async fn assert_recorded(pool: &PgPool, sales: &[String], confirmed: &[Hold]) {
+    for sale in sales {
+        let mine: Vec<&Hold> = confirmed.iter().filter(|h| &h.sale == sale).collect();
+        let rows: BTreeSet<String> = orders(pool, sale).await.into_keys().collect();
+        let want: BTreeSet<String> = mine.iter().map(|h| h.rid.clone()).collect();
+        assert_eq!(
+            rows, want,
+            "sale {sale}: one order row per confirm, none other"
+        );
+        let mut per_user: BTreeMap<String, i64> = BTreeMap::new();
+        for h in &mine {
+            *per_user.entry(h.user.clone()).or_default() += 1;
+        }
+        assert_eq!(user_purchases(pool, sale).await, per_user, "sale {sale}");
+        assert_eq!(
+            sold_count(pool, sale).await,
+            mine.len() as i64,
+            "sale {sale}"
+        );
+    }
+}
+
+/// The confirm batches this process committed: (transactions, confirms).
+/// nextest runs each test in a process of its own, so these are this
+/// test's.
+async fn batches(app: &TestApp) -> (u64, u64) {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse::<f64>().expect("number") as u64)
+    };
+    (
+        value("flashgate_confirm_batch_size_count"),
+        value("flashgate_confirm_batch_size_sum"),
+    )
+}
+
+/// A transaction of the test that holds `sale`'s row: the confirm writer's
+/// next batch that touches the sale waits for it (its first lock), so the
+/// confirms sent meanwhile queue up behind it. Released on commit.
+async fn hold_sale_row(pool: &PgPool, sale: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM sales WHERE sale_id = $1 FOR UPDATE")
+        .bind(sale)
+        .execute(&mut *tx)
+        .await
+        .expect("lock the sale's row");
+    tx
+}
+
+/// Waits until a session of this database waits for a lock (the writer's
+/// batch, blocked on the row the test holds).
+async fn until_a_writer_waits(pool: &PgPool) {
+    for _ in 0..500 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no writer ever waited for the sale's row");
+}
+
+/// Waits until Redis says every hold is confirmed: each confirm's script
+/// ran, so it is queued for the writer (or answered).
+async fn until_confirmed_in_redis(app: &TestApp, holds: &[Hold]) {
+    for h in holds {
+        for attempt in 0.. {
+            let (s, v) = app.get_reservation(&h.sale, &h.rid, None).await;
+            if s == 200 && v["status"] == "confirmed" {
+                break;
+            }
+            assert!(attempt < 500, "{} never confirmed in Redis: {v}", h.rid);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One writer, its first batch held on a sale's row while confirms of
+/// five sales queue behind it: the next transaction commits them all
+/// (many sales in one batch, each sale's counters advanced once by the
+/// batch's sum), every confirm answers 200 once committed, and Postgres
+/// has exactly one row per confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_commits_confirms_of_many_sales() {
+    let app = Arc::new(
+        Spawn::new()
+            .await
+            .no_worker()
+            .with(|s| {
+                s.confirm_writers = 1;
+                s.confirm_timeout = Duration::from_secs(20);
+            })
+            .start()
+            .await,
+    );
+    let mut sales = Vec::new();
+    for _ in 0..5 {
+        sales.push(app.sale(100, 1, 300).await);
+    }
+    let first = holds(&app, &sales[0], "first", 1).await;
+    let mut queued = Vec::new();
+    for (i, sale) in sales.iter().enumerate() {
+        queued.extend(holds(&app, sale, &format!("b{i}"), 40).await);
+    }
+    let lock = hold_sale_row(&app.pool, &sales[0]).await;
+    let blocked = {
+        let app = app.clone();
+        tokio::spawn(async move { confirm_all(&app, &first).await })
+    };
+    until_a_writer_waits(&app.pool).await;
+    let rest = {
+        let (app, queued) = (app.clone(), queued.clone());
+        tokio::spawn(async move { confirm_all(&app, &queued).await })
+    };
+    until_confirmed_in_redis(&app, &queued).await;
+    // Redis ran every script: each confirm is queued (or about to be) for
+    // the one writer, which still waits for the row.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.commit().await.expect("release the row");
+
+    let mut confirmed = Vec::new();
+    for (h, s) in blocked
+        .await
+        .expect("first")
+        .into_iter()
+        .chain(rest.await.expect("rest"))
+    {
+        assert_eq!(s, 200, "confirm {} of {}", h.rid, h.sale);
+        confirmed.push(h);
+    }
+    assert_recorded(&app.pool, &sales, &confirmed).await;
+    let (transactions, rows) = batches(&app).await;
+    eprintln!(
+        "{} confirms in {transactions} transactions",
+        confirmed.len()
+    );
+    assert_eq!(rows, confirmed.len() as u64, "each confirm written once");
+    assert!(
+        transactions <= 10,
+        "{} confirms queued behind one writer took {transactions} transactions",
+        confirmed.len()
+    );
+}
+
+/// A row Postgres refuses (a trigger of the test rejects one buyer's
+/// order) in a batch of 60: the batch is split until the bad row stands
+/// alone; its confirm answers 503, its 59 neighbours 200, and Postgres has
+/// exactly their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_row_does_not_fail_its_neighbours() {
+    let app = Arc::new(
+        Spawn::new()
+            .await
+            .no_worker()
+            .with(|s| {
+                s.confirm_writers = 1;
+                s.confirm_timeout = Duration::from_secs(20);
+            })
+            .start()
+            .await,
+    );
+    for sql in [
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'a row Postgres refuses'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.expect("trigger");
+    }
+    let sale = app.sale(100, 1, 300).await;
+    let first = holds(&app, &sale, "first", 1).await;
+    let mut queued = holds(&app, &sale, "good", 59).await;
+    let (s, v) = app.reserve(&sale, "poison", 1, None).await;
+    assert_eq!(s, 201, "{v}");
+    let poison = Hold {
+        sale: sale.clone(),
+        user: "poison".into(),
+        rid: rid(&v),
+    };
+    queued.insert(30, poison.clone());
+
+    let lock = hold_sale_row(&app.pool, &sale).await;
+    let blocked = {
+        let app = app.clone();
+        tokio::spawn(async move { confirm_all(&app, &first).await })
+    };
+    until_a_writer_waits(&app.pool).await;
+    let rest = {
+        let (app, queued) = (app.clone(), queued.clone());
+        tokio::spawn(async move { confirm_all(&app, &queued).await })
+    };
+    until_confirmed_in_redis(&app, &queued).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.commit().await.expect("release the row");
+
+    let mut confirmed = Vec::new();
+    for (h, s) in blocked
+        .await
+        .expect("first")
+        .into_iter()
+        .chain(rest.await.expect("rest"))
+    {
+        if h.rid == poison.rid {
+            assert_eq!(s, 503, "the bad row is not durable");
+        } else {
+            assert_eq!(s, 200, "confirm {} next to the bad row", h.rid);
+            confirmed.push(h);
+        }
+    }
+    assert_eq!(confirmed.len(), 60);
+    assert_recorded(&app.pool, std::slice::from_ref(&sale), &confirmed).await;
+}
+
+/// Hundreds of buyers of three sales confirm at once, each reservation
+/// twice at the same instant (in one batch or two): every confirm answers
+/// 200, and Postgres has one order per reservation, each buyer's total and
+/// each sale's sold_count exact, also once the write-behind went over the
+/// same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_confirms_twice_each_are_counted_exactly() {
+    let app = Arc::new(spawn_app().await);
+    let mut sales = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let sale = app.sale(200, 2, 300).await;
+        all.extend(holds(&app, &sale, &format!("s{i}"), 120).await);
+        // Buyers with two units of the sale (user_purchases sums them).
+        for j in 0..20 {
+            let user = format!("s{i}-{j}");
+            let (s, v) = app.reserve(&sale, &user, 1, None).await;
+            assert_eq!(s, 201, "{v}");
+            all.push(Hold {
+                sale: sale.clone(),
+                user,
+                rid: rid(&v),
+            });
+        }
+        sales.push(sale);
+    }
+    let twice: Vec<Hold> = all.iter().chain(all.iter()).cloned().collect();
+    for (h, s) in confirm_all(&app, &twice).await {
+        assert_eq!(s, 200, "confirm {} of {} by {}", h.rid, h.sale, h.user);
+    }
+    assert_recorded(&app.pool, &sales, &all).await;
+    app.drained(Duration::from_secs(30)).await;
+    assert_recorded(&app.pool, &sales, &all).await;
+    let (transactions, rows) = batches(&app).await;
+    eprintln!(
+        "{} confirms in {transactions} transactions ({rows} rows offered)",
+        twice.len()
+    );
+}
+
+/// The write-behind does not redo the confirm path's work: a trigger of
+/// the test counts every row offered to `orders` (a BEFORE INSERT trigger
+/// fires even for a row ON CONFLICT then skips). 150 confirms answered
+/// 200 with no worker running; then a worker drains their `confirmed`
+/// events: still 150 rows offered, none again by the worker, which wrote
+/// each event's `stock_movements` row. (A worker that reads a `confirmed`
+/// event before its batch committed writes the order too, once: see
+/// README, Durability.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_behind_does_not_write_committed_orders_again() {
+    let spawn = Spawn::new().await.no_worker();
+    let (url, prefix) = (spawn.database_url(), spawn.settings.key_prefix.clone());
+    let app = Arc::new(spawn.start().await);
+    for sql in [
+        "CREATE TABLE offered (n bigint NOT NULL)",
+        "INSERT INTO offered VALUES (0)",
+        "CREATE FUNCTION count_offered() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN UPDATE offered SET n = n + 1; RETURN NEW; END $$",
+        "CREATE TRIGGER count_offered BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION count_offered()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.expect("trigger");
+    }
+    let sale = app.sale(500, 1, 300).await;
+    let all = holds(&app, &sale, "once", 150).await;
+    for (h, s) in confirm_all(&app, &all).await {
+        assert_eq!(s, 200, "confirm {}", h.rid);
+    }
+    let offered = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT n FROM offered")
+            .fetch_one(&app.pool)
+            .await
+            .expect("offered");
+        n
+    };
+    assert_eq!(
+        offered().await,
+        150,
+        "each order offered once, by the confirm path"
+    );
+
+    let worker = Spawn::shared(&url, &prefix).start().await;
+    worker.drained(Duration::from_secs(30)).await;
+    assert_eq!(
+        offered().await,
+        150,
+        "the worker offered no committed order again"
+    );
+    let (movements,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM stock_movements WHERE sale_id = $1 AND kind = 'confirmed'",
+    )
+    .bind(&sale)
+    .fetch_one(&app.pool)
+    .await
+    .expect("movements");
+    assert_eq!(movements, 150, "every confirmed event in the audit trail");
+    assert_recorded(&app.pool, std::slice::from_ref(&sale), &all).await;
+}
