@@ -1,6 +1,6 @@
 // The console: flashgate's admin API and a sale's event stream, nothing
 // else. The admin token lives in this tab's sessionStorage only.
-import { call, salePath, ServerClock, duration, watchSale, explain, el, $ } from '/shared/api.js';
+import { call, salePath, ServerClock, duration, watchSale, explain, linesText, el, $ } from '/shared/api.js';
 
 const TOKEN_KEY = 'flashgate.admin_token';
 const SAMPLE_MS = 1000;      // the chart gets a point at least this often
@@ -142,8 +142,130 @@ function clearFieldErrors() {
     $(`e-${f}`).textContent = '';
     input(f).removeAttribute('aria-invalid');
   }
+  $('e-items').textContent = '';
+  for (const e of $('f-items').querySelectorAll('.field-error')) e.textContent = '';
+  for (const i of $('f-items').querySelectorAll('input')) i.removeAttribute('aria-invalid');
   notice('form-error', 'error', '');
 }
+
+// --- the items of a sale of several items: one row each ----------------------
+
+const ITEM_PARTS = [['sku', 'sku'], ['stock', 'units'], ['per_user_limit', 'own cap']];
+
+/** A row of the items editor: sku, stock, its own cap (optional). */
+function itemRow(item = {}) {
+  const cells = ITEM_PARTS.map(([part]) => {
+    const i = el('input', {
+      dataset: { part },
+      type: part === 'sku' ? 'text' : 'number',
+      inputmode: part === 'sku' ? undefined : 'numeric',
+      spellcheck: part === 'sku' ? 'false' : undefined,
+      placeholder: part === 'per_user_limit' ? 'none' : undefined,
+    });
+    if (item[part] !== undefined && item[part] !== null) i.value = item[part];
+    return el('td', {}, i, el('span', { class: 'field-error', dataset: { part } }));
+  });
+  const remove = el('button', { type: 'button', class: 'small', text: '×' });
+  remove.addEventListener('click', () => {
+    remove.closest('tr').remove();
+    labelItemRows();
+  });
+  return el('tr', {}, ...cells, el('td', {}, remove));
+}
+
+/** Rows are named by their place: "Item 2 sku", "Remove item 2". */
+function labelItemRows() {
+  [...$('f-items').tBodies[0].rows].forEach((tr, n) => {
+    for (const [part, word] of ITEM_PARTS) tr.querySelector(`input[data-part="${part}"]`).setAttribute('aria-label', `Item ${n + 1} ${word}`);
+    tr.querySelector('button').setAttribute('aria-label', `Remove item ${n + 1}`);
+  });
+}
+
+function setItemRows(items) {
+  $('f-items').tBodies[0].replaceChildren(...items.map(itemRow));
+  labelItemRows();
+}
+
+$('add-item').addEventListener('click', () => {
+  $('f-items').tBodies[0].append(itemRow());
+  labelItemRows();
+  $('f-items').tBodies[0].lastElementChild.querySelector('input').focus();
+});
+
+function itemError(tr, part, text) {
+  const i = tr.querySelector(`input[data-part="${part}"]`);
+  tr.querySelector(`.field-error[data-part="${part}"]`).textContent = text;
+  i.setAttribute('aria-invalid', 'true');
+  i.focus();
+}
+
+/**
+ * The items as the API takes them, and the row each was read from (an
+ * error naming `items[2].sku` belongs beside that row's sku). A row left
+ * wholly empty is skipped. Null after a local error (shown).
+ */
+function readItems() {
+  const items = [];
+  const rows = [];
+  for (const tr of $('f-items').tBodies[0].rows) {
+    const raw = {};
+    for (const [part] of ITEM_PARTS) raw[part] = tr.querySelector(`input[data-part="${part}"]`);
+    if (ITEM_PARTS.every(([part]) => raw[part].value.trim() === '' && !raw[part].validity.badInput)) continue;
+    const item = { sku: raw.sku.value.trim() };
+    for (const part of ['stock', 'per_user_limit']) {
+      const v = raw[part].value.trim();
+      if (v === '' && !raw[part].validity.badInput) {
+        if (part === 'stock') {
+          itemError(tr, part, 'required');
+          return null;
+        }
+        continue;
+      }
+      const n = Number(v);
+      if (v === '' || !Number.isInteger(n)) {
+        itemError(tr, part, 'must be a whole number');
+        return null;
+      }
+      item[part] = n;
+    }
+    items.push(item);
+    rows.push(tr);
+  }
+  return { items, rows };
+}
+
+/** Where an error about the items goes: beside the field it names. */
+function showItemsError(e, rows) {
+  const field = (e.details && e.details.field) || '';
+  const m = /^items\[(\d+)\]\.(sku|stock|per_user_limit)$/.exec(field);
+  if (m && rows[Number(m[1])]) {
+    itemError(rows[Number(m[1])], m[2], e.message.replace(/^items\[\d+\]\.\w+: /, ''));
+    return true;
+  }
+  const rowOf = (sku) => rows.find((tr) => tr.querySelector('input[data-part="sku"]').value.trim() === sku);
+  if (e.code === 'stock_below_committed' && Array.isArray(e.details.items)) {
+    $('e-items').textContent = explain(e);
+    for (const it of e.details.items) {
+      const tr = rowOf(it.sku);
+      if (tr) itemError(tr, 'stock', `at least ${it.sold + it.held} (${it.sold} sold, ${it.held} held)`);
+    }
+    return true;
+  }
+  if (field === 'items') {
+    $('e-items').textContent = e.message.replace(/^items: /, '');
+    const tr = e.details.sku && rowOf(e.details.sku);
+    if (tr) itemError(tr, 'per_user_limit', 'not while it has units sold or held');
+    return true;
+  }
+  return false;
+}
+
+function showKind() {
+  const multi = $('f-kind').value === 'items';
+  $('sale-form').classList.toggle('multi', multi);
+  if (multi && $('f-items').tBodies[0].rows.length === 0) setItemRows([{}, {}, {}]);
+}
+$('f-kind').addEventListener('change', showKind);
 
 function fieldError(name, text) {
   $(`e-${name}`).textContent = text;
@@ -158,9 +280,12 @@ function openForm(view) {
   clearFieldErrors();
   $('form-title').textContent = view ? `Edit ${view.sale_id}` : 'New sale';
   input('sale_id').disabled = !!view;
+  $('f-kind').value = view && view.items ? 'items' : 'one';
+  setItemRows([]);
   if (view) {
     input('sale_id').value = view.sale_id;
-    input('stock').value = view.stock;
+    if (view.items) setItemRows(view.items);
+    else input('stock').value = view.stock;
     input('per_user_limit').value = view.per_user_limit;
     input('hold_ttl_secs').value = view.hold_ttl_secs;
     input('max_hold_secs').value = view.max_hold_secs;
@@ -170,10 +295,13 @@ function openForm(view) {
     input('admission').value = view.admission;
   }
   form.classList.toggle('queued', input('admission').value === 'queue');
+  showKind();
   form.hidden = false;
   $('nothing-selected').hidden = true;
   form.scrollIntoView({ block: 'nearest' });
-  (view ? input('stock') : input('sale_id')).focus();
+  if (!view) input('sale_id').focus();
+  else if (view.items) $('f-items').querySelector('input[data-part="stock"]').focus();
+  else input('stock').focus();
 }
 
 $('f-admission').addEventListener('change', () =>
@@ -191,8 +319,10 @@ $('sale-form').addEventListener('submit', async (ev) => {
     fieldError('sale_id', '1-64 characters of letters, digits, _ and -');
     return;
   }
+  const multi = $('f-kind').value === 'items';
   const body = {};
   for (const f of INTS) {
+    if (multi && f === 'stock') continue;
     const raw = input(f).value.trim();
     if (raw === '' && input(f).validity.badInput) {
       fieldError(f, 'must be a whole number');
@@ -206,7 +336,7 @@ $('sale-form').addEventListener('submit', async (ev) => {
     }
     body[f] = n;
   }
-  for (const f of ['stock', 'per_user_limit']) {
+  for (const f of multi ? ['per_user_limit'] : ['stock', 'per_user_limit']) {
     if (body[f] === undefined) {
       fieldError(f, 'required');
       return;
@@ -215,6 +345,13 @@ $('sale-form').addEventListener('submit', async (ev) => {
   for (const f of TIMES) {
     const raw = input(f).value;
     if (raw) body[f] = new Date(raw).toISOString();
+  }
+  let itemRows = [];
+  if (multi) {
+    const read = readItems();
+    if (!read) return;
+    body.items = read.items;
+    itemRows = read.rows;
   }
   if (input('product_id').value.trim()) body.product_id = input('product_id').value.trim();
   if (input('admission').value === 'queue') {
@@ -233,7 +370,9 @@ $('sale-form').addEventListener('submit', async (ev) => {
     notice('action-msg', 'ok', res.status === 201 ? `Sale ${id} created.` : `Sale ${id} updated.`);
   } catch (e) {
     const field = e.details && e.details.field;
-    if (field && FIELDS.includes(field)) {
+    if (multi && showItemsError(e, itemRows)) {
+      // shown beside the item it names
+    } else if (field && FIELDS.includes(field)) {
       fieldError(field, e.message.replace(new RegExp(`^${field}: `), ''));
     } else if (e.code === 'stock_below_committed') {
       fieldError('stock', explain(e));
@@ -292,7 +431,8 @@ function onView(v) {
   $('d-available').textContent = v.available;
   $('d-queue').hidden = !v.queue;
   if (v.queue) $('d-queue-value').textContent = `${v.queue.joined} / ${v.queue.serving}`;
-  const parts = [`cap ${v.per_user_limit} per buyer`, `holds ${v.hold_ttl_secs} s`, `admission ${v.admission}`];
+  renderItems(v);
+  const parts = [`cap ${v.per_user_limit} per buyer${v.items ? ` across ${v.items.length} items` : ''}`, `holds ${v.hold_ttl_secs} s`, `admission ${v.admission}`];
   if (v.starts_at) parts.push(`starts ${new Date(v.starts_at).toLocaleString()}`);
   if (v.ends_at) parts.push(`ends ${new Date(v.ends_at).toLocaleString()}`);
   $('d-times').textContent = parts.join(' · ');
@@ -302,6 +442,32 @@ function onView(v) {
   $('edit-sale').disabled = v.closed;
   addSample(v);
   updateRow(v);
+}
+
+/** A sale of several items: a row per item, kept in place as views come. */
+function renderItems(v) {
+  const table = $('d-items');
+  table.hidden = !v.items;
+  if (!v.items) return;
+  const body = table.tBodies[0];
+  const skus = v.items.map((i) => i.sku).join(',');
+  if (body.dataset.skus !== skus) {
+    body.dataset.skus = skus;
+    body.replaceChildren(...v.items.map((i) => el('tr', { dataset: { sku: i.sku } },
+      el('td', { class: 'sku', text: i.sku }),
+      ...['stock', 'sold', 'held', 'available', 'cap'].map((k) => el('td', { class: `num ${k}`, dataset: { k } })),
+      el('td', { class: 'bar-col' }, el('span', { class: 'meter', 'aria-hidden': 'true' },
+        el('span', { class: 'sold' }), el('span', { class: 'held' }))))));
+  }
+  v.items.forEach((item, n) => {
+    const tr = body.rows[n];
+    const cell = (k) => tr.querySelector(`td[data-k="${k}"]`);
+    for (const k of ['stock', 'sold', 'held', 'available']) cell(k).textContent = item[k];
+    cell('cap').textContent = item.per_user_limit ?? '–';
+    const pct = (x) => `${item.stock > 0 ? Math.min(100, (x / item.stock) * 100) : 0}%`;
+    tr.querySelector('.meter .sold').style.width = pct(item.sold);
+    tr.querySelector('.meter .held').style.width = pct(item.held);
+  });
 }
 
 function addSample(v) {
@@ -490,7 +656,7 @@ function holdRow(r) {
   return el('tr', { dataset: { reservation: r.reservation_id } },
     el('td', { class: 'mono', title: r.reservation_id, text: r.reservation_id.slice(0, 8) }),
     el('td', { text: r.user_id }),
-    el('td', { class: 'num', text: r.quantity }),
+    el('td', { class: 'num' }, String(r.quantity), r.items ? el('span', { class: 'sub lines', text: linesText(r.items) }) : null),
     whenCell, actions);
 }
 
@@ -499,7 +665,7 @@ async function release(r, button) {
   try {
     await admin('POST', salePath(r.sale_id, `/reservations/${r.reservation_id}/cancel`));
     button.closest('tr').remove();
-    notice('holds-error', 'ok', `Released ${r.quantity} unit(s) held by ${r.user_id}.`);
+    notice('holds-error', 'ok', `Released ${r.quantity} unit(s) held by ${r.user_id}${r.items ? ` (${linesText(r.items)})` : ''}.`);
     loadAudit();
   } catch (e) {
     button.disabled = false;
@@ -576,9 +742,31 @@ function changes(before, after) {
   for (const k of Object.keys(after)) {
     const a = JSON.stringify(before[k]);
     const b = JSON.stringify(after[k]);
-    if (a !== b) out.push(`${k}: ${a ?? '–'} → ${b}`);
+    if (a === b) continue;
+    if (k === 'items') out.push(...itemChanges(before[k], after[k]));
+    else out.push(`${k}: ${a ?? '–'} → ${b}`);
   }
   return out.length ? out : ['no change'];
+}
+
+/** A sale's items, item by item: "item S stock: 5 → 6", "item XL added: ...". */
+function itemChanges(before, after) {
+  const bySku = (list) => new Map((Array.isArray(list) ? list : []).map((i) => [i.sku, i]));
+  const was = bySku(before);
+  const now = bySku(after);
+  const cap = (i) => i.per_user_limit ?? '–';
+  const out = [];
+  for (const [sku, i] of now) {
+    const o = was.get(sku);
+    if (!o) {
+      out.push(`item ${sku} added: stock ${i.stock}, own cap ${cap(i)}`);
+      continue;
+    }
+    if (o.stock !== i.stock) out.push(`item ${sku} stock: ${o.stock} → ${i.stock}`);
+    if (cap(o) !== cap(i)) out.push(`item ${sku} own cap: ${cap(o)} → ${cap(i)}`);
+  }
+  for (const sku of was.keys()) if (!now.has(sku)) out.push(`item ${sku} removed`);
+  return out.length ? out : ['items: order changed'];
 }
 $('refresh-audit').addEventListener('click', loadAudit);
 

@@ -2,7 +2,7 @@
 // The buyer token arrives in the fragment (#token=...), which browsers never
 // send to a server; it is moved to this tab's sessionStorage and the
 // fragment is taken off the address bar at once.
-import { call, salePath, ServerClock, duration, watchSale, explain, el, $ } from '/shared/api.js';
+import { call, salePath, ServerClock, duration, watchSale, explain, linesText, el, $ } from '/shared/api.js';
 
 const TOKEN_KEY = 'flashgate.buyer_token';
 const params = new URLSearchParams(location.search);
@@ -21,6 +21,7 @@ const state = {
   view: null,
   hold: null,         // the reservation being held
   pendingKey: null,   // Idempotency-Key of a buy whose answer we do not know
+  shortfalls: {},     // sku -> {requested, available} of the last 409 sold_out
   ticket: null,       // queue ticket
   queuePoll: null,
   busy: false,
@@ -70,7 +71,7 @@ function render() {
   if (!v) return;
   const p = phase(v);
   $('title').textContent = v.product_id || v.sale_id;
-  $('subtitle').textContent = `Sale ${v.sale_id} · at most ${v.per_user_limit} per buyer · a hold lasts ${duration(v.hold_ttl_secs * 1000)}`;
+  $('subtitle').textContent = `Sale ${v.sale_id} · at most ${v.per_user_limit} per buyer${v.items ? ' in all' : ''} · a hold lasts ${duration(v.hold_ttl_secs * 1000)}`;
   const badge = $('state');
   badge.hidden = false;
   badge.className = `badge ${p}`;
@@ -91,6 +92,12 @@ function render() {
 
   const canBuy = !state.hold && p !== 'ended' && p !== 'closed';
   $('buy-box').hidden = !canBuy;
+  $('buy-box').classList.toggle('multi', !!v.items);
+  $('items-box').hidden = !v.items || p === 'ended' || p === 'closed';
+  if (v.items) renderItems(v, canBuy);
+  const cart = v.items ? cartLines() : null;
+  const total = cart ? cart.reduce((n, l) => n + l.quantity, 0) : 0;
+  $('cart-summary').textContent = cart ? (total ? `${total} in your cart: ${linesText(cart)}` : 'Pick a quantity of at least one item.') : '';
   const q = $('quantity');
   const max = Math.min(v.per_user_limit, 10);
   if (q.options.length !== max) {
@@ -99,9 +106,62 @@ function render() {
     q.value = String(Math.min(keep, max));
   }
   const turn = !queued || (state.ticket && state.ticket.state === 'admitted');
-  $('buy').disabled = !token || state.busy || p !== 'live' || !turn;
+  $('buy').disabled = !token || state.busy || p !== 'live' || !turn || (cart !== null && total === 0);
   $('buy').textContent = p === 'sold_out' ? 'Sold out' : p === 'paused' ? 'Paused' : p === 'scheduled' ? 'Not yet' : 'Buy';
   tick();
+}
+
+/**
+ * A sale of several items: a row per item with its units left (live) and a
+ * quantity to buy (0 up to the cap that applies, at most 10). Rows are kept
+ * in place, so a choice survives the views that keep coming.
+ */
+function renderItems(v, canBuy) {
+  const body = $('items').tBodies[0];
+  const skus = v.items.map((i) => i.sku).join(',');
+  if (body.dataset.skus !== skus) {
+    body.dataset.skus = skus;
+    body.replaceChildren(...v.items.map((i) => {
+      const q = el('select', { 'aria-label': `Quantity of ${i.sku}`, dataset: { sku: i.sku } });
+      q.addEventListener('change', () => {
+        delete state.shortfalls[i.sku];
+        render();
+      });
+      return el('tr', { dataset: { sku: i.sku } },
+        el('th', { scope: 'row', class: 'sku' }, i.sku, el('span', { class: 'sub cap' })),
+        el('td', { class: 'left' }, el('strong', { class: 'n' }), el('span', { class: 'sub short' })),
+        el('td', { class: 'bar-col' }, el('span', { class: 'meter', 'aria-hidden': 'true' },
+          el('span', { class: 'sold' }), el('span', { class: 'held' }))),
+        el('td', {}, q));
+    }));
+  }
+  v.items.forEach((item, n) => {
+    const tr = body.rows[n];
+    const max = Math.min(item.per_user_limit ?? v.per_user_limit, v.per_user_limit, 10);
+    const q = tr.querySelector('select');
+    if (q.options.length !== max + 1) {
+      const keep = Number(q.value) || 0;
+      q.replaceChildren(...Array.from({ length: max + 1 }, (_, k) => el('option', { value: k, text: k })));
+      q.value = String(Math.min(keep, max));
+    }
+    q.disabled = !canBuy || (item.available <= 0 && q.value === '0');
+    tr.querySelector('.cap').textContent = item.per_user_limit ? `at most ${item.per_user_limit} per buyer` : '';
+    tr.querySelector('.n').textContent = item.available > 0 ? `${item.available} left` : 'sold out';
+    tr.classList.toggle('out', item.available <= 0);
+    const short = state.shortfalls[item.sku];
+    tr.classList.toggle('short', !!short);
+    tr.querySelector('.short').textContent = short ? `you asked ${short.requested}: ${short.available} left` : '';
+    const pct = (x) => `${item.stock > 0 ? Math.min(100, (x / item.stock) * 100) : 0}%`;
+    tr.querySelector('.meter .sold').style.width = pct(item.sold);
+    tr.querySelector('.meter .held').style.width = pct(item.held);
+  });
+}
+
+/** The cart picked on the page: the lines with a quantity, in the sale's order. */
+function cartLines() {
+  return [...$('items').querySelectorAll('select')]
+    .map((q) => ({ sku: q.dataset.sku, quantity: Number(q.value) || 0 }))
+    .filter((l) => l.quantity > 0);
 }
 
 function renderTicket() {
@@ -147,6 +207,9 @@ function showHold(r) {
   else sessionStorage.removeItem(HOLD_KEY);
   $('hold-box').hidden = !r;
   if (r) $('hold-qty').textContent = r.quantity;
+  const lines = (r && r.items) || [];
+  $('hold-lines').hidden = !lines.length;
+  $('hold-lines').replaceChildren(...lines.map((l) => el('li', {}, el('strong', { text: l.sku }), ` × ${l.quantity}`)));
   render();
 }
 
@@ -164,21 +227,31 @@ async function buyer(method, path, opts = {}) {
 }
 
 $('buy').addEventListener('click', async () => {
-  const quantity = Number($('quantity').value) || 1;
+  const items = state.view && state.view.items;
+  const body = items ? { items: cartLines() } : { quantity: Number($('quantity').value) || 1 };
+  // Until an answer is known, every press resends the same key, even with
+  // the cart changed: the API then replays the first cart's hold, or
+  // refuses the other cart (422), and never holds a second one.
   state.pendingKey = state.pendingKey || idempotencyKey();
+  state.shortfalls = {};
   say('info', 'Reserving…');
   try {
     const res = await buyer('POST', salePath(sale, '/reservations'), {
-      body: { quantity }, headers: { 'Idempotency-Key': state.pendingKey },
+      body, headers: { 'Idempotency-Key': state.pendingKey },
     });
     state.pendingKey = null;
-    say('ok', `Reserved ${res.body.quantity}: pay before the hold runs out.`);
+    for (const q of $('items').querySelectorAll('select')) q.value = '0'; // the cart is held: a next one starts empty
+    say('ok', `Reserved ${res.body.quantity}${res.body.items ? ` (${linesText(res.body.items)})` : ''}: pay before the hold runs out.`);
     showHold(res.body);
   } catch (e) {
     // No answer, or 503: the same key on the next press can never take a
     // second unit. Any other answer is final: a new press is a new attempt.
     if (!(e.status === 0 || e.status === 503)) state.pendingKey = null;
     if (e.code === 'rate_limited' || e.code === 'not_admitted') refreshTicket();
+    if (e.code === 'sold_out' && Array.isArray(e.details.shortfalls)) {
+      for (const f of e.details.shortfalls) state.shortfalls[f.sku] = f;
+      render();
+    }
     say('error', explain(e, state.view));
   }
 });
@@ -190,7 +263,7 @@ async function settle(action) {
     const res = await buyer('POST', salePath(sale, `/reservations/${r.reservation_id}/${action}`));
     showHold(null);
     say('ok', action === 'confirm'
-      ? `Bought ${res.body.quantity}! Order ${res.body.reservation_id} is confirmed.`
+      ? `Bought ${res.body.quantity}${res.body.items ? ` (${linesText(res.body.items)})` : ''}! Order ${res.body.reservation_id} is confirmed.`
       : 'Cancelled: the units went back on sale.');
   } catch (e) {
     if (['reservation_expired', 'reservation_cancelled', 'reservation_confirmed', 'reservation_not_found'].includes(e.code)) showHold(null);

@@ -116,9 +116,17 @@ export function explain(err, view) {
   const d = err.details || {};
   const cap = view ? view.per_user_limit : d.per_user_limit;
   switch (err.code) {
-    case 'sold_out': return 'Sold out: every unit is sold or held right now. Held units that are not paid in time come back — try again in a moment.';
+    case 'sold_out':
+      if (Array.isArray(d.shortfalls) && d.shortfalls.length) {
+        return `Not enough left for your cart, so nothing was held: ${shortfallText(d.shortfalls)}. Held units that are not paid in time come back — try again in a moment.`;
+      }
+      return 'Sold out: every unit is sold or held right now. Held units that are not paid in time come back — try again in a moment.';
     case 'user_limit_exceeded':
-    case 'limit_exceeded': return `You have reached this sale's limit${cap ? ` of ${cap} per buyer` : ''} (units you hold count too).`;
+    case 'limit_exceeded': {
+      const have = d.held !== undefined ? `: you hold ${d.held} and bought ${d.bought}` : '';
+      if (d.sku) return `You have reached the limit of ${d.per_user_limit} per buyer for ${d.sku} (units you hold count too${have}).`;
+      return `You have reached this sale's limit${cap ? ` of ${cap} per buyer` : ''} (units you hold count too${have}).`;
+    }
     case 'sale_not_started': return 'The sale has not started yet: wait for the countdown.';
     case 'sale_paused': return 'The sale is paused by the shop. Your place is kept; try again when it resumes.';
     case 'sale_ended': return 'The sale has ended.';
@@ -144,9 +152,23 @@ export function explain(err, view) {
     case 'network': return 'No answer from flashgate: check your connection and try again (a retry is safe).';
     case 'invalid_request': return `The request was refused: ${err.message}`;
     case 'payload_too_large': return 'The request was too large.';
-    case 'stock_below_committed': return `Stock cannot go below the units already sold or held${d.sold !== undefined ? ` (${d.sold} sold, ${d.held} held)` : ''}.`;
+    case 'stock_below_committed':
+      if (Array.isArray(d.items) && d.items.length) {
+        return `An item's stock cannot go below its units already sold or held (an item left out counts as stock 0): ${d.items.map((i) => `${i.sku} (stock ${i.stock} asked; ${i.sold} sold, ${i.held} held)`).join(', ')}.`;
+      }
+      return `Stock cannot go below the units already sold or held${d.sold !== undefined ? ` (${d.sold} sold, ${d.held} held)` : ''}.`;
     default: return `${err.message || 'Something went wrong'} (${err.code}).`;
   }
+}
+
+/** "M: 2 wanted, 1 left; L: 1 wanted, 0 left" for a 409 sold_out's shortfalls. */
+export function shortfallText(shortfalls) {
+  return shortfalls.map((s) => `${s.sku}: ${s.requested} wanted, ${s.available} left`).join('; ');
+}
+
+/** "M ×1, L ×2" for a cart's lines (`items` of a reservation). */
+export function linesText(items) {
+  return (items || []).map((l) => `${l.sku} ×${l.quantity}`).join(', ');
 }
 
 /** An element with text and optional class, attributes: no innerHTML. */

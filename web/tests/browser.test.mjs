@@ -248,7 +248,7 @@ test('on the demo page a buyer waits out the countdown, buys and confirms', asyn
   await page.getByRole('heading', { name: 'Your hold' }).waitFor();
   assert.match(await page.locator('#hold-countdown').textContent(), /min|s$/);
   await page.locator('#available').getByText('3', { exact: true }).waitFor();
-  await page.screenshot({ path: `${OUT}/demo.png` });
+  await page.screenshot({ path: `${OUT}/demo-one-item.png` });
   // A reload keeps the hold (and the token): the buyer can still pay.
   await page.reload();
   await page.getByRole('heading', { name: 'Your hold' }).waitFor();
@@ -261,6 +261,115 @@ test('on the demo page a buyer waits out the countdown, buys and confirms', asyn
   // Over the cap now: the page explains it.
   await page.getByRole('button', { name: 'Buy' }).click();
   await page.getByText(/reached this sale's limit of 2 per buyer/).waitFor();
+});
+
+test('a sale of three sizes: made in the console form, a buyer buys a 2-line cart, the console counts per item, order_items holds the lines', async () => {
+  const sale = `items-${RUN}`;
+  const page = consolePage;
+  current = page;
+  await page.bringToFront();
+  await page.getByRole('button', { name: 'New sale' }).click();
+  await page.getByLabel('Sale id').fill(sale);
+  await page.getByLabel('Sells').selectOption('items');
+  await page.getByLabel('Per-buyer limit').fill('2');
+  await page.getByLabel('Hold time (s)').fill('600');
+  await page.getByLabel('Product id').fill('Sneaker in three sizes');
+  const rows = [['S', '5', ''], ['M', '3', '1'], ['M', '1', '']]; // a sku given twice: the API names items[2].sku
+  for (const [n, [sku, stock, cap]] of rows.entries()) {
+    await page.getByLabel(`Item ${n + 1} sku`, { exact: true }).fill(sku);
+    await page.getByLabel(`Item ${n + 1} units`, { exact: true }).fill(stock);
+    await page.getByLabel(`Item ${n + 1} own cap`, { exact: true }).fill(cap);
+  }
+  await page.getByRole('button', { name: 'Save sale' }).click();
+  const third = page.locator('#f-items tbody tr').nth(2);
+  await third.locator('.field-error[data-part="sku"]').getByText('M is given twice').waitFor();
+  assert.equal(await page.getByLabel('Item 3 sku', { exact: true }).getAttribute('aria-invalid'), 'true');
+  assert.equal((await api('GET', `/v1/sales/${sale}`)).status, 404, 'nothing was created');
+  await page.getByLabel('Item 3 sku', { exact: true }).fill('L');
+  await page.getByRole('button', { name: 'Save sale' }).click();
+  await page.getByRole('heading', { name: sale, level: 1 }).waitFor();
+  await page.getByText(`Sale ${sale} created.`).waitFor();
+  const item = (sku, k) => page.locator(`#d-items tr[data-sku="${sku}"] td[data-k="${k}"]`);
+  await item('L', 'available').getByText('1', { exact: true }).waitFor();
+  assert.deepEqual(await page.locator('#d-items tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.sku)), ['S', 'M', 'L']);
+  assert.equal(await item('M', 'cap').textContent(), '1');
+  assert.equal(await item('S', 'cap').textContent(), '–');
+  const view = (await api('GET', `/v1/sales/${sale}`)).body;
+  assert.deepEqual(view.items.map((i) => [i.sku, i.stock, i.per_user_limit ?? null]), [['S', 5, null], ['M', 3, 1], ['L', 1, null]]);
+
+  // The buyer: a size picker, live units per size.
+  const user = `sizes-${RUN}`;
+  const demo = await context.newPage();
+  current = demo;
+  await demo.setViewportSize({ width: 900, height: 900 });
+  await demo.goto(`${URL}/demo/?sale=${sale}#token=${buyerToken(user)}`);
+  await demo.getByRole('heading', { name: 'Sneaker in three sizes' }).waitFor();
+  await demo.locator('#items tr[data-sku="L"] .n').getByText('1 left').waitFor();
+  assert.equal(await demo.locator('#quantity').isHidden(), true);
+  assert.equal(await demo.getByRole('button', { name: 'Buy' }).isDisabled(), true, 'an empty cart cannot be bought');
+  // Two of L, of which one is left: a 409 sold_out naming L, nothing held.
+  await demo.getByLabel('Quantity of L').selectOption('2');
+  await demo.getByRole('button', { name: 'Buy' }).click();
+  await demo.getByText('Not enough left for your cart, so nothing was held: L: 2 wanted, 1 left').waitFor();
+  await demo.locator('#items tr[data-sku="L"] .short').getByText('you asked 2: 1 left').waitFor();
+  await demo.screenshot({ path: `${OUT}/demo-shortfall.png` });
+  assert.equal((await api('GET', `/v1/sales/${sale}`)).body.held, 0);
+  // M's own cap is 1: its select offers no more.
+  assert.deepEqual(await demo.getByLabel('Quantity of M').locator('option').allTextContents(), ['0', '1']);
+  await demo.getByLabel('Quantity of L').selectOption('1');
+  await demo.getByLabel('Quantity of M').selectOption('1');
+  await demo.getByText('2 in your cart: M ×1, L ×1').waitFor();
+  await demo.getByRole('button', { name: 'Buy' }).click();
+  await demo.getByRole('heading', { name: 'Your hold' }).waitFor();
+  assert.deepEqual(await demo.locator('#hold-lines li').allTextContents(), ['L × 1', 'M × 1']);
+  await demo.locator('#items tr[data-sku="L"] .n').getByText('sold out').waitFor();
+  await item('L', 'held').getByText('1', { exact: true }).waitFor();
+  await item('M', 'held').getByText('1', { exact: true }).waitFor();
+  await demo.waitForFunction(() => document.getAnimations().length === 0); // the meters' widths settle
+  await demo.screenshot({ path: `${OUT}/demo.png` });
+  // The console lists the hold with its lines.
+  await page.getByRole('button', { name: 'Refresh reservations' }).click();
+  await page.locator('#holds tbody tr .lines').getByText('L ×1, M ×1').waitFor();
+  await page.screenshot({ path: `${OUT}/console-items.png`, fullPage: true });
+  await demo.getByRole('button', { name: 'Pay and confirm' }).click();
+  const done = await demo.getByText(/^Bought 2 \(L ×1, M ×1\)! Order .* is confirmed\.$/).textContent();
+  const rid = /Order (\S+) is confirmed/.exec(done)[1];
+  // Over the sale's cap across sizes now: the page says so.
+  await demo.getByLabel('Quantity of S').selectOption('1');
+  await demo.getByRole('button', { name: 'Buy' }).click();
+  await demo.getByText("You have reached this sale's limit of 2 per buyer (units you hold count too: you hold 0 and bought 2).").waitFor();
+  await demo.close();
+
+  // The console's table counts per item, from the event stream.
+  current = page;
+  for (const [sku, sold, held, available] of [['S', 0, 0, 5], ['M', 1, 0, 2], ['L', 1, 0, 0]]) {
+    await item(sku, 'sold').getByText(String(sold), { exact: true }).waitFor();
+    await item(sku, 'held').getByText(String(held), { exact: true }).waitFor();
+    await item(sku, 'available').getByText(String(available), { exact: true }).waitFor();
+  }
+  await page.locator('#d-sold').getByText('2', { exact: true }).waitFor();
+  await page.getByLabel('Show').selectOption('confirmed');
+  await page.locator(`#holds tbody tr[data-reservation="${rid}"] .lines`).getByText('L ×1, M ×1').waitFor();
+  // Postgres holds the order's lines.
+  assert.deepEqual(psql(`select sku || ':' || quantity from order_items where reservation_id = '${rid}' order by sku`), ['L:1', 'M:1']);
+  assert.deepEqual(psql(`select user_id || ' ' || quantity from orders where sale_id = '${sale}'`), [`${user} 2`]);
+  // An edit may not take an item below its units sold: the 409 names it beside the item.
+  await page.getByRole('button', { name: 'Edit' }).click();
+  await page.getByLabel('Item 2 units', { exact: true }).fill('0');
+  await page.getByRole('button', { name: 'Save sale' }).click();
+  await page.locator('#e-items').getByText('M (stock 0 asked; 1 sold, 0 held)').waitFor();
+  await page.locator('#f-items tbody tr').nth(1).locator('.field-error[data-part="stock"]').getByText('at least 1 (1 sold, 0 held)').waitFor();
+  await page.screenshot({ path: `${OUT}/console-items-form.png` });
+  assert.equal((await api('GET', `/v1/sales/${sale}`)).body.items[1].stock, 3, 'nothing changed');
+  // A restock goes through, and the audit says what changed, item by item.
+  await page.getByLabel('Item 2 units', { exact: true }).fill('3');
+  await page.getByLabel('Item 1 units', { exact: true }).fill('6');
+  await page.getByRole('button', { name: 'Save sale' }).click();
+  await page.getByText(`Sale ${sale} updated.`).waitFor();
+  await item('S', 'available').getByText('6', { exact: true }).waitFor();
+  await page.locator('#audit tbody tr').first().locator('td.change').getByText('item S stock: 5 → 6', { exact: true }).waitFor();
+  assert.deepEqual((await api('GET', `/v1/sales/${sale}`)).body.items.map((i) => i.stock), [6, 3, 1]);
+  await page.getByLabel('Show').selectOption('held');
 });
 
 test('a queued sale: the buyer joins before the start, is let in, buys; the console shows the queue and closes the sale', async () => {
