@@ -303,18 +303,12 @@ async fn items_are_reconciled_item_by_item() {
         )
         .await;
     let id = SaleId::parse(&sale).expect("id");
-    let (_, a) = app
-        .reserve_cart(
-            &sale,
-            "ann",
-            serde_json::json!([{"sku": "S", "quantity": 2}, {"sku": "M", "quantity": 1}]),
-            None,
-        )
-        .await;
-    assert_eq!(
-        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
-        200
-    );
+    app.buy_cart(
+        &sale,
+        "ann",
+        serde_json::json!([{"sku": "S", "quantity": 2}, {"sku": "M", "quantity": 1}]),
+    )
+    .await;
     let (s, _) = app
         .reserve_cart(
             &sale,
@@ -388,18 +382,12 @@ async fn a_buyers_count_of_a_capped_item_is_reconciled() {
         )
         .await;
     let id = SaleId::parse(&sale).expect("id");
-    let (_, a) = app
-        .reserve_cart(
-            &sale,
-            "ann",
-            serde_json::json!([{"sku": "M", "quantity": 1}]),
-            None,
-        )
-        .await;
-    assert_eq!(
-        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
-        200
-    );
+    app.buy_cart(
+        &sale,
+        "ann",
+        serde_json::json!([{"sku": "M", "quantity": 1}]),
+    )
+    .await;
     let (s, _) = app
         .reserve_cart(
             &sale,

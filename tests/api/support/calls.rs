@@ -281,4 +281,14 @@ impl TestApp {
         }
         body(req.send().await.expect("reserve cart")).await
     }
+
+    /// `user` holds `items` (201) and confirms the hold (200): the
+    /// reservation as the reserve answered it.
+    pub async fn buy_cart(&self, sale: &str, user: &str, items: Value) -> Value {
+        let (s, v) = self.reserve_cart(sale, user, items, None).await;
+        assert_eq!(s, 201, "{v}");
+        let (s, c) = self.act(sale, &super::rid(&v), "confirm", Some(user)).await;
+        assert_eq!(s, 200, "{c}");
+        v
+    }
 }
