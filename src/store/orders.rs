@@ -41,6 +41,16 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
     }
 }
 
+/// Rows of (sku, quantity) as a cart's lines.
+fn lines(rows: Vec<(String, i32)>) -> Vec<Line> {
+    rows.into_iter()
+        .map(|(sku, q)| Line {
+            sku,
+            quantity: u32::try_from(q).unwrap_or(0),
+        })
+        .collect()
+}
+
 /// How much earlier than the caller's deadline the server cancels a write.
 pub(super) const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
 /// How long past its deadline the client waits for the server's own
@@ -48,6 +58,18 @@ pub(super) const STATEMENT_MARGIN: Duration = Duration::from_millis(50);
 pub(super) const CLIENT_GRACE: Duration = Duration::from_millis(500);
 
 impl Store {
+    /// An order's lines (none for a one-item sale's order), unbounded: the
+    /// caller bounds the whole lookup.
+    async fn order_lines(&self, rid: &Uuid) -> Result<Vec<Line>, sqlx::Error> {
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT sku, quantity FROM order_items WHERE reservation_id = $1 ORDER BY sku",
+        )
+        .bind(rid)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(lines(rows))
+    }
+
     /// The order of one reservation, if it was recorded, with its lines.
     pub async fn order(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Order>, StoreError> {
         let fut = async {
@@ -61,20 +83,8 @@ impl Store {
             else {
                 return Ok(None);
             };
-            let lines: Vec<(String, i32)> = sqlx::query_as(
-                "SELECT sku, quantity FROM order_items WHERE reservation_id = $1 ORDER BY sku",
-            )
-            .bind(rid)
-            .fetch_all(&self.pool)
-            .await?;
             let mut o = order(row);
-            o.items = lines
-                .into_iter()
-                .map(|(sku, q)| Line {
-                    sku,
-                    quantity: u32::try_from(q).unwrap_or(0),
-                })
-                .collect();
+            o.items = self.order_lines(rid).await?;
             Ok(Some(o))
         };
         self.bounded(self.timeout, fut).await
@@ -115,15 +125,10 @@ impl Store {
             else {
                 return Ok(None);
             };
-            let lines: Vec<(String, i32)> = if kind == "confirmed" {
-                sqlx::query_as(
-                    "SELECT sku, quantity FROM order_items WHERE reservation_id = $1 ORDER BY sku",
-                )
-                .bind(rid)
-                .fetch_all(&self.pool)
-                .await?
+            let items = if kind == "confirmed" {
+                self.order_lines(rid).await?
             } else {
-                sqlx::query_as(
+                let rows: Vec<(String, i32)> = sqlx::query_as(
                     "SELECT sku, quantity FROM stock_movements
                      WHERE reservation_id = $1 AND sale_id = $2 AND kind = $3 AND sku IS NOT NULL
                      ORDER BY sku",
@@ -132,7 +137,8 @@ impl Store {
                 .bind(sale.as_str())
                 .bind(&kind)
                 .fetch_all(&self.pool)
-                .await?
+                .await?;
+                lines(rows)
             };
             let at_ms = at.timestamp_millis();
             Ok(Some(Record {
@@ -147,13 +153,7 @@ impl Store {
                 at_ms,
                 epoch: 0,
                 by_admin,
-                items: lines
-                    .into_iter()
-                    .map(|(sku, q)| Line {
-                        sku,
-                        quantity: u32::try_from(q).unwrap_or(0),
-                    })
-                    .collect(),
+                items,
             }))
         };
         self.bounded(self.timeout, fut).await
