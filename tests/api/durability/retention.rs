@@ -105,3 +105,57 @@ async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
     assert_eq!(rows.len(), 2, "one order per confirm: {rows:?}");
     assert_eq!(sold_count(&app.pool, &sale).await, 2);
 }
+
+/// A cart's record, once dropped, reads back from Postgres with its lines:
+/// a confirmed cart's from `order_items`, an expired one's from its
+/// movements (one per line, summed into the quantity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_cart_reads_back_with_its_lines() {
+    let app = spawn_app().await;
+    let sale = app
+        .items_sale(
+            serde_json::json!([{"sku": "S", "stock": 5}, {"sku": "M", "stock": 5}]),
+            3,
+            1,
+        )
+        .await;
+    let cart = serde_json::json!([{"sku": "M", "quantity": 1}, {"sku": "S", "quantity": 2}]);
+    let confirmed = rid(&app.buy_cart(&sale, "ann", cart.clone()).await);
+    let (s, v) = app.reserve_cart(&sale, "bob", cart, None).await;
+    assert_eq!(s, 201, "{v}");
+    let expired = rid(&v);
+    for attempt in 0.. {
+        let (s, v) = app.get_reservation(&sale, &expired, Some("bob")).await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"] == "expired" && app.view(&sale).await["held"] == 0 {
+            break;
+        }
+        assert!(attempt < 200, "bob's hold never expired: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.drained(Duration::from_secs(30)).await;
+    for (id, user, status) in [
+        (&confirmed, "ann", "confirmed"),
+        (&expired, "bob", "expired"),
+    ] {
+        assert!(
+            !record_exists(&app, &sale, id).await,
+            "{status} record dropped"
+        );
+        let (s, v) = app.get_reservation(&sale, id, Some(user)).await;
+        assert_eq!((s, v["status"].as_str()), (200, Some(status)), "{v}");
+        assert_eq!(v["quantity"], 3, "{v}");
+        let lines: Vec<(String, i64)> = v["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("items: {v}"))
+            .iter()
+            .map(|l| {
+                (
+                    l["sku"].as_str().unwrap_or_default().to_string(),
+                    l["quantity"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(lines, [("M".to_string(), 1), ("S".to_string(), 2)], "{v}");
+    }
+}
