@@ -68,6 +68,20 @@ pub struct Attempt {
     pub answer: Answer,
 }
 
+impl Attempt {
+    /// The answers of a release, each with the buyer its slot was for.
+    pub fn from_fired(fired: Vec<Fired<Answer>>, slot_buyer: Vec<usize>) -> Vec<Self> {
+        fired
+            .into_iter()
+            .zip(slot_buyer)
+            .map(|(f, buyer)| Attempt {
+                buyer,
+                answer: f.value,
+            })
+            .collect()
+    }
+}
+
 /// Everything the invariant check looks at.
 pub struct BurstFacts<'a> {
     pub attempts: &'a [Attempt],
@@ -312,14 +326,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     let after = session.view().await?;
     drop(keep_open);
 
-    let recorded: Vec<Attempt> = fired
-        .into_iter()
-        .zip(slot_buyer)
-        .map(|(f, buyer)| Attempt {
-            buyer,
-            answer: f.value,
-        })
-        .collect();
+    let recorded = Attempt::from_fired(fired, slot_buyer);
     let tally = Tally::from_answers(recorded.iter().map(|a| &a.answer));
     let checks = burst_checks(&BurstFacts {
         attempts: &recorded,

@@ -265,14 +265,7 @@ pub async fn run(common: &Common, args: &BurstArgs, items: &[(String, i64)]) -> 
     let after = session.view().await?;
     drop(keep_open);
 
-    let recorded: Vec<Attempt> = fired
-        .into_iter()
-        .zip(slot_buyer)
-        .map(|(f, buyer)| Attempt {
-            buyer,
-            answer: f.value,
-        })
-        .collect();
+    let recorded = Attempt::from_fired(fired, slot_buyer);
     let tally = Tally::from_answers(recorded.iter().map(|a| &a.answer));
     let checks = cart_checks(&CartFacts {
         attempts: &recorded,
