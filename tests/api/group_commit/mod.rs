@@ -159,6 +159,36 @@ async fn until_confirmed_in_redis(app: &TestApp, holds: &[Hold]) {
     }
 }
 
+/// `first` confirmed while the test holds `sale`'s row (the writer's batch
+/// waits on it), then `queued`; once Redis ran all their scripts, each
+/// confirm is queued for the writer, and the row is released. The answers,
+/// `first`'s then `queued`'s.
+async fn confirm_behind_the_row(
+    app: &Arc<TestApp>,
+    sale: &str,
+    first: Vec<Hold>,
+    queued: &[Hold],
+) -> Vec<(Hold, u16)> {
+    let lock = hold_sale_row(&app.pool, sale).await;
+    let blocked = {
+        let app = app.clone();
+        tokio::spawn(async move { confirm_all(&app, &first).await })
+    };
+    until_a_writer_waits(&app.pool).await;
+    let rest = {
+        let (app, queued) = (app.clone(), queued.to_vec());
+        tokio::spawn(async move { confirm_all(&app, &queued).await })
+    };
+    until_confirmed_in_redis(app, queued).await;
+    // Each confirm is queued (or about to be) for the one writer, which
+    // still waits for the row.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.commit().await.expect("release the row");
+    let mut answers = blocked.await.expect("first");
+    answers.extend(rest.await.expect("rest"));
+    answers
+}
+
 /// One writer, its first batch held on a sale's row while confirms of
 /// five sales queue behind it: the next transaction commits them all
 /// (many sales in one batch, each sale's counters advanced once by the
@@ -186,29 +216,8 @@ async fn one_batch_commits_confirms_of_many_sales() {
     for (i, sale) in sales.iter().enumerate() {
         queued.extend(holds(&app, sale, &format!("b{i}"), 40).await);
     }
-    let lock = hold_sale_row(&app.pool, &sales[0]).await;
-    let blocked = {
-        let app = app.clone();
-        tokio::spawn(async move { confirm_all(&app, &first).await })
-    };
-    until_a_writer_waits(&app.pool).await;
-    let rest = {
-        let (app, queued) = (app.clone(), queued.clone());
-        tokio::spawn(async move { confirm_all(&app, &queued).await })
-    };
-    until_confirmed_in_redis(&app, &queued).await;
-    // Redis ran every script: each confirm is queued (or about to be) for
-    // the one writer, which still waits for the row.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    lock.commit().await.expect("release the row");
-
     let mut confirmed = Vec::new();
-    for (h, s) in blocked
-        .await
-        .expect("first")
-        .into_iter()
-        .chain(rest.await.expect("rest"))
-    {
+    for (h, s) in confirm_behind_the_row(&app, &sales[0], first, &queued).await {
         assert_eq!(s, 200, "confirm {} of {}", h.rid, h.sale);
         confirmed.push(h);
     }
@@ -262,27 +271,8 @@ async fn one_bad_row_does_not_fail_its_neighbours() {
     };
     queued.insert(30, poison.clone());
 
-    let lock = hold_sale_row(&app.pool, &sale).await;
-    let blocked = {
-        let app = app.clone();
-        tokio::spawn(async move { confirm_all(&app, &first).await })
-    };
-    until_a_writer_waits(&app.pool).await;
-    let rest = {
-        let (app, queued) = (app.clone(), queued.clone());
-        tokio::spawn(async move { confirm_all(&app, &queued).await })
-    };
-    until_confirmed_in_redis(&app, &queued).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    lock.commit().await.expect("release the row");
-
     let mut confirmed = Vec::new();
-    for (h, s) in blocked
-        .await
-        .expect("first")
-        .into_iter()
-        .chain(rest.await.expect("rest"))
-    {
+    for (h, s) in confirm_behind_the_row(&app, &sale, first, &queued).await {
         if h.rid == poison.rid {
             assert_eq!(s, 503, "the bad row is not durable");
         } else {
