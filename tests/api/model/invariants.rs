@@ -6,8 +6,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::operations::{now_ms, Case, Told, SLACK_MS};
 use crate::support::*;
 
+/// A view's (or an item's) stock, sold, held and available, every unit
+/// accounted for.
+fn units(v: &serde_json::Value) -> Result<(i64, i64, i64, i64), String> {
+    let n = |f: &str| v[f].as_i64().ok_or(format!("no {f}"));
+    let (stock, sold, held, available) = (n("stock")?, n("sold")?, n("held")?, n("available")?);
+    ensure!(
+        stock == sold + held + available && available >= 0 && sold + held <= stock,
+        "units unaccounted for"
+    );
+    Ok((stock, sold, held, available))
+}
+
 impl Case<'_> {
-    pub(super) async fn view(&self) -> Result<(i64, i64, i64, i64), String> {
+    /// The sale view's body, as the admin reads it.
+    async fn sale_body(&self) -> Result<serde_json::Value, String> {
         let a = self
             .call(
                 reqwest::Method::GET,
@@ -17,49 +30,32 @@ impl Case<'_> {
             )
             .await?;
         ensure!(a.status == 200, "view: {} {}", a.status, a.body);
-        let n = |f: &str| a.body[f].as_i64().ok_or(format!("{f} in {}", a.body));
-        let (stock, sold, held, available) = (n("stock")?, n("sold")?, n("held")?, n("available")?);
-        ensure!(
-            stock == sold + held + available && available >= 0 && sold + held <= stock,
-            "units unaccounted for: {}",
-            a.body
-        );
-        Ok((stock, sold, held, available))
+        Ok(a.body)
+    }
+
+    pub(super) async fn view(&self) -> Result<(i64, i64, i64, i64), String> {
+        let body = self.sale_body().await?;
+        units(&body).map_err(|e| format!("{e}: {body}"))
     }
 
     /// A sale of items: each item's (stock, sold, held, available), every
     /// unit accounted for, and the sale's counters their sums.
     pub(super) async fn item_view(&self) -> Result<BTreeMap<String, (i64, i64, i64, i64)>, String> {
-        let a = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/sales/{}", self.sale),
-                ADMIN,
-                None,
-            )
-            .await?;
-        ensure!(a.status == 200, "view: {} {}", a.status, a.body);
+        let body = self.sale_body().await?;
         let mut out = BTreeMap::new();
         let mut sums = [0i64; 4];
-        for item in a.body["items"].as_array().cloned().unwrap_or_default() {
-            let n = |f: &str| item[f].as_i64().ok_or(format!("{f} in {item}"));
-            let c = (n("stock")?, n("sold")?, n("held")?, n("available")?);
-            ensure!(
-                c.0 == c.1 + c.2 + c.3 && c.3 >= 0 && c.1 + c.2 <= c.0,
-                "item units unaccounted for: {}",
-                a.body
-            );
+        for item in body["items"].as_array().cloned().unwrap_or_default() {
+            let c = units(&item).map_err(|e| format!("item {e}: {body}"))?;
             for (s, v) in sums.iter_mut().zip([c.0, c.1, c.2, c.3]) {
                 *s += v;
             }
             out.insert(item["sku"].as_str().unwrap_or_default().to_string(), c);
         }
-        ensure!(out.len() == 3, "three items: {}", a.body);
-        let n = |f: &str| a.body[f].as_i64().unwrap_or(-1);
+        ensure!(out.len() == 3, "three items: {body}");
+        let n = |f: &str| body[f].as_i64().unwrap_or(-1);
         ensure!(
             [n("stock"), n("sold"), n("held"), n("available")] == sums,
-            "the sale's counters are not its items' sums: {}",
-            a.body
+            "the sale's counters are not its items' sums: {body}"
         );
         Ok(out)
     }
