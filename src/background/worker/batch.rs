@@ -49,13 +49,7 @@ impl Worker {
             Ok(recorded) => {
                 self.status.postgres_ok.store(true, Ordering::Relaxed);
                 stale(sale, &recorded.stale);
-                let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-                let done = if self.cfg.drop_final_records {
-                    finished(keys, &events, &recorded.stale)
-                } else {
-                    Vec::new()
-                };
-                self.ack_and_forget(keys, &ids, &done).await?;
+                self.ack_written(keys, &events, &recorded.stale).await?;
                 self.status
                     .events_written
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -72,7 +66,8 @@ impl Worker {
                     match self.store.apply_events(std::slice::from_ref(event)).await {
                         Ok(recorded) => {
                             stale(sale, &recorded.stale);
-                            self.ack(keys, &[event.event_id.as_str()]).await?
+                            self.ack_written(keys, std::slice::from_ref(event), &recorded.stale)
+                                .await?
                         }
                         Err(e) if e.is_transient() => return Err(e.into()),
                         Err(e) => {
@@ -114,6 +109,24 @@ impl Worker {
 
     /// Acknowledges and deletes `ids`, and drops the reservation records
     /// `records` (final, and now in Postgres), in one atomic step.
+    /// Acknowledges events Postgres has, and drops the Redis records they
+    /// made final (when configured), in one step: the batch's path and the
+    /// event-by-event path after a rejected batch alike.
+    async fn ack_written(
+        &mut self,
+        keys: &SaleKeys,
+        events: &[Event],
+        stale: &[uuid::Uuid],
+    ) -> Result<(), WorkerError> {
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let done = if self.cfg.drop_final_records {
+            finished(keys, events, stale)
+        } else {
+            Vec::new()
+        };
+        self.ack_and_forget(keys, &ids, &done).await
+    }
+
     async fn ack_and_forget<S: AsRef<str>>(
         &mut self,
         keys: &SaleKeys,

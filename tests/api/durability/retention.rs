@@ -159,3 +159,56 @@ async fn a_dropped_cart_reads_back_with_its_lines() {
         assert_eq!(lines, [("M".to_string(), 1), ("S".to_string(), 2)], "{v}");
     }
 }
+
+/// A batch Postgres rejects is written event by event: the events that
+/// then land drop their final records too (the same step as in a whole
+/// batch), while the one Postgres refuses stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_one_by_one_after_a_rejected_batch_drop_their_records() {
+    let spawn = Spawn::new().await.no_worker();
+    let settings = spawn.settings.clone();
+    let app = spawn.start().await;
+    for sql in [
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'a row Postgres refuses'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON stock_movements FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.expect("trigger");
+    }
+    let sale = app.sale(10, 1, 300).await;
+    let (s, v) = app.reserve(&sale, "ann", 1, None).await;
+    assert_eq!(s, 201, "{v}");
+    let confirmed = rid(&v);
+    assert_eq!(
+        app.act(&sale, &confirmed, "confirm", Some("ann")).await.0,
+        200
+    );
+    assert_eq!(app.reserve(&sale, "poison", 1, None).await.0, 201);
+    assert!(record_exists(&app, &sale, &confirmed).await);
+
+    // One worker reads all three events in one batch; Postgres refuses it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = flashgate::startup::worker(&settings, &app.service.gate, &app.service.store)
+        .await
+        .expect("worker");
+    let task = tokio::spawn(worker.run(stop.clone()));
+    for attempt in 0.. {
+        if !record_exists(&app, &sale, &confirmed).await {
+            break;
+        }
+        assert!(
+            attempt < 300,
+            "ann's confirmed record was never dropped after her events were written one by one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.expect("worker task");
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM stock_movements WHERE user_id = 'ann' AND kind = 'confirmed'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("movements");
+    assert_eq!(n, 1, "ann's confirmed event is written once");
+}
