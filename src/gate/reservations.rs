@@ -35,22 +35,11 @@ impl Gate {
     /// Holds `qty` units for `user` as reservation `rid` (made by the
     /// caller: the call may run twice, and the hold is made once), counted
     /// against the buyer's cap of active holds across sales (see
-    /// `holds.rs`; over the cap: [`ReserveOutcome::ActiveHoldsFull`]).
+    /// `holds.rs`; over the cap: [`ReserveOutcome::ActiveHoldsFull`]). On a
+    /// sale of several items, `cart` holds its lines (distinct skus,
+    /// sorted; `qty` is their total), every one held or none; empty for a
+    /// quantity of a one-item sale.
     pub async fn reserve(
-        &self,
-        sale: &SaleId,
-        rid: &Uuid,
-        user: &UserId,
-        qty: u32,
-        idem: Option<&IdempotencyKey>,
-    ) -> Result<ReserveOutcome, GateError> {
-        self.reserve_cart(sale, rid, user, qty, &[], idem).await
-    }
-
-    /// [`Gate::reserve`] with a `cart`: on a sale of several items, its
-    /// lines (distinct skus, sorted; `qty` is their total), every one held
-    /// or none.
-    pub async fn reserve_cart(
         &self,
         sale: &SaleId,
         rid: &Uuid,

@@ -31,7 +31,7 @@ impl Service {
         let rid = Uuid::new_v4();
         let outcome = self
             .loaded(sale, || {
-                self.gate.reserve_cart(sale, &rid, user, qty, cart, idem)
+                self.gate.reserve(sale, &rid, user, qty, cart, idem)
             })
             .await?;
         // A replay whose reservation Redis no longer has (the script then
@@ -110,13 +110,8 @@ impl Service {
             } else {
                 RecordOutcome::Conflict(rec)
             };
-            if let (Transition::Cancel, Actor::Admin, Some(origin), RecordOutcome::Replay(rec)) =
-                (t, actor, audit, &outcome)
-            {
-                if rec.by_admin {
-                    self.audit_cancel(sale, rid, rec, origin).await?;
-                }
-            }
+            // (An admin cancel read back from Postgres is audited already:
+            // `by_admin` there means its `admin_actions` row exists.)
             return Ok(outcome);
         }
         if let (

@@ -70,26 +70,6 @@ impl Store {
         Ok(lines(rows))
     }
 
-    /// The order of one reservation, if it was recorded, with its lines.
-    pub async fn order(&self, sale: &SaleId, rid: &Uuid) -> Result<Option<Order>, StoreError> {
-        let fut = async {
-            let Some(row) = sqlx::query_as::<_, OrderRow>(
-                "SELECT reservation_id, sale_id, user_id, quantity, confirmed_at FROM orders WHERE reservation_id = $1 AND sale_id = $2",
-            )
-            .bind(rid)
-            .bind(sale.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            else {
-                return Ok(None);
-            };
-            let mut o = order(row);
-            o.items = self.order_lines(rid).await?;
-            Ok(Some(o))
-        };
-        self.bounded(self.timeout, fut).await
-    }
-
     /// A final reservation as Postgres recorded it: its order (confirmed),
     /// or its `cancelled` / `expired` event. What lookups fall back to once
     /// Redis dropped the reservation's record (the write-behind drops

@@ -163,11 +163,11 @@ async fn a_reserve_call_run_twice_holds_once() {
     let rid = uuid::Uuid::new_v4();
     let gate = &app.service.gate;
     let first = gate
-        .reserve(&id, &rid, &user, 2, None)
+        .reserve(&id, &rid, &user, 2, &[], None)
         .await
         .expect("reserve");
     let again = gate
-        .reserve(&id, &rid, &user, 2, None)
+        .reserve(&id, &rid, &user, 2, &[], None)
         .await
         .expect("again");
     assert_eq!(format!("{first:?}"), format!("{again:?}"));
@@ -176,7 +176,7 @@ async fn a_reserve_call_run_twice_holds_once() {
     let other = flashgate::ids::SaleId::parse(&app.sale(5, 2, 60).await).expect("sale id");
     let elsewhere = uuid::Uuid::new_v4();
     let second = gate
-        .reserve(&other, &elsewhere, &user, 1, None)
+        .reserve(&other, &elsewhere, &user, 1, &[], None)
         .await
         .expect("reserve elsewhere");
     assert!(matches!(second, ReserveOutcome::Held { .. }), "{second:?}");
