@@ -147,7 +147,7 @@ impl Store {
     async fn write_batch(
         &self,
         slot: &mut Option<WriterConn>,
-        orders: &[Order],
+        orders: &[&Order],
         deadline: Instant,
     ) -> Result<Recorded, StoreError> {
         let mut w = match slot.take() {
@@ -237,7 +237,7 @@ async fn commit_batch(store: &Store, conn: &mut Option<WriterConn>, batch: Vec<W
         let Some(deadline) = live.iter().map(|w| w.deadline).min() else {
             continue;
         };
-        let orders: Vec<Order> = live.iter().map(|w| w.order.clone()).collect();
+        let orders: Vec<&Order> = live.iter().map(|w| &w.order).collect();
         let started = std::time::Instant::now();
         let result = store.write_batch(conn, &orders, deadline).await;
         crate::metrics::confirm_batch(orders.len(), started.elapsed().as_secs_f64());

@@ -249,9 +249,9 @@ impl Store {
 /// place orders are written, by every writer (group commit, write-behind,
 /// `reconcile --fix`). Rows written with an order in the same transaction
 /// belong beside it.
-pub(super) async fn insert_orders(
+pub(super) async fn insert_orders<O: std::borrow::Borrow<Order>>(
     conn: &mut PgConnection,
-    orders: &[Order],
+    orders: &[O],
 ) -> Result<Recorded, sqlx::Error> {
     if orders.is_empty() {
         return Ok(Recorded::default());
@@ -265,6 +265,7 @@ pub(super) async fn insert_orders(
     // The lines of the orders of sales of several items, flat.
     let (mut line_rid, mut line_sku, mut line_qty) = (Vec::new(), Vec::new(), Vec::new());
     for o in orders {
+        let o = o.borrow();
         rid.push(o.reservation_id);
         sale.push(o.sale_id.as_str());
         user.push(o.user_id.as_str());
