@@ -282,6 +282,13 @@ async fn one_bad_row_does_not_fail_its_neighbours() {
     }
     assert_eq!(confirmed.len(), 60);
     assert_recorded(&app.pool, std::slice::from_ref(&sale), &confirmed).await;
+    // Every attempt counts its rows: 61 if each confirm had gone alone,
+    // more once the bad row was offered with its neighbours, then split.
+    let (_, offered) = batches(&app).await;
+    assert!(
+        offered > 61,
+        "the bad row was never batched with its neighbours ({offered} rows offered)"
+    );
 }
 
 /// Hundreds of buyers of three sales confirm at once, each reservation

@@ -114,7 +114,8 @@ async fn a_burst_of_carts_holds_whole_carts_within_every_items_stock() {
                         .expect("shortfalls");
                     assert!(!short.is_empty(), "{v}");
                     for s in short {
-                        assert!(s["available"].as_i64() < s["requested"].as_i64(), "{v}");
+                        let n = |f: &str| s[f].as_i64().unwrap_or_else(|| panic!("{f}: {v}"));
+                        assert!(n("available") < n("requested"), "{v}");
                     }
                 }
                 "user_limit_exceeded" => limited += 1,
