@@ -32,7 +32,15 @@ fn assert_strict_csp(r: &Response, what: &str) {
     assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
     assert!(!csp.contains("unsafe-eval"), "{what}: {csp}");
     assert_eq!(header(r, "x-content-type-options"), "nosniff", "{what}");
-    assert!(header(r, "cache-control").contains("max-age="), "{what}");
+    // The rest of what README's "Web pages" promises, word for word.
+    assert_eq!(
+        csp,
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        "{what}"
+    );
+    assert_eq!(header(r, "referrer-policy"), "no-referrer", "{what}");
+    assert_eq!(header(r, "cache-control"), "public, max-age=60", "{what}");
 }
 
 /// Every value of `attr="..."` in `text`.
