@@ -80,10 +80,16 @@ async fn pause_resume_and_their_errors() {
 
     let (s, v) = steer(&app, &sale, "resume").await;
     assert_eq!((s, v["paused"].as_bool()), (200, Some(false)), "{v}");
+    let (s, again) = steer(&app, &sale, "resume").await;
     assert_eq!(
-        steer(&app, &sale, "resume").await.0,
-        200,
-        "resuming a running sale"
+        (s, again["paused"].as_bool()),
+        (200, Some(false)),
+        "{again}"
+    );
+    assert_eq!(
+        version(&again),
+        version(&v),
+        "resuming a running sale changes nothing"
     );
     assert_eq!(app.reserve(&sale, "bob", 1, None).await.0, 201);
 
