@@ -170,11 +170,7 @@ impl Store {
                 } else {
                     bound
                 };
-                let ms = step.as_millis().clamp(1, i32::MAX as u128).to_string();
-                sqlx::query("SELECT set_config('statement_timeout', $1, false)")
-                    .bind(ms)
-                    .execute(&mut w.conn)
-                    .await?;
+                super::set_statement_timeout(&mut w.conn, step, false).await?;
                 w.bound = step;
             }
             insert_orders(&mut w.conn, orders).await

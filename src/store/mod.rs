@@ -92,10 +92,21 @@ pub struct Store {
 /// up is cancelled by Postgres itself, so its transaction never commits
 /// later behind the client's back, and its locks go with it.
 async fn bound_statements(tx: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
+    set_statement_timeout(tx, limit, true).await
+}
+
+/// Postgres' `statement_timeout` set to `limit` (at least 1 ms): for the
+/// transaction (`local`), or for the session.
+async fn set_statement_timeout(
+    conn: &mut PgConnection,
+    limit: Duration,
+    local: bool,
+) -> Result<(), sqlx::Error> {
     let ms = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
-    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+    sqlx::query("SELECT set_config('statement_timeout', $1, $2)")
         .bind(ms)
-        .execute(&mut *tx)
+        .bind(local)
+        .execute(&mut *conn)
         .await
         .map(|_| ())
 }

@@ -41,6 +41,16 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
     }
 }
 
+/// Which of these reservations already have an order row.
+async fn present(conn: &mut PgConnection, rids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)")
+            .bind(rids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
 /// Rows of (sku, quantity) as a cart's lines.
 fn lines(rows: Vec<(String, i32)>) -> Vec<Line> {
     rows.into_iter()
@@ -144,17 +154,11 @@ impl Store {
         if rids.is_empty() {
             return Ok(HashSet::new());
         }
-        let q = sqlx::query_as::<_, (Uuid,)>(
-            "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
-        )
-        .bind(rids)
-        .fetch_all(&self.pool);
-        Ok(self
-            .bounded(self.timeout, q)
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect())
+        let fut = async {
+            let mut conn = self.pool.acquire().await?;
+            present(&mut conn, rids).await
+        };
+        self.bounded(self.timeout, fut).await
     }
 
     /// Records confirmed orders exactly once each (by reservation id),
@@ -222,15 +226,7 @@ impl Store {
             // already: one index lookup, no lock, and only the others are
             // written. One committed meanwhile is a no-op of the insert.
             let rids: Vec<Uuid> = orders.iter().map(|o| o.reservation_id).collect();
-            let present: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
-                "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)",
-            )
-            .bind(&rids)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+            let present = present(&mut conn, &rids).await?;
             orders.retain(|o| !present.contains(&o.reservation_id));
             if orders.is_empty() {
                 return Ok(Recorded::default());
