@@ -82,6 +82,8 @@ async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
     assert_eq!((s, v["status"].as_str()), (200, Some("confirmed")), "{v}");
     let (s, v) = app.act(&sale, &confirmed, "cancel", Some("ann")).await;
     assert_eq!((s, error_code(&v)), (409, "reservation_confirmed"), "{v}");
+    let (s, v) = app.act(&sale, &confirmed, "extend", Some("ann")).await;
+    assert_eq!((s, error_code(&v)), (409, "reservation_confirmed"), "{v}");
     let (s, _) = app.get_reservation(&sale, &confirmed, Some("bob")).await;
     assert_eq!(s, 403, "another buyer's, from Postgres too");
 
@@ -89,6 +91,14 @@ async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
     assert_eq!((s, v["status"].as_str()), (200, Some("expired")), "{v}");
     let (s, v) = app.act(&sale, &expired, "confirm", Some("bob")).await;
     assert_eq!((s, error_code(&v)), (410, "reservation_expired"), "{v}");
+    for action in ["cancel", "extend"] {
+        let (s, v) = app.act(&sale, &expired, action, Some("bob")).await;
+        assert_eq!(
+            (s, error_code(&v)),
+            (410, "reservation_expired"),
+            "{action}: {v}"
+        );
+    }
 
     let (s, v) = app.get_reservation(&sale, &cancelled, Some("cat")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
@@ -211,4 +221,29 @@ async fn events_written_one_by_one_after_a_rejected_batch_drop_their_records() {
     .await
     .expect("movements");
     assert_eq!(n, 1, "ann's confirmed event is written once");
+}
+
+/// `FLASHGATE_DROP_FINAL_RECORDS=0`: the write-behind writes and
+/// acknowledges as before, and the final records stay in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dropping_off_final_records_stay_in_redis() {
+    let app = Spawn::new()
+        .await
+        .with(|s| s.drop_final_records = false)
+        .start()
+        .await;
+    let sale = app.sale(10, 1, 60).await;
+    let (s, v) = app.reserve(&sale, "ann", 1, None).await;
+    assert_eq!(s, 201, "{v}");
+    let confirmed = rid(&v);
+    assert_eq!(
+        app.act(&sale, &confirmed, "confirm", Some("ann")).await.0,
+        200
+    );
+    app.drained(Duration::from_secs(30)).await;
+    assert!(
+        record_exists(&app, &sale, &confirmed).await,
+        "the confirmed record is kept"
+    );
+    assert_eq!(orders(&app.pool, &sale).await.len(), 1);
 }
