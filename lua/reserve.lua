@@ -179,31 +179,36 @@ if cap > 0 then
 end
 
 local expires = now + ttl
-redis.call('HSET', KEYS[1], 'held', s(held + qty), 'u:' .. user, s(uheld + qty))
+-- The sale's counters and every line's, in one HSET.
+local counters = {'held', s(held + qty), 'u:' .. user, s(uheld + qty)}
 for _, l in ipairs(lines) do
-  redis.call('HSET', KEYS[1], 'ih:' .. l.sku, s(l.held + l.q))
+  counters[#counters + 1] = 'ih:' .. l.sku
+  counters[#counters + 1] = s(l.held + l.q)
   if l.cap then
-    redis.call('HSET', KEYS[1], 'iu:' .. l.sku .. ':' .. user, s(l.uheld + l.q))
+    counters[#counters + 1] = 'iu:' .. l.sku .. ':' .. user
+    counters[#counters + 1] = s(l.uheld + l.q)
   end
 end
+redis.call('HSET', KEYS[1], unpack(counters))
+local record = {'user', user, 'qty', s(qty), 'status', 'held',
+  'created', s(now), 'expires', s(expires), 'max_until', s(now + max_hold)}
 if multi then
-  redis.call('HSET', KEYS[4], 'user', user, 'qty', s(qty), 'status', 'held',
-    'created', s(now), 'expires', s(expires), 'max_until', s(now + max_hold), 'items', cart)
-else
-  redis.call('HSET', KEYS[4], 'user', user, 'qty', s(qty), 'status', 'held',
-    'created', s(now), 'expires', s(expires), 'max_until', s(now + max_hold))
+  record[#record + 1] = 'items'
+  record[#record + 1] = cart
 end
+redis.call('HSET', KEYS[4], unpack(record))
 -- The record outlives the longest the hold can last (extended up to
 -- max_hold), by a day, whatever the configured record ttl.
 redis.call('PEXPIRE', KEYS[4], s(math.max(tonumber(ARGV[8]), max_hold + 86400000)))
 redis.call('SET', KEYS[5], '1', 'PX', s(ttl))
 redis.call('ZADD', KEYS[2], s(expires), rid)
 if use_idem then
+  local idem = {'rid', rid, 'qty', s(qty)}
   if multi then
-    redis.call('HSET', KEYS[6], 'rid', rid, 'qty', s(qty), 'cart', cart)
-  else
-    redis.call('HSET', KEYS[6], 'rid', rid, 'qty', s(qty))
+    idem[#idem + 1] = 'cart'
+    idem[#idem + 1] = cart
   end
+  redis.call('HSET', KEYS[6], unpack(idem))
   redis.call('PEXPIRE', KEYS[6], ARGV[7])
 end
 if cap > 0 then
