@@ -261,6 +261,14 @@ async fn a_cart_holds_every_line_or_none_and_names_each_short_line() {
         json!([{"sku": "S", "quantity": 0}]),
         json!([{"sku": "S", "quantity": 1}, {"sku": "S", "quantity": 1}]),
         json!([{"sku": "a,b", "quantity": 1}]),
+        // Over the bounds: 101 lines, 10,001 units of one line or in all.
+        serde_json::Value::Array(
+            (0..101)
+                .map(|i| json!({"sku": format!("k{i}"), "quantity": 1}))
+                .collect(),
+        ),
+        json!([{"sku": "S", "quantity": 10001}]),
+        json!([{"sku": "S", "quantity": 10000}, {"sku": "M", "quantity": 1}]),
     ] {
         let (s, v) = app.reserve_cart(&sale, "ann", bad.clone(), None).await;
         assert_eq!((s, error_code(&v)), (422, "invalid_request"), "{bad}: {v}");
