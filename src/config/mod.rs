@@ -204,9 +204,7 @@ impl Settings {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut s = Settings::default();
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        if let Some(v) = var("FLASHGATE_LISTEN") {
-            s.listen = parse("FLASHGATE_LISTEN", &v)?;
-        }
+        set(&var, "FLASHGATE_LISTEN", &mut s.listen)?;
         if let Some(v) = var("FLASHGATE_REDIS_URL") {
             s.redis_urls = v
                 .split(',')
@@ -214,9 +212,7 @@ impl Settings {
                 .filter(|u| !u.is_empty())
                 .collect();
         }
-        if let Some(v) = var("FLASHGATE_REDIS_CLUSTER") {
-            s.redis_cluster = parse_bool("FLASHGATE_REDIS_CLUSTER", &v)?;
-        }
+        set_bool(&var, "FLASHGATE_REDIS_CLUSTER", &mut s.redis_cluster)?;
         if let Some(v) = var("FLASHGATE_DATABASE_URL") {
             s.database_url = Secret::new(v);
         }
@@ -256,44 +252,42 @@ impl Settings {
         ms("FLASHGATE_SHUTDOWN_TIMEOUT_MS", &mut s.shutdown_timeout)?;
         ms("FLASHGATE_WORKER_CLAIM_IDLE_MS", &mut s.worker_claim_idle)?;
         ms("FLASHGATE_STALL_AFTER_MS", &mut s.stall_after)?;
-        if let Some(v) = var("FLASHGATE_DROP_FINAL_RECORDS") {
-            s.drop_final_records = parse_bool("FLASHGATE_DROP_FINAL_RECORDS", &v)?;
-        }
+        set_bool(
+            &var,
+            "FLASHGATE_DROP_FINAL_RECORDS",
+            &mut s.drop_final_records,
+        )?;
         if let Some(v) = var("FLASHGATE_RECORD_TTL_SECS") {
             s.record_ttl = Duration::from_secs(parse("FLASHGATE_RECORD_TTL_SECS", &v)?);
         }
-        if let Some(v) = var("FLASHGATE_HTTP_WORKERS") {
-            s.http_workers = parse("FLASHGATE_HTTP_WORKERS", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_MAX_BODY_BYTES") {
-            s.max_body_bytes = parse("FLASHGATE_MAX_BODY_BYTES", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_CONFIRM_WRITERS") {
-            s.confirm_writers = parse("FLASHGATE_CONFIRM_WRITERS", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_CONFIRM_BATCH_MAX") {
-            s.confirm_batch_max = parse("FLASHGATE_CONFIRM_BATCH_MAX", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_CONFIRM_QUEUE") {
-            s.confirm_queue = parse("FLASHGATE_CONFIRM_QUEUE", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_WORKER_TASKS") {
-            s.worker_tasks = parse("FLASHGATE_WORKER_TASKS", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_WORKER_BATCH") {
-            s.worker_batch = parse("FLASHGATE_WORKER_BATCH", &v)?;
-        }
-        let num = |name: &'static str, target: &mut u32| -> Result<(), ConfigError> {
-            if let Some(v) = var(name) {
-                *target = parse(name, &v)?;
-            }
-            Ok(())
-        };
-        num("FLASHGATE_RATE_PER_USER", &mut s.rate.per_user_per_sec)?;
-        num("FLASHGATE_RATE_BURST_PER_USER", &mut s.rate.per_user_burst)?;
-        num("FLASHGATE_RATE_PER_IP", &mut s.rate.per_ip_per_sec)?;
-        num("FLASHGATE_RATE_BURST_PER_IP", &mut s.rate.per_ip_burst)?;
-        num("FLASHGATE_MAX_ACTIVE_HOLDS", &mut s.max_active_holds)?;
+        set(&var, "FLASHGATE_HTTP_WORKERS", &mut s.http_workers)?;
+        set(&var, "FLASHGATE_MAX_BODY_BYTES", &mut s.max_body_bytes)?;
+        set(&var, "FLASHGATE_CONFIRM_WRITERS", &mut s.confirm_writers)?;
+        set(
+            &var,
+            "FLASHGATE_CONFIRM_BATCH_MAX",
+            &mut s.confirm_batch_max,
+        )?;
+        set(&var, "FLASHGATE_CONFIRM_QUEUE", &mut s.confirm_queue)?;
+        set(&var, "FLASHGATE_WORKER_TASKS", &mut s.worker_tasks)?;
+        set(&var, "FLASHGATE_WORKER_BATCH", &mut s.worker_batch)?;
+        set(
+            &var,
+            "FLASHGATE_RATE_PER_USER",
+            &mut s.rate.per_user_per_sec,
+        )?;
+        set(
+            &var,
+            "FLASHGATE_RATE_BURST_PER_USER",
+            &mut s.rate.per_user_burst,
+        )?;
+        set(&var, "FLASHGATE_RATE_PER_IP", &mut s.rate.per_ip_per_sec)?;
+        set(
+            &var,
+            "FLASHGATE_RATE_BURST_PER_IP",
+            &mut s.rate.per_ip_burst,
+        )?;
+        set(&var, "FLASHGATE_MAX_ACTIVE_HOLDS", &mut s.max_active_holds)?;
         if let Some(v) = var("FLASHGATE_TRUSTED_PROXIES") {
             s.rate.trusted_proxies = v
                 .split(',')
@@ -302,15 +296,13 @@ impl Settings {
                 .map(|p| parse("FLASHGATE_TRUSTED_PROXIES", p))
                 .collect::<Result<_, _>>()?;
         }
-        if let Some(v) = var("FLASHGATE_MAX_INFLIGHT") {
-            s.max_inflight = parse("FLASHGATE_MAX_INFLIGHT", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_EVENTS_MAX_HZ") {
-            s.events_max_hz = parse("FLASHGATE_EVENTS_MAX_HZ", &v)?;
-        }
-        if let Some(v) = var("FLASHGATE_EVENTS_MAX_SUBSCRIBERS") {
-            s.events_max_subscribers = parse("FLASHGATE_EVENTS_MAX_SUBSCRIBERS", &v)?;
-        }
+        set(&var, "FLASHGATE_MAX_INFLIGHT", &mut s.max_inflight)?;
+        set(&var, "FLASHGATE_EVENTS_MAX_HZ", &mut s.events_max_hz)?;
+        set(
+            &var,
+            "FLASHGATE_EVENTS_MAX_SUBSCRIBERS",
+            &mut s.events_max_subscribers,
+        )?;
         if let Some(v) = var("FLASHGATE_CORS_ORIGINS") {
             s.cors_origins = v
                 .split(',')
@@ -319,9 +311,7 @@ impl Settings {
                 .map(str::to_string)
                 .collect();
         }
-        if let Some(v) = var("FLASHGATE_DEV") {
-            s.dev_mode = parse_bool("FLASHGATE_DEV", &v)?;
-        }
+        set_bool(&var, "FLASHGATE_DEV", &mut s.dev_mode)?;
         s.validate_shape()?;
         Ok(s)
     }
@@ -433,6 +423,33 @@ where
         .map_err(|e: T::Err| err(name, &e.to_string()))
 }
 
+/// Sets `target` from the variable `name` when it is given.
+fn set<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    target: &mut T,
+) -> Result<(), ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    if let Some(v) = var(name) {
+        *target = parse(name, &v)?;
+    }
+    Ok(())
+}
+
+/// Sets a flag from the variable `name` when it is given.
+fn set_bool(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    target: &mut bool,
+) -> Result<(), ConfigError> {
+    if let Some(v) = var(name) {
+        *target = parse_bool(name, &v)?;
+    }
+    Ok(())
+}
+
 fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -442,87 +459,4 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn shipped_defaults_parse() {
-        let s = Settings::from_lookup(lookup(&[])).expect("defaults");
-        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.redis_urls, vec!["redis://127.0.0.1:6379".to_string()]);
-        assert_eq!(s.confirm_durability, ConfirmDurability::Postgres);
-        assert_eq!(s.key_prefix, "fg");
-    }
-
-    #[test]
-    fn environment_overrides_defaults() {
-        let s = Settings::from_lookup(lookup(&[
-            ("FLASHGATE_LISTEN", "0.0.0.0:9000"),
-            ("FLASHGATE_REDIS_URL", "redis://a:1, redis://b:2"),
-            ("FLASHGATE_REDIS_CLUSTER", "1"),
-            ("FLASHGATE_CONFIRM_DURABILITY", "redis"),
-            ("FLASHGATE_CONFIRM_TIMEOUT_MS", "750"),
-        ]))
-        .expect("parse");
-        assert_eq!(s.listen.port(), 9000);
-        assert_eq!(s.redis_urls.len(), 2);
-        assert!(s.redis_cluster);
-        assert_eq!(s.confirm_durability, ConfirmDurability::Redis);
-        assert_eq!(s.confirm_timeout, Duration::from_millis(750));
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let e =
-            Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_DURABILITY", "disk")])).unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_CONFIRM_DURABILITY");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_KEY_PREFIX", "a{b}")])).unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_KEY_PREFIX");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_REDIS_URL", "redis://a,redis://b")]))
-            .unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_REDIS_URL");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_MAX_INFLIGHT", "0")])).unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_MAX_INFLIGHT");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_BATCH_MAX", "0")])).unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_CONFIRM_BATCH_MAX");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_CONFIRM_WRITERS", "0")])).unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_CONFIRM_WRITERS");
-        let e = Settings::from_lookup(lookup(&[("FLASHGATE_RECORD_TTL_SECS", "60")])).unwrap_err();
-        assert_eq!(e.name, "FLASHGATE_RECORD_TTL_SECS");
-    }
-
-    #[test]
-    fn secrets_are_required_and_long_outside_dev() {
-        let mut s = Settings::default();
-        assert!(s.check_secrets().is_err());
-        s.admin_token = Secret::new("short");
-        s.jwt_secret = Secret::new("short");
-        assert!(s.check_secrets().is_err());
-        s.dev_mode = true;
-        assert!(s.check_secrets().is_ok());
-        s.dev_mode = false;
-        s.admin_token = Secret::new("a".repeat(32));
-        s.jwt_secret = Secret::new("b".repeat(32));
-        assert!(s.check_secrets().is_ok());
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let s = Secret::new("hunter2-very-secret");
-        assert!(!format!("{s:?}").contains("hunter2"));
-        let settings = Settings {
-            admin_token: s,
-            ..Settings::default()
-        };
-        assert!(!format!("{settings:?}").contains("hunter2"));
-    }
-}
+mod tests;

@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::ids::UserId;
 
 mod admin;
+mod queue;
 pub use admin::{AdminOrigin, HeldPage, Steer, SteerOutcome, Steering};
+pub use queue::{QueueOutcome, Ticket, TicketState};
 
 /// The configuration of a sale, in the units the scripts use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,51 +147,6 @@ pub struct SaleState {
 pub struct QueueState {
     pub joined: u64,
     pub serving: u64,
-}
-
-/// A buyer's place in a queued sale.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ticket {
-    pub state: TicketState,
-    /// 1-based; None before the start (the order is drawn then).
-    pub position: Option<u64>,
-    pub serving: u64,
-    pub joined: u64,
-    /// Until when an admitted buyer may reserve.
-    pub admitted_until_ms: Option<i64>,
-    pub admit_per_sec: u32,
-    /// The admission clock runs (not sold out, not paused).
-    pub running: bool,
-    pub now_ms: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TicketState {
-    /// Joined before the start: a random place is drawn at the start.
-    PreQueue,
-    Waiting,
-    Admitted,
-    /// The admission window passed.
-    Expired,
-}
-
-/// What joining a queue (or reading one's ticket) did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueOutcome {
-    /// `joined`: the buyer joined now (else it was in the queue already).
-    Ticket {
-        joined: bool,
-        ticket: Ticket,
-    },
-    NotQueued,
-    Ended {
-        ends_ms: i64,
-    },
-    NotOpen {
-        opens_ms: i64,
-    },
-    Paused,
-    NotInQueue,
 }
 
 /// Where a sale stands, by the clock of its read.
@@ -465,63 +422,4 @@ impl Order {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(
-        stock: i64,
-        sold: i64,
-        held: i64,
-        starts: Option<i64>,
-        ends: Option<i64>,
-    ) -> SaleState {
-        SaleState {
-            config: SaleConfig {
-                stock,
-                per_user_limit: 2,
-                hold_ttl_ms: 300_000,
-                max_hold_ms: 1_800_000,
-                starts_ms: starts,
-                ends_ms: ends,
-                product_id: None,
-                admission: Admission::Open,
-                items: Vec::new(),
-            },
-            sold,
-            held,
-            version: 1,
-            paused: false,
-            closed_ms: None,
-            queue: None,
-            now_ms: 1_000_000,
-            released: 0,
-            items: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn phases_follow_the_clock_and_the_counters() {
-        assert_eq!(state(10, 0, 0, None, None).phase(), Phase::Live);
-        assert_eq!(state(10, 4, 6, None, None).phase(), Phase::SoldOut);
-        assert_eq!(
-            state(10, 0, 0, Some(2_000_000), None).phase(),
-            Phase::Scheduled
-        );
-        assert_eq!(state(10, 0, 0, None, Some(1_000_000)).phase(), Phase::Ended);
-        assert_eq!(state(10, 3, 2, None, None).available(), 5);
-        assert_eq!(state(3, 3, 2, None, None).available(), 0);
-    }
-
-    #[test]
-    fn statuses_round_trip() {
-        for s in [
-            Status::Held,
-            Status::Confirmed,
-            Status::Cancelled,
-            Status::Expired,
-        ] {
-            assert_eq!(Status::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(Status::parse("sold"), None);
-    }
-}
+mod tests;
