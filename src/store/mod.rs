@@ -16,6 +16,7 @@ mod group_commit;
 mod listing;
 mod orders;
 mod sales;
+mod totals;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,8 @@ pub use audit::{reservation_json, sale_json, AdminAction, AuditEntry};
 pub use events::{Event, EventKind};
 pub use group_commit::{Committed, ConfirmQueue, GroupCommitConfig};
 pub use orders::Recorded;
-pub use sales::{item_buyer, ItemTotals, Rebuild, SaleRow, Snapshot};
+pub use sales::{Rebuild, SaleRow, Snapshot};
+pub use totals::{item_buyer, ItemTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
