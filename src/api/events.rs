@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::extract::sale_id;
-use super::views::answers::{BadRequest, Unavailable};
-use super::views::{ErrorBody, SalePath, SaleView};
+use super::views::answers::{BadRequest, SaleNotFound, Unavailable};
+use super::views::{SalePath, SaleView};
 use super::{route, AppState};
 use crate::background::live::{Snapshot, SubscribeError, Subscription};
 use crate::ids::SaleId;
@@ -113,8 +113,7 @@ pub(crate) struct SseEvent {
     ),
     responses(
         (status = 200, description = "`text/event-stream`: `event: sale`, `id: <version>`, `data: <the sale view>` at connect and after each change (at most FLASHGATE_EVENTS_MAX_HZ a second), `: keep-alive` every 15 s", content_type = "text/event-stream", body = SseEvent),
-        (status = 404, description = "`sale_not_found`", body = ErrorBody),
-        BadRequest, Unavailable,
+        BadRequest, SaleNotFound, Unavailable,
     ))]
 pub(crate) async fn events(
     state: web::Data<AppState>,

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::{sale_id, Buyer};
-use super::views::answers::{BadRequest, RateLimited, Unauthorized, Unavailable};
+use super::views::answers::{BadRequest, RateLimited, SaleNotFound, Unauthorized, Unavailable};
 use super::views::{time, ErrorBody, SalePath};
 use super::{route, AppState};
 use crate::domain::{QueueOutcome, Ticket, TicketState};
@@ -108,10 +108,9 @@ fn answer(sale: &SaleId, user: &UserId, outcome: QueueOutcome) -> Result<HttpRes
     responses(
         (status = 201, description = "joined", body = TicketView),
         (status = 200, description = "already in the queue: the same ticket", body = TicketView),
-        (status = 404, description = "`sale_not_found`", body = ErrorBody),
         (status = 409, description = "`sale_not_queued` (open admission), `queue_not_open` or `sale_paused`", body = ErrorBody),
         (status = 410, description = "`sale_ended`", body = ErrorBody),
-        BadRequest, Unauthorized, RateLimited, Unavailable,
+        BadRequest, Unauthorized, SaleNotFound, RateLimited, Unavailable,
     ),
     security(("buyer_jwt" = [])))]
 pub(crate) async fn join_queue(

@@ -9,7 +9,10 @@ use super::error::ApiError;
 use super::extract::{
     idempotency_key, origin, parse_object, reservation_id, sale_id, Buyer, Caller, JsonObject,
 };
-use super::views::answers::{BadRequest, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
+use super::views::answers::{
+    BadRequest, Forbidden, PayloadTooLarge, RateLimited, ReservationExpired, ReservationNotFound,
+    SaleNotFound, Unauthorized, Unavailable,
+};
 use super::views::{
     time, ErrorBody, ExtendInput, ReservationPath, ReservationView, ReserveInput, SalePath,
 };
@@ -85,11 +88,10 @@ fn cart(lines: &[super::views::LineInput]) -> Result<(Vec<Line>, u32), ApiError>
     responses(
         (status = 201, description = "held", body = ReservationView),
         (status = 200, description = "an idempotent replay (header Idempotent-Replayed: true)", body = ReservationView),
-        (status = 404, description = "`sale_not_found`", body = ErrorBody),
         (status = 409, description = "`sold_out`, `user_limit_exceeded`, `sale_not_started`, `sale_paused` or (a queued sale) `not_admitted` (details: position, serving)", body = ErrorBody),
         (status = 410, description = "`sale_ended` or (a queued sale) `admission_expired`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` (the key was used with another quantity or cart); `invalid_request`: a malformed cart, `items` on a one-item sale or `quantity` on a sale of several items, a sku the sale does not have", body = ErrorBody),
-        BadRequest, Unauthorized, PayloadTooLarge, RateLimited, Unavailable,
+        BadRequest, Unauthorized, SaleNotFound, PayloadTooLarge, RateLimited, Unavailable,
     ),
     security(("buyer_jwt" = [])))]
 pub(crate) async fn reserve(
@@ -235,9 +237,7 @@ fn ids(path: &(String, String)) -> Result<(SaleId, Uuid), ApiError> {
     params(ReservationPath),
     responses(
         (status = 200, description = "the reservation", body = ReservationView),
-        (status = 403, description = "`forbidden`: another buyer's", body = ErrorBody),
-        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
-        BadRequest, Unauthorized, Unavailable,
+        BadRequest, Unauthorized, Forbidden, ReservationNotFound, Unavailable,
     ),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
 pub(crate) async fn get_reservation(
@@ -296,47 +296,50 @@ async fn act(
     }
 }
 
-/// Turns a hold into a sale (again: the same answer).
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm", tag = "buyer", operation_id = "confirm_reservation",
-    params(ReservationPath),
-    responses(
-        (status = 200, description = "confirmed (again: the same)", body = ReservationView),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
-        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
-        (status = 409, description = "`reservation_cancelled`", body = ErrorBody),
-        (status = 410, description = "`reservation_expired`", body = ErrorBody),
-        BadRequest, Unauthorized, RateLimited, Unavailable,
-    ),
-    security(("buyer_jwt" = []), ("admin_token" = [])))]
-pub(crate) async fn confirm(
-    state: web::Data<AppState>,
-    caller: Caller,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    act(&state, &req, &caller, &path, Transition::Confirm).await
+/// The two transitions that take no body, confirm and cancel: the same
+/// handler, told apart by their words (the path's last segment, the
+/// operation id, the answer, the conflict).
+macro_rules! transition_handler {
+    ($(#[doc = $doc:literal])* $name:ident, $t:expr, $path:tt, $op:tt, $done:tt, $conflict:tt) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "buyer", operation_id = $op,
+            params(ReservationPath),
+            responses(
+                (status = 200, description = $done, body = ReservationView),
+                (status = 409, description = $conflict, body = ErrorBody),
+                BadRequest, Unauthorized, Forbidden, ReservationNotFound, ReservationExpired, RateLimited, Unavailable,
+            ),
+            security(("buyer_jwt" = []), ("admin_token" = [])))]
+        pub(crate) async fn $name(
+            state: web::Data<AppState>,
+            caller: Caller,
+            req: HttpRequest,
+            path: web::Path<(String, String)>,
+        ) -> Result<HttpResponse, ApiError> {
+            act(&state, &req, &caller, &path, $t).await
+        }
+    };
 }
 
-/// Gives a hold back (again: the same answer).
-#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel", tag = "buyer", operation_id = "cancel_reservation",
-    params(ReservationPath),
-    responses(
-        (status = 200, description = "cancelled (again: the same)", body = ReservationView),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
-        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
-        (status = 409, description = "`reservation_confirmed`", body = ErrorBody),
-        (status = 410, description = "`reservation_expired`", body = ErrorBody),
-        BadRequest, Unauthorized, RateLimited, Unavailable,
-    ),
-    security(("buyer_jwt" = []), ("admin_token" = [])))]
-pub(crate) async fn cancel(
-    state: web::Data<AppState>,
-    caller: Caller,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    act(&state, &req, &caller, &path, Transition::Cancel).await
-}
+transition_handler!(
+    /// Turns a hold into a sale (again: the same answer).
+    confirm,
+    Transition::Confirm,
+    "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm",
+    "confirm_reservation",
+    "confirmed (again: the same)",
+    "`reservation_cancelled`"
+);
+
+transition_handler!(
+    /// Gives a hold back (again: the same answer).
+    cancel,
+    Transition::Cancel,
+    "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel",
+    "cancel_reservation",
+    "cancelled (again: the same)",
+    "`reservation_confirmed`"
+);
 
 /// Pushes a hold's deadline out, up to the sale's maximum hold time. The
 /// body is optional: `{}` or none extends by the sale's hold ttl.
@@ -345,11 +348,9 @@ pub(crate) async fn cancel(
     request_body(content = Option<ExtendInput>, description = "optional; without it the hold is extended by the sale's hold_ttl_secs"),
     responses(
         (status = 200, description = "the new expires_at", body = ReservationView),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
-        (status = 404, description = "`sale_not_found` or `reservation_not_found`", body = ErrorBody),
         (status = 409, description = "`reservation_confirmed`, `reservation_cancelled` or `hold_limit_reached`", body = ErrorBody),
-        (status = 410, description = "`reservation_expired`", body = ErrorBody),
-        BadRequest, Unauthorized, PayloadTooLarge, RateLimited, Unavailable,
+        BadRequest, Unauthorized, Forbidden, ReservationNotFound, ReservationExpired, PayloadTooLarge,
+        RateLimited, Unavailable,
     ),
     security(("buyer_jwt" = []), ("admin_token" = [])))]
 pub(crate) async fn extend(

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::{origin, sale_id, Admin, JsonObject};
-use super::views::answers::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
+use super::views::answers::{BadRequest, PayloadTooLarge, SaleNotFound, Unauthorized, Unavailable};
 use super::views::{AdmissionName, ErrorBody, SaleInput, SaleList, SalePath, SaleView};
 use super::{route, AppState};
 use crate::domain::{Admission, Item, SaleConfig};
@@ -287,8 +287,7 @@ fn matches(if_none_match: Option<&HeaderValue>, etag: &str) -> bool {
     responses(
         (status = 200, description = "the sale (headers ETag, Cache-Control: public, max-age=1)", body = SaleView),
         (status = 304, description = "not modified since the ETag given"),
-        (status = 404, description = "`sale_not_found`", body = ErrorBody),
-        BadRequest, Unavailable,
+        BadRequest, SaleNotFound, Unavailable,
     ))]
 pub(crate) async fn get_sale(
     state: web::Data<AppState>,

@@ -401,6 +401,21 @@ pub mod answers {
     pub struct SaleNotFound(pub ErrorBody);
 
     #[derive(utoipa::IntoResponses)]
+    #[response(status = 403, description = "`forbidden`: another buyer's reservation")]
+    pub struct Forbidden(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 404,
+        description = "`sale_not_found` or `reservation_not_found`"
+    )]
+    pub struct ReservationNotFound(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 410, description = "`reservation_expired`")]
+    pub struct ReservationExpired(pub ErrorBody);
+
+    #[derive(utoipa::IntoResponses)]
     #[response(status = 413, description = "`payload_too_large`")]
     pub struct PayloadTooLarge(pub ErrorBody);
 
