@@ -172,17 +172,6 @@ pub(crate) async fn reserve(
             message: format!("items: the sale has no item {sku}"),
             details: serde_json::json!({ "field": "items", "sku": sku }),
         }),
-        ReserveOutcome::ItemLimit {
-            sku,
-            limit,
-            held,
-            bought,
-        } => Err(ApiError::UserLimitExceeded {
-            limit,
-            held,
-            bought,
-            sku: Some(sku),
-        }),
         ReserveOutcome::NotStarted { starts_ms } => Err(ApiError::SaleNotStarted {
             starts_at: time(starts_ms),
         }),
@@ -195,6 +184,7 @@ pub(crate) async fn reserve(
             details: serde_json::json!({ "field": "quantity", "per_user_limit": limit }),
         }),
         ReserveOutcome::UserLimit {
+            sku,
             limit,
             held,
             bought,
@@ -202,7 +192,7 @@ pub(crate) async fn reserve(
             limit,
             held,
             bought,
-            sku: None,
+            sku,
         }),
         ReserveOutcome::SoldOut {
             available,
@@ -299,8 +289,8 @@ async fn act(
 /// The two transitions that take no body, confirm and cancel: the same
 /// handler, told apart by their words (the path's last segment, the
 /// operation id, the answer, the conflict).
-macro_rules! transition_handler {
-    ($(#[doc = $doc:literal])* $name:ident, $t:expr, $path:tt, $op:tt, $done:tt, $conflict:tt) => {
+macro_rules! transition_handlers {
+    ($($(#[doc = $doc:literal])* $name:ident = $t:expr, $path:tt, $op:tt, $done:tt, $conflict:tt;)+) => {$(
         $(#[doc = $doc])*
         #[utoipa::path(post, path = $path, tag = "buyer", operation_id = $op,
             params(ReservationPath),
@@ -318,28 +308,17 @@ macro_rules! transition_handler {
         ) -> Result<HttpResponse, ApiError> {
             act(&state, &req, &caller, &path, $t).await
         }
-    };
+    )+};
 }
 
-transition_handler!(
+transition_handlers! {
     /// Turns a hold into a sale (again: the same answer).
-    confirm,
-    Transition::Confirm,
-    "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm",
-    "confirm_reservation",
-    "confirmed (again: the same)",
-    "`reservation_cancelled`"
-);
-
-transition_handler!(
+    confirm = Transition::Confirm, "/v1/sales/{sale_id}/reservations/{reservation_id}/confirm",
+        "confirm_reservation", "confirmed (again: the same)", "`reservation_cancelled`";
     /// Gives a hold back (again: the same answer).
-    cancel,
-    Transition::Cancel,
-    "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel",
-    "cancel_reservation",
-    "cancelled (again: the same)",
-    "`reservation_confirmed`"
-);
+    cancel = Transition::Cancel, "/v1/sales/{sale_id}/reservations/{reservation_id}/cancel",
+        "cancel_reservation", "cancelled (again: the same)", "`reservation_confirmed`";
+}
 
 /// Pushes a hold's deadline out, up to the sale's maximum hold time. The
 /// body is optional: `{}` or none extends by the sale's hold ttl.

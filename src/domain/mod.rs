@@ -258,13 +258,6 @@ pub enum ReserveOutcome {
     UnknownSku {
         sku: String,
     },
-    /// A cart line exceeds its item's own per-buyer cap.
-    ItemLimit {
-        sku: String,
-        limit: u32,
-        held: u32,
-        bought: u32,
-    },
     NotStarted {
         starts_ms: i64,
     },
@@ -286,7 +279,10 @@ pub enum ReserveOutcome {
     AdmissionExpired {
         until_ms: i64,
     },
+    /// Over the buyer's cap: the sale's, or (`sku`) a cart line over its
+    /// item's own cap.
     UserLimit {
+        sku: Option<String>,
         limit: u32,
         held: u32,
         bought: u32,
@@ -311,7 +307,6 @@ impl ReserveOutcome {
             Self::Replay { .. } => "replay",
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::NoItems | Self::ItemsRequired | Self::UnknownSku { .. } => "invalid_cart",
-            Self::ItemLimit { .. } => "user_limit_exceeded",
             Self::NotStarted { .. } => "sale_not_started",
             Self::Ended { .. } => "sale_ended",
             Self::Paused => "sale_paused",

@@ -101,8 +101,9 @@ impl Gate {
         {
             Ok(None) => Ok(outcome),
             Ok(Some(earliest_ms)) => {
-                // Refused, so never counted: only the hold goes.
-                self.transition_script(sale, &rid, Actor::Admin, Transition::Cancel)
+                // Refused, so never counted: the hold goes (its buyer's
+                // set has nothing to forget).
+                self.transition(sale, &rid, Actor::Admin, Transition::Cancel)
                     .await?;
                 Ok(ReserveOutcome::ActiveHoldsFull { earliest_ms })
             }
@@ -117,7 +118,7 @@ impl Gate {
                     let _ = gate.forget(user.as_str(), &sale_id, &rid).await;
                 });
                 match self
-                    .transition_script(sale, &rid, Actor::Admin, Transition::Cancel)
+                    .transition(sale, &rid, Actor::Admin, Transition::Cancel)
                     .await
                 {
                     Ok(_) => {

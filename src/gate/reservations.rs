@@ -100,8 +100,8 @@ impl Gate {
             "unknown_sku" => ReserveOutcome::UnknownSku {
                 sku: r.str(1)?.to_string(),
             },
-            "item_limit" => ReserveOutcome::ItemLimit {
-                sku: r.str(1)?.to_string(),
+            "item_limit" => ReserveOutcome::UserLimit {
+                sku: Some(r.str(1)?.to_string()),
                 limit: r.u32(2)?,
                 held: r.u32(3)?,
                 bought: r.u32(4)?,
@@ -120,6 +120,7 @@ impl Gate {
                 until_ms: r.int(1)?,
             },
             "user_limit" => ReserveOutcome::UserLimit {
+                sku: None,
                 limit: r.u32(1)?,
                 held: r.u32(2)?,
                 bought: r.u32(3)?,
@@ -158,24 +159,6 @@ impl Gate {
         actor: Actor<'_>,
         t: Transition,
     ) -> Result<RecordOutcome, GateError> {
-        let outcome = self.transition_script(sale, rid, actor, t).await?;
-        if let RecordOutcome::Done(rec) = &outcome {
-            match t {
-                Transition::Confirm | Transition::Cancel => self.hold_ended(sale, rid, rec).await,
-                Transition::Extend { .. } => self.hold_extended(sale, rid, rec).await,
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// The transition's script alone (the active-hold count untouched).
-    pub(super) async fn transition_script(
-        &self,
-        sale: &SaleId,
-        rid: &Uuid,
-        actor: Actor<'_>,
-        t: Transition,
-    ) -> Result<RecordOutcome, GateError> {
         let k = self.keys(sale);
         let mut inv = self.prepare(t.script());
         inv.key(k.sale())
@@ -198,7 +181,7 @@ impl Gate {
             }
         }
         let r = self.invoke(t.script(), &inv).await?;
-        Ok(match r.tag()? {
+        let outcome = match r.tag()? {
             "ok" => RecordOutcome::Done(r.record()?),
             "replay" => RecordOutcome::Replay(r.record()?),
             "conflict" => RecordOutcome::Conflict(r.record()?),
@@ -206,7 +189,14 @@ impl Gate {
             "not_found" => RecordOutcome::NotFound,
             "forbidden" => RecordOutcome::Forbidden,
             _ => return Err(r.unexpected()),
-        })
+        };
+        if let RecordOutcome::Done(rec) = &outcome {
+            match t {
+                Transition::Confirm | Transition::Cancel => self.hold_ended(sale, rid, rec).await,
+                Transition::Extend { .. } => self.hold_extended(sale, rid, rec).await,
+            }
+        }
+        Ok(outcome)
     }
 
     /// Reads one reservation (no side effect). Ownership is the caller's check.
