@@ -13,6 +13,12 @@ mod queue;
 pub use admin::{AdminOrigin, HeldPage, Steer, SteerOutcome, Steering};
 pub use queue::{QueueOutcome, Ticket, TicketState};
 
+/// `<sku>/<user>`: a buyer's count of one item, as `reconcile` names it (a
+/// sku holds no `/`).
+pub fn item_buyer(sku: &str, user: &str) -> String {
+    format!("{sku}/{user}")
+}
+
 /// The configuration of a sale, in the units the scripts use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleConfig {

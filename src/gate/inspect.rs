@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use super::{Gate, GateError, ScriptName};
+use crate::domain::item_buyer;
 use crate::domain::Line;
 use crate::ids::SaleId;
-use crate::store::item_buyer;
 
 /// A sale as Redis holds it, read in one step (see `lua/inspect.lua`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::domain::item_buyer;
 use crate::gate::{Inspection, PendingConfirm};
 use crate::service::{Service, ServiceError};
-use crate::store::{item_buyer, ItemTotals};
+use crate::store::ItemTotals;
 
 /// What Redis should say, given Postgres and the confirms still in flight.
 pub(super) struct Expected {

@@ -29,7 +29,7 @@ pub use events::{Event, EventKind};
 pub use group_commit::{Committed, ConfirmQueue, GroupCommitConfig};
 pub use orders::Recorded;
 pub use sales::{Rebuild, SaleRow, Snapshot};
-pub use totals::{item_buyer, ItemTotals};
+pub use totals::ItemTotals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

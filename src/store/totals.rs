@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::sales::read_items;
 use super::{Store, StoreError};
-use crate::domain::Item;
+use crate::domain::{item_buyer, Item};
 use crate::ids::SaleId;
 
 /// A sale's items as Postgres has them, for `reconcile`.
@@ -20,12 +20,6 @@ pub struct ItemTotals {
     /// `order_items`, and in `user_item_purchases`.
     pub bought: BTreeMap<String, i64>,
     pub purchases: BTreeMap<String, i64>,
-}
-
-/// `<sku>/<user>`: a buyer's count of one item, as `reconcile` names it (a
-/// sku holds no `/`).
-pub fn item_buyer(sku: &str, user: &str) -> String {
-    format!("{sku}/{user}")
 }
 
 impl Store {
