@@ -4,6 +4,9 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use flashgate::domain::Order;
+use flashgate::ids::SaleId;
+use flashgate::service::ExportEncoder;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -383,4 +386,68 @@ async fn the_export_is_the_orders_table_as_csv_or_ndjson() {
     );
     let (s, v) = body(export(&app, "no-such-sale", None).await).await;
     assert_eq!((s, error_code(&v)), (404, "sale_not_found"));
+}
+
+/// An encoder of 100 bytes an order: what the chunks hold does not matter
+/// to the export's bounds.
+struct Fixed(Vec<u8>);
+
+impl ExportEncoder for Fixed {
+    fn order(&mut self, _: &Order) -> std::io::Result<()> {
+        self.0.extend_from_slice(&[b'x'; 100]);
+        Ok(())
+    }
+    fn pending(&self) -> usize {
+        self.0.len()
+    }
+    fn take(&mut self) -> std::io::Result<Vec<u8>> {
+        Ok(std::mem::take(&mut self.0))
+    }
+}
+
+#[tokio::test]
+async fn two_exports_run_at_once_a_third_answers_503_until_one_ends() {
+    let app = spawn_app().await;
+    let sale = app.sale(5, 1, 60).await;
+    // 5,001 orders: about 500 KB, far more than the two chunks an export
+    // encodes ahead of a reader that takes nothing.
+    insert_orders(&app, &sale, 5_000).await;
+    let id = SaleId::parse(&sale).expect("sale id");
+    let first = app
+        .service
+        .export(&id, Box::new(Fixed(Vec::new())))
+        .await
+        .expect("the first export starts");
+    let mut second = app
+        .service
+        .export(&id, Box::new(Fixed(Vec::new())))
+        .await
+        .expect("the second export starts");
+    // Both stay open, their readers taking nothing: a third is refused.
+    let (s, v) = body(export(&app, &sale, None).await).await;
+    assert_eq!((s, error_code(&v)), (503, "unavailable"), "{v}");
+
+    // One reader leaves: its export ends at its next chunk and gives its
+    // place back; the next export is served in full.
+    drop(first);
+    let mut served = None;
+    for _ in 0..100 {
+        let r = export(&app, &sale, None).await;
+        if r.status().as_u16() == 200 {
+            served = Some(r.text().await.expect("csv"));
+            break;
+        }
+        assert_eq!(r.status().as_u16(), 503);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = served.expect("an export is served once one of the two ended");
+    let records = csv::Reader::from_reader(text.as_bytes()).records().count();
+    assert_eq!(records, 5_001, "every order");
+
+    // The second, still open, reads on to the end: 100 bytes an order.
+    let mut bytes = 0;
+    while let Some(chunk) = second.recv().await {
+        bytes += chunk.expect("a chunk").len();
+    }
+    assert_eq!(bytes, 100 * 5_001);
 }
