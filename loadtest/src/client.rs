@@ -283,6 +283,15 @@ impl Api {
         Ok(())
     }
 
+    /// Whether the instance's write-behind has nothing left to write
+    /// (`/readyz`: backlog and pending 0; true when it runs no worker).
+    pub async fn write_behind_idle(&self) -> Result<bool> {
+        let url = format!("{}/readyz", self.base);
+        let body: serde_json::Value = self.admin.get(&url).send().await?.json().await?;
+        let w = &body["write_behind"];
+        Ok(w.is_null() || (w["backlog"].as_u64() == Some(0) && w["pending"].as_u64() == Some(0)))
+    }
+
     /// `PUT /v1/sales/{id}`: creates or reconfigures the sale.
     pub async fn configure_sale(
         &self,

@@ -81,6 +81,20 @@ impl Session {
         self.api.require_sale(&self.sale).await
     }
 
+    /// Waits until the write-behind has written everything so far (at most
+    /// `limit`), so that the next phase does not pay for the last one's
+    /// writes; how long it took.
+    pub async fn settle(&self, limit: Duration) -> Result<Duration> {
+        let begun = std::time::Instant::now();
+        while !self.api.write_behind_idle().await? {
+            if begun.elapsed() > limit {
+                anyhow::bail!("the write-behind did not catch up within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(begun.elapsed())
+    }
+
     /// A progress note on stderr, unless the report goes out as JSON.
     pub fn note(&self, message: impl Display) {
         if !self.quiet {
