@@ -2,17 +2,20 @@
 //! every reserve released at one instant; then the invariant check.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::cli::{check_share, BurstArgs, Common};
 use crate::client::{
-    build_client, release_together, timed, unix_ms, wall_time, Answer, Fired, SaleView,
+    build_client, release_together, timed, unix_ms, wall_time, warm_up, Answer, Fired, SaleView,
 };
 use crate::raw::{Conn, Target};
+#[cfg(test)]
+use crate::report::failed;
 use crate::report::{count_outcomes, Check, Params, Report, Tally};
-use crate::session::Session;
+use crate::session::{Buyers, Session};
 
 /// How many reserve requests each buyer sends: 1, or 3 for the retrying share
 /// (the original plus two extra attempts).
@@ -79,6 +82,27 @@ impl Attempt {
                 answer: f.value,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+impl Attempt {
+    /// `buyer`'s request answered `status` (with the error `code`) and `body`.
+    pub fn answered(
+        buyer: usize,
+        status: u16,
+        code: Option<&str>,
+        body: serde_json::Value,
+    ) -> Self {
+        Attempt {
+            buyer,
+            answer: Answer {
+                status: Some(status),
+                code: code.map(str::to_string),
+                latency: Duration::from_millis(1),
+                body: Some(body),
+            },
+        }
     }
 }
 
@@ -213,6 +237,168 @@ pub fn burst_checks(f: &BurstFacts<'_>) -> Vec<Check> {
     checks
 }
 
+/// A burst's buyers (their tokens minted up front) and how many reserve
+/// requests each sends: its request slots, a buyer's adjacent.
+pub struct Plan {
+    pub attempts: Vec<u32>,
+    pub buyers: Buyers,
+    /// The request slots in all.
+    pub total: usize,
+}
+
+impl Plan {
+    pub fn new(session: &Session, args: &BurstArgs) -> Result<Self> {
+        let attempts = plan_attempts(args.buyers, args.retry_share);
+        let buyers = session.buyers(attempts.len())?;
+        let total = attempts.iter().map(|&n| n as usize).sum();
+        Ok(Self {
+            attempts,
+            buyers,
+            total,
+        })
+    }
+
+    /// The buyer of each slot.
+    fn slot_buyers(&self) -> Vec<usize> {
+        self.attempts
+            .iter()
+            .enumerate()
+            .flat_map(|(buyer, &n)| (0..n).map(move |_| buyer))
+            .collect()
+    }
+}
+
+/// A burst once every answer is in.
+pub struct Released {
+    /// When the requests went out (Unix ms).
+    pub at_unix_ms: u64,
+    pub wall: Duration,
+    /// Every answer with the buyer its slot was for, in slot order.
+    pub attempts: Vec<Attempt>,
+    pub tally: Tally,
+    /// The sale once every answer is in.
+    pub after: SaleView,
+}
+
+impl Released {
+    /// A burst's report: its parameters (buyers, retrying buyers, `more`,
+    /// the sale afterwards, the release instant), its answers and `checks`.
+    pub fn report(
+        &self,
+        session: &Session,
+        plan: &Plan,
+        args: &BurstArgs,
+        more: Vec<(&str, Value)>,
+        checks: Vec<Check>,
+    ) -> Report {
+        let retrying = plan.attempts.iter().filter(|&&a| a > 1).count();
+        let mut pairs = vec![
+            ("buyers", json!(args.buyers)),
+            ("retrying_buyers", json!(retrying)),
+        ];
+        pairs.extend(more);
+        pairs.push(("sale_after", json!(self.after)));
+        // When the requests went out (Unix ms): a process watching the
+        // server (e.g. `loadtest/bench` sampling its memory) can tell the
+        // connections-open phase from the burst itself.
+        pairs.push(("released_at_unix_ms", json!(self.at_unix_ms)));
+        let params = Params::new(pairs);
+        session.report("burst", params, &self.tally, self.wall, vec![], checks)
+    }
+}
+
+/// The release of `burst` and of the burst of carts: one connection per
+/// slot, opened before the release (through reqwest, one client per buyer
+/// keeping an idle connection per slot, served a GET /healthz first with
+/// `warm`); each request ready as bytes; every reserve sent at one instant.
+/// The connections stay open until every answer is in and the sale viewed:
+/// a buyer's browser keeps its connection, and no connection teardown runs
+/// inside the burst.
+/// The `n`-th slot sends the reserve body `body(n)`.
+pub async fn release_reserves(
+    session: &Session,
+    plan: &Plan,
+    mut body: impl FnMut(usize) -> String,
+    warm: bool,
+) -> Result<Released> {
+    let (api, sale, timeout) = (&session.api, session.sale.as_str(), session.timeout);
+    let tokens = &plan.buyers.tokens;
+    let slot_buyer = plan.slot_buyers();
+    let slots: Vec<(usize, String)> = slot_buyer
+        .iter()
+        .enumerate()
+        .map(|(n, &buyer)| (buyer, body(n)))
+        .collect();
+    let mut keep_open = Vec::with_capacity(slots.len());
+    let (released, fired) = match Target::from_base(api.base())? {
+        Some(target) => {
+            let jobs = slots
+                .iter()
+                .map(|(buyer, body)| {
+                    let target = target.clone();
+                    let req = target.reserve_body(sale, &tokens[*buyer], body);
+                    (
+                        move || async move { Conn::open(&target, timeout).await },
+                        move |mut conn: Conn| async move { (conn.timed(&req).await, conn) },
+                    )
+                })
+                .collect();
+            let (released, fired) = release_together(jobs, 64).await?;
+            let fired = fired
+                .into_iter()
+                .map(|f| {
+                    let (answer, conn) = f.value;
+                    keep_open.push(conn);
+                    Fired {
+                        start: f.start,
+                        end: f.end,
+                        value: answer,
+                    }
+                })
+                .collect();
+            (released, fired)
+        }
+        None => {
+            let healthz = api.healthz_url();
+            let mut jobs = Vec::with_capacity(slots.len());
+            for own in slots.chunk_by(|a, b| a.0 == b.0) {
+                let client = build_client(own.len(), timeout)?;
+                for (i, (buyer, body)) in own.iter().enumerate() {
+                    let warm = if warm && i == 0 { own.len() } else { 0 };
+                    let (c1, url) = (client.clone(), healthz.clone());
+                    let req = client
+                        .post(api.reserve_url(sale))
+                        .bearer_auth(&tokens[*buyer])
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    jobs.push((
+                        move || async move {
+                            if warm > 0 {
+                                warm_up(&c1, &url, warm).await?;
+                            }
+                            Ok(())
+                        },
+                        move |()| timed(req),
+                    ));
+                }
+            }
+            release_together(jobs, 64).await?
+        }
+    };
+    let wall = wall_time(&fired);
+    let after = session.view().await?;
+    drop(keep_open);
+    let attempts = Attempt::from_fired(fired, slot_buyer);
+    let tally = Tally::from_answers(attempts.iter().map(|a| &a.answer));
+    Ok(Released {
+        at_unix_ms: unix_ms(released),
+        wall,
+        attempts,
+        tally,
+        after,
+    })
+}
+
 pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
     check_share("retry-share", args.retry_share)?;
     if args.buyers == 0 {
@@ -222,7 +408,7 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
         return crate::carts::run(common, args, &items.0).await;
     }
     let session = Session::open(common).await?;
-    let (api, sale, timeout) = (&session.api, session.sale.as_str(), session.timeout);
+    let (api, sale) = (&session.api, session.sale.as_str());
 
     let before = match api.get_sale(sale).await? {
         Some(view) if !args.configure => {
@@ -248,125 +434,44 @@ pub async fn run(common: &Common, args: &BurstArgs) -> Result<Report> {
         );
     }
 
-    // Buyers, their tokens (minted up front) and their request slots.
-    let attempts = plan_attempts(args.buyers, args.retry_share);
-    let buyers = session.buyers(attempts.len())?;
-    let tokens = &buyers.tokens;
-
-    let mut slot_buyer = Vec::new();
-    let total: usize = attempts.iter().map(|&n| n as usize).sum();
+    let plan = Plan::new(&session, args)?;
+    let attempts = &plan.attempts;
     session.note(format_args!(
-        "burst: {} buyers, {total} requests; opening connections...",
-        attempts.len()
+        "burst: {} buyers, {} requests; opening connections...",
+        attempts.len(),
+        plan.total
     ));
-
-    // One connection per request slot, opened (and served a GET /healthz)
-    // before the release; each request is ready as bytes. The connections
-    // stay open until every answer is in (`keep_open`): a buyer's browser
-    // keeps its connection, and no connection teardown runs inside the burst.
-    let mut keep_open = Vec::new();
-    let (released, fired) = match Target::from_base(api.base())? {
-        Some(target) => {
-            let mut jobs = Vec::with_capacity(total);
-            for (buyer, &n) in attempts.iter().enumerate() {
-                for _ in 0..n {
-                    let target = target.clone();
-                    let req = target.reserve(sale, &tokens[buyer], args.quantity);
-                    slot_buyer.push(buyer);
-                    jobs.push((
-                        move || async move { Conn::open(&target, timeout).await },
-                        move |mut conn: Conn| async move { (conn.timed(&req).await, conn) },
-                    ));
-                }
-            }
-            let (released, fired) = release_together(jobs, 64).await?;
-            keep_open.reserve(fired.len());
-            let fired = fired
-                .into_iter()
-                .map(|f| {
-                    let (answer, conn) = f.value;
-                    keep_open.push(conn);
-                    Fired {
-                        start: f.start,
-                        end: f.end,
-                        value: answer,
-                    }
-                })
-                .collect();
-            (released, fired)
-        }
-        None => {
-            let healthz = api.healthz_url();
-            let mut jobs = Vec::with_capacity(total);
-            for (buyer, &n) in attempts.iter().enumerate() {
-                // One client per buyer, keeping one idle connection per request slot.
-                let client = build_client(n as usize, timeout)?;
-                for slot in 0..n {
-                    let warm = if slot == 0 { n as usize } else { 0 };
-                    let c1 = client.clone();
-                    let url = healthz.clone();
-                    let req = api.reserve(&client, sale, &tokens[buyer], args.quantity, None);
-                    slot_buyer.push(buyer);
-                    jobs.push((
-                        move || async move {
-                            if warm > 0 {
-                                crate::client::warm_up(&c1, &url, warm).await?;
-                            }
-                            Ok(())
-                        },
-                        move |()| timed(req),
-                    ));
-                }
-            }
-            release_together(jobs, 64).await?
-        }
-    };
-    let released_at = unix_ms(released);
-    let wall = wall_time(&fired);
-    let after = session.view().await?;
-    drop(keep_open);
-
-    let recorded = Attempt::from_fired(fired, slot_buyer);
-    let tally = Tally::from_answers(recorded.iter().map(|a| &a.answer));
+    let body = json!({ "quantity": args.quantity }).to_string();
+    let released = release_reserves(&session, &plan, |_| body.clone(), true).await?;
+    let after = &released.after;
     let checks = burst_checks(&BurstFacts {
-        attempts: &recorded,
-        user_ids: &buyers.ids,
-        attempts_per_buyer: &attempts,
+        attempts: &released.attempts,
+        user_ids: &plan.buyers.ids,
+        attempts_per_buyer: attempts,
         quantity: args.quantity,
         before: &before,
-        after: &after,
+        after,
     });
     let exp = expected_units(
         before.available,
         before.per_user_limit,
         args.quantity,
-        &attempts,
+        attempts,
     );
-    let params = Params::new(vec![
-        ("buyers", json!(args.buyers)),
-        (
-            "retrying_buyers",
-            json!(attempts.iter().filter(|&&a| a > 1).count()),
-        ),
+    let more = vec![
         ("stock", json!(before.stock)),
         ("available_before", json!(before.available)),
         ("per_user_limit", json!(before.per_user_limit)),
         ("quantity", json!(args.quantity)),
         ("expected_units", json!(exp.granted_units)),
-        ("sale_after", json!(after)),
-        // When the requests went out (Unix ms): a process watching the
-        // server (e.g. `loadtest/bench` sampling its memory) can tell the
-        // connections-open phase from the burst itself.
-        ("released_at_unix_ms", json!(released_at)),
-    ]);
-    Ok(session.report("burst", params, &tally, wall, vec![], checks))
+    ];
+    Ok(released.report(&session, &plan, args, more, checks))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
-    use std::time::Duration;
 
     fn view(stock: i64, sold: i64, held: i64, limit: i64) -> SaleView {
         SaleView::live(stock, sold, held, limit)
@@ -392,38 +497,15 @@ mod tests {
     }
 
     fn hold(buyer: usize, uid: &str, rid: &str, q: i64) -> Attempt {
-        Attempt {
-            buyer,
-            answer: Answer {
-                status: Some(201),
-                code: None,
-                latency: Duration::from_millis(1),
-                body: Some(json!({
-                    "reservation_id": rid, "sale_id": "s", "user_id": uid,
-                    "quantity": q, "status": "held", "expires_at": "2030-01-01T00:00:00Z"
-                })),
-            },
-        }
+        let body = json!({
+            "reservation_id": rid, "sale_id": "s", "user_id": uid,
+            "quantity": q, "status": "held", "expires_at": "2030-01-01T00:00:00Z"
+        });
+        Attempt::answered(buyer, 201, None, body)
     }
 
     fn refused(buyer: usize, status: u16, code: &str) -> Attempt {
-        Attempt {
-            buyer,
-            answer: Answer {
-                status: Some(status),
-                code: Some(code.into()),
-                latency: Duration::from_millis(2),
-                body: Some(Value::Null),
-            },
-        }
-    }
-
-    fn failed(checks: &[Check]) -> Vec<&str> {
-        checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.name.as_str())
-            .collect()
+        Attempt::answered(buyer, status, Some(code), Value::Null)
     }
 
     #[test]

@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use crate::burst::{plan_attempts, Attempt};
+use crate::burst::{release_reserves, Attempt, Plan};
 use crate::cli::{BurstArgs, Common};
-use crate::client::{build_client, release_together, timed, unix_ms, wall_time, Fired, SaleView};
-use crate::raw::{Conn, Target};
-use crate::report::{count_outcomes, Check, Params, Report, Tally};
+use crate::client::SaleView;
+use crate::report::{count_outcomes, Check, Report};
 use crate::session::Session;
 
 /// The answers a cart may get while buyers race for the items.
@@ -130,14 +129,12 @@ pub fn cart_checks(f: &CartFacts<'_>) -> Vec<Check> {
     let mut wrong = Vec::new();
     for item in &f.after.items {
         let g = granted.get(&item.sku).copied().unwrap_or(0);
-        let was = before.get(item.sku.as_str()).map_or(0, |i| i.held);
-        if item.held != was + g
-            || item.sold + item.held > item.stock
-            || item.available != item.stock - item.sold - item.held
-        {
+        let was = before.get(item.sku.as_str()).map_or(0, |i| i.units.held);
+        let u = item.units;
+        if u.held != was + g || !u.consistent() {
             wrong.push(format!(
                 "{}: stock {} sold {} held {} (before {was} + granted {g}) available {}",
-                item.sku, item.stock, item.sold, item.held, item.available
+                item.sku, u.stock, u.sold, u.held, u.available
             ));
         }
     }
@@ -154,7 +151,7 @@ pub fn cart_checks(f: &CartFacts<'_>) -> Vec<Check> {
         },
     ));
     let sums = f.after.items.iter().fold((0, 0, 0), |(s, o, h), i| {
-        (s + i.stock, o + i.sold, h + i.held)
+        (s + i.units.stock, o + i.units.sold, h + i.units.held)
     });
     checks.push(Check::new(
         "sale_sums",
@@ -184,7 +181,7 @@ pub async fn run(common: &Common, args: &BurstArgs, items: &[(String, i64)]) -> 
         bail!("--items names no item");
     }
     let session = Session::open(common).await?;
-    let (api, sale, timeout) = (&session.api, session.sale.as_str(), session.timeout);
+    let (api, sale) = (&session.api, session.sale.as_str());
     let body = json!({
         "items": items.iter().map(|(s, n)| json!({"sku": s, "stock": n})).collect::<Vec<_>>(),
         "per_user_limit": args.per_user_limit,
@@ -194,106 +191,43 @@ pub async fn run(common: &Common, args: &BurstArgs, items: &[(String, i64)]) -> 
     let before = session.view().await?;
     let skus: Vec<String> = items.iter().map(|(s, _)| s.clone()).collect();
 
-    let attempts = plan_attempts(args.buyers, args.retry_share);
-    let buyers = session.buyers(attempts.len())?;
-    let tokens = &buyers.tokens;
-    let mut slot_buyer = Vec::new();
-    let mut carts = Vec::new();
-    let total: usize = attempts.iter().map(|&n| n as usize).sum();
+    let plan = Plan::new(&session, args)?;
     session.note(format_args!(
-        "burst of carts: {} buyers, {total} requests over {} items; opening connections...",
-        attempts.len(),
+        "burst of carts: {} buyers, {} requests over {} items; opening connections...",
+        plan.attempts.len(),
+        plan.total,
         skus.len()
     ));
-    let cart_body = |cart: &[String]| {
-        json!({"items": cart.iter().map(|s| json!({"sku": s, "quantity": 1})).collect::<Vec<_>>()})
+    // Each request a cart of its own (the n-th request's cart is `cart_of(n)`).
+    let carts: Vec<Vec<String>> = (0..plan.total as u64)
+        .map(|n| cart_of(n, &skus, args.cart_size))
+        .collect();
+    let cart_body = |n: usize| {
+        json!({"items": carts[n].iter().map(|s| json!({"sku": s, "quantity": 1})).collect::<Vec<_>>()})
             .to_string()
     };
-    let mut keep_open = Vec::new();
-    let (released, fired) = match Target::from_base(api.base())? {
-        Some(target) => {
-            let mut jobs = Vec::with_capacity(total);
-            for (buyer, &n) in attempts.iter().enumerate() {
-                for _ in 0..n {
-                    let cart = cart_of(carts.len() as u64, &skus, args.cart_size);
-                    let target = target.clone();
-                    let req = target.reserve_body(sale, &tokens[buyer], &cart_body(&cart));
-                    carts.push(cart);
-                    slot_buyer.push(buyer);
-                    jobs.push((
-                        move || async move { Conn::open(&target, timeout).await },
-                        move |mut conn: Conn| async move { (conn.timed(&req).await, conn) },
-                    ));
-                }
-            }
-            let (released, fired) = release_together(jobs, 64).await?;
-            let fired = fired
-                .into_iter()
-                .map(|f| {
-                    let (answer, conn) = f.value;
-                    keep_open.push(conn);
-                    Fired {
-                        start: f.start,
-                        end: f.end,
-                        value: answer,
-                    }
-                })
-                .collect();
-            (released, fired)
-        }
-        None => {
-            let mut jobs = Vec::with_capacity(total);
-            for (buyer, &n) in attempts.iter().enumerate() {
-                let client = build_client(n as usize, timeout)?;
-                for _ in 0..n {
-                    let cart = cart_of(carts.len() as u64, &skus, args.cart_size);
-                    let req = client
-                        .post(api.reserve_url(sale))
-                        .bearer_auth(&tokens[buyer])
-                        .header("content-type", "application/json")
-                        .body(cart_body(&cart));
-                    carts.push(cart);
-                    slot_buyer.push(buyer);
-                    jobs.push((|| async { Ok(()) }, move |()| timed(req)));
-                }
-            }
-            release_together(jobs, 64).await?
-        }
-    };
-    let released_at = unix_ms(released);
-    let wall = wall_time(&fired);
-    let after = session.view().await?;
-    drop(keep_open);
-
-    let recorded = Attempt::from_fired(fired, slot_buyer);
-    let tally = Tally::from_answers(recorded.iter().map(|a| &a.answer));
+    let released = release_reserves(&session, &plan, cart_body, false).await?;
+    let after = &released.after;
     let checks = cart_checks(&CartFacts {
-        attempts: &recorded,
+        attempts: &released.attempts,
         carts: &carts,
-        user_ids: &buyers.ids,
+        user_ids: &plan.buyers.ids,
         before: &before,
-        after: &after,
+        after,
     });
-    let params = Params::new(vec![
-        ("buyers", json!(args.buyers)),
-        (
-            "retrying_buyers",
-            json!(attempts.iter().filter(|&&a| a > 1).count()),
-        ),
+    let more = vec![
         ("items", json!(before.items)),
         ("cart_size", json!([args.cart_size.0, args.cart_size.1])),
         ("per_user_limit", json!(before.per_user_limit)),
-        ("sale_after", json!(after)),
-        ("released_at_unix_ms", json!(released_at)),
-    ]);
-    Ok(session.report("burst", params, &tally, wall, vec![], checks))
+    ];
+    Ok(released.report(&session, &plan, args, more, checks))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{Answer, ItemView};
-    use std::time::Duration;
+    use crate::client::{ItemView, Units};
+    use crate::report::failed;
 
     fn skus() -> Vec<String> {
         ["L", "M", "S"].iter().map(|s| s.to_string()).collect()
@@ -320,10 +254,7 @@ mod tests {
         for (sku, stock, held) in items {
             v.items.push(ItemView {
                 sku: sku.to_string(),
-                stock: *stock,
-                sold: 0,
-                held: *held,
-                available: stock - held,
+                units: Units::live(*stock, 0, *held),
             });
             v.stock += stock;
             v.held += held;
@@ -337,39 +268,17 @@ mod tests {
             .iter()
             .map(|s| json!({"sku": s, "quantity": 1}))
             .collect();
-        Attempt {
-            buyer,
-            answer: Answer {
-                status: Some(201),
-                code: None,
-                latency: Duration::from_millis(1),
-                body: Some(json!({
-                    "reservation_id": rid, "sale_id": "s", "user_id": format!("u{buyer}"),
-                    "quantity": cart.len(), "status": "held", "items": items,
-                })),
-            },
-        }
+        let body = json!({
+            "reservation_id": rid, "sale_id": "s", "user_id": format!("u{buyer}"),
+            "quantity": cart.len(), "status": "held", "items": items,
+        });
+        Attempt::answered(buyer, 201, None, body)
     }
 
     fn sold_out(buyer: usize, sku: &str) -> Attempt {
-        Attempt {
-            buyer,
-            answer: Answer {
-                status: Some(409),
-                code: Some("sold_out".into()),
-                latency: Duration::from_millis(1),
-                body: Some(json!({"error": {"code": "sold_out", "details": {
-                    "shortfalls": [{"sku": sku, "requested": 1, "available": 0}]}}})),
-            },
-        }
-    }
-
-    fn failed(checks: &[Check]) -> Vec<&str> {
-        checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.name.as_str())
-            .collect()
+        let body = json!({"error": {"code": "sold_out", "details": {
+            "shortfalls": [{"sku": sku, "requested": 1, "available": 0}]}}});
+        Attempt::answered(buyer, 409, Some("sold_out"), body)
     }
 
     fn run(
@@ -392,8 +301,9 @@ mod tests {
         })
     }
 
-    #[test]
-    fn whole_carts_within_stock_pass() {
+    /// The checks of three carts on S (2), M (1), L (1): M+S and S held,
+    /// L+S refused as sold out (S is gone), and L held `l_held` afterwards.
+    fn two_held_one_refused(l_held: i64) -> Vec<Check> {
         let attempts = [
             hold(0, &["M", "S"], "r1"),
             hold(1, &["S"], "r2"),
@@ -401,26 +311,20 @@ mod tests {
         ];
         let carts: [&[&str]; 3] = [&["M", "S"], &["S"], &["L", "S"]];
         let before = view(&[("S", 2, 0), ("M", 1, 0), ("L", 1, 0)], 2);
-        let after = view(&[("S", 2, 2), ("M", 1, 1), ("L", 1, 0)], 2);
-        let checks = run(&attempts, &carts, &before, &after);
+        let after = view(&[("S", 2, 2), ("M", 1, 1), ("L", 1, l_held)], 2);
+        run(&attempts, &carts, &before, &after)
+    }
+
+    #[test]
+    fn whole_carts_within_stock_pass() {
+        let checks = two_held_one_refused(0);
         assert!(failed(&checks).is_empty(), "{checks:?}");
     }
 
     #[test]
     fn a_partial_hold_of_a_refused_cart_fails() {
         // The refused cart L+S left L held.
-        let attempts = [
-            hold(0, &["M", "S"], "r1"),
-            hold(1, &["S"], "r2"),
-            sold_out(2, "S"),
-        ];
-        let carts: [&[&str]; 3] = [&["M", "S"], &["S"], &["L", "S"]];
-        let before = view(&[("S", 2, 0), ("M", 1, 0), ("L", 1, 0)], 2);
-        let after = view(&[("S", 2, 2), ("M", 1, 1), ("L", 1, 1)], 2);
-        assert_eq!(
-            failed(&run(&attempts, &carts, &before, &after)),
-            vec!["per_item"]
-        );
+        assert_eq!(failed(&two_held_one_refused(1)), vec!["per_item"]);
     }
 
     #[test]

@@ -81,14 +81,39 @@ pub struct SaleView {
     pub items: Vec<ItemView>,
 }
 
-/// One item of a sale view.
+/// One item of a sale view: its sku and units.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ItemView {
     pub sku: String,
+    #[serde(flatten)]
+    pub units: Units,
+}
+
+/// An item's units as the view counts them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Units {
     pub stock: i64,
     pub sold: i64,
     pub held: i64,
     pub available: i64,
+}
+
+impl Units {
+    /// Units as flashgate shows them: `available = stock - sold - held`.
+    pub fn live(stock: i64, sold: i64, held: i64) -> Self {
+        Self {
+            stock,
+            sold,
+            held,
+            available: stock - sold - held,
+        }
+    }
+
+    /// Within the stock (sold + held <= stock), and the available count is
+    /// what is left.
+    pub fn consistent(&self) -> bool {
+        self.sold + self.held <= self.stock && *self == Self::live(self.stock, self.sold, self.held)
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,16 @@ pub struct Check {
     pub detail: String,
 }
 
+/// The names of the checks that failed.
+#[cfg(test)]
+pub fn failed(checks: &[Check]) -> Vec<&str> {
+    checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
 impl Check {
     pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> Self {
         Self {

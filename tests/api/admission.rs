@@ -58,6 +58,27 @@ fn reserve_body() -> String {
     format!("{:<100}", r#"{"quantity":1}"#)
 }
 
+/// An app that reads at most `permits` requests off their connections at
+/// once.
+async fn with_permits(permits: usize) -> TestApp {
+    Spawn::new()
+        .await
+        .with(|s| s.max_inflight = permits)
+        .start()
+        .await
+}
+
+/// Opens a connection to `addr`.
+async fn connect(addr: &str) -> TcpStream {
+    TcpStream::connect(addr).await.expect("connect")
+}
+
+/// Waits until every permit of `app` is back (`what` names the moment).
+async fn permits_back(app: &TestApp, what: &str) {
+    let adm = app.admission.clone();
+    wait_until(what, || adm.in_use() == 0).await;
+}
+
 async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     for _ in 0..200 {
         if ok() {
@@ -70,13 +91,7 @@ async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_permits_is_read_a_few_at_a_time_and_all_answered() {
-    let app = Arc::new(
-        Spawn::new()
-            .await
-            .with(|s| s.max_inflight = 4)
-            .start()
-            .await,
-    );
+    let app = Arc::new(with_permits(4).await);
     let sale = app.sale(10, 2, 300).await;
     let answers = join_all((0..300).map(|i| {
         let (app, sale) = (app.clone(), sale.clone());
@@ -104,24 +119,19 @@ async fn a_burst_larger_than_the_permits_is_read_a_few_at_a_time_and_all_answere
     );
     // Every answer gave its permit back; the idle keep-alive connections
     // left in the client's pool hold none.
-    let adm = adm.clone();
-    wait_until("no permit is held", || adm.in_use() == 0).await;
+    permits_back(&app, "no permit is held").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_hold_no_permit() {
-    let app = Spawn::new()
-        .await
-        .with(|s| s.max_inflight = 2)
-        .start()
-        .await;
+    let app = with_permits(2).await;
     let addr = app.socket_addr();
     // Ten connections, two permits. Connections that have sent nothing yet
     // (and, below, connections idle between requests) must hold none: the
     // last one opened is served at once, not after a wait that runs out.
     let mut conns = Vec::new();
     for _ in 0..10 {
-        conns.push(TcpStream::connect(addr).await.expect("connect"));
+        conns.push(connect(addr).await);
     }
     for _ in 0..2 {
         for c in conns.iter_mut().rev() {
@@ -134,27 +144,22 @@ async fn idle_keep_alive_connections_hold_no_permit() {
         "a request waited for a permit held by an idle connection"
     );
     // A permit is given back just after the answer's bytes go out.
-    let adm = app.admission.clone();
-    wait_until("no permit is held", || adm.in_use() == 0).await;
+    permits_back(&app, "no permit is held").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sitting_on_the_only_permit_delays_others_but_never_blocks_them() {
-    let app = Spawn::new()
-        .await
-        .with(|s| s.max_inflight = 1)
-        .start()
-        .await;
+    let app = with_permits(1).await;
     let addr = app.socket_addr();
     let sale = app.sale(10, 2, 300).await;
     // The sale's connection gives its permit back just after its answer went
     // out: until then, a permit in use is not (only) the slow client's.
+    permits_back(&app, "the sale's permit is back").await;
     let adm = app.admission.clone();
-    wait_until("the sale's permit is back", || adm.in_use() == 0).await;
 
     // A complete head and half its body: the request has been read, so it
     // holds the only permit, and it never finishes.
-    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    let mut slow = connect(addr).await;
     let half = format!(
         "{}{}",
         reserve_head(&sale, "slow-body", ""),
@@ -165,7 +170,7 @@ async fn a_client_sitting_on_the_only_permit_delays_others_but_never_blocks_them
 
     // Another buyer is still answered: its wait runs out and it is read
     // uncounted.
-    let mut other = TcpStream::connect(addr).await.expect("connect");
+    let mut other = connect(addr).await;
     let t = Instant::now();
     assert_eq!(exchange(&mut other, HEALTHZ).await, "HTTP/1.1 200 OK");
     let took = t.elapsed();
@@ -190,7 +195,7 @@ async fn a_client_sitting_on_the_only_permit_delays_others_but_never_blocks_them
     // The slow client goes away: its permit comes back, and the next
     // request is read without waiting.
     drop(slow);
-    wait_until("the permit is back", || adm.in_use() == 0).await;
+    permits_back(&app, "the permit is back").await;
     assert_eq!(exchange(&mut other, HEALTHZ).await, "HTTP/1.1 200 OK");
     assert_eq!(
         (app.admission.expired(), app.admission.waited()),
@@ -202,11 +207,7 @@ async fn a_client_sitting_on_the_only_permit_delays_others_but_never_blocks_them
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_complete_no_request_head_hold_no_permit() {
-    let app = Spawn::new()
-        .await
-        .with(|s| s.max_inflight = 1)
-        .start()
-        .await;
+    let app = with_permits(1).await;
     let addr = app.socket_addr();
     let adm = app.admission.clone();
     let holds_nothing = || async {
@@ -226,7 +227,7 @@ async fn bytes_that_complete_no_request_head_hold_no_permit() {
     };
 
     // Half a head.
-    let mut half = TcpStream::connect(addr).await.expect("connect");
+    let mut half = connect(addr).await;
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: fl")
         .await
         .expect("write");
@@ -234,7 +235,7 @@ async fn bytes_that_complete_no_request_head_hold_no_permit() {
 
     // Blank lines before a request line end no head (the HTTP layer skips
     // them), though they look like the blank line that ends one.
-    let mut blank = TcpStream::connect(addr).await.expect("connect");
+    let mut blank = connect(addr).await;
     blank
         .write_all(b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: fl")
         .await
@@ -243,7 +244,7 @@ async fn bytes_that_complete_no_request_head_hold_no_permit() {
 
     // A chunked body the HTTP layer drains after an early answer (401),
     // with blank lines in it.
-    let mut drained = TcpStream::connect(addr).await.expect("connect");
+    let mut drained = connect(addr).await;
     let head = "POST /v1/sales/x/reservations HTTP/1.1\r\nHost: flashgate\r\n\
                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     drained.write_all(head.as_bytes()).await.expect("write");
@@ -258,7 +259,7 @@ async fn bytes_that_complete_no_request_head_hold_no_permit() {
     assert_eq!(exchange(&mut drained, HEALTHZ).await, "HTTP/1.1 200 OK");
 
     // Meanwhile a request is read at once.
-    let mut other = TcpStream::connect(addr).await.expect("connect");
+    let mut other = connect(addr).await;
     assert_eq!(exchange(&mut other, HEALTHZ).await, "HTTP/1.1 200 OK");
     assert_eq!(app.admission.waited(), 0, "a request waited for a permit");
     // The half heads end, and are answered.
@@ -270,15 +271,9 @@ async fn bytes_that_complete_no_request_head_hold_no_permit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_expects_100_continue_keeps_its_permit_until_answered() {
-    let app = Spawn::new()
-        .await
-        .with(|s| s.max_inflight = 1)
-        .start()
-        .await;
+    let app = with_permits(1).await;
     let sale = app.sale(10, 2, 300).await;
-    let mut conn = TcpStream::connect(app.socket_addr())
-        .await
-        .expect("connect");
+    let mut conn = connect(app.socket_addr()).await;
     let head = reserve_head(&sale, "expects", "Expect: 100-continue\r\n");
     conn.write_all(head.as_bytes()).await.expect("write");
     // The interim answer is no answer: the request, still to be read,
@@ -294,8 +289,7 @@ async fn a_request_that_expects_100_continue_keeps_its_permit_until_answered() {
     );
     conn.write_all(&body.as_bytes()[50..]).await.expect("write");
     assert_eq!(status_line(&mut conn).await, "HTTP/1.1 201 Created");
-    let adm = app.admission.clone();
-    wait_until("the permit is back", || adm.in_use() == 0).await;
+    permits_back(&app, "the permit is back").await;
 }
 
 /// The start of a request head that never ends: one more byte of the
@@ -344,13 +338,7 @@ async fn slow_header_clients_hold_no_permit_and_do_not_slow_other_buyers() {
     const SLOW: usize = 1_000;
     const BUYERS: u32 = 200;
     const EVERY: Duration = Duration::from_millis(30);
-    let app = Arc::new(
-        Spawn::new()
-            .await
-            .with(|s| s.max_inflight = 8)
-            .start()
-            .await,
-    );
+    let app = Arc::new(with_permits(8).await);
     let sale = app.sale(i64::from(BUYERS), 1, 300).await;
 
     // 1,000 connections sending heads that never end (issue 12, item 4),

@@ -46,22 +46,11 @@ async fn every_response_carries_a_request_id() {
     }
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 /// Waits until `/metrics` shows `line` (the gauge follows the worker's next
 /// round, a moment after `/readyz`, which reads the stall's age directly).
 async fn metric_until(app: &TestApp, line: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !metrics_text(app).await.contains(line) {
+    while !app.metrics().await.contains(line) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never in the metrics: {line}"

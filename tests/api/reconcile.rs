@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flashgate::config::{ConfirmDurability, Settings};
 use flashgate::ids::SaleId;
-use flashgate::reconcile::{reconcile, Options};
+use flashgate::reconcile::{reconcile, Options, Report};
 
 use crate::support::process::flashgate_command;
 use crate::support::*;
@@ -22,6 +22,55 @@ fn fix() -> Options {
     }
 }
 
+/// An app with no write-behind worker and Redis durability: a confirm
+/// stays in the stream, unwritten (lag).
+async fn unwritten_app() -> TestApp {
+    Spawn::new()
+        .await
+        .durability(ConfirmDurability::Redis)
+        .no_worker()
+        .start()
+        .await
+}
+
+/// `reconcile` of `sale` alone with `opts`.
+async fn reconcile_sale(app: &TestApp, sale: &str, opts: &Options) -> Report {
+    let id = SaleId::parse(sale).expect("id");
+    reconcile(&app.service, Some(&id), opts)
+        .await
+        .expect("reconcile")
+}
+
+/// A check of `sale` finds each drift in `expected` (by what differs).
+async fn drift_found(app: &TestApp, sale: &str, expected: &[&str]) -> Report {
+    let found = reconcile_sale(app, sale, &check()).await;
+    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
+    for w in expected {
+        assert!(what.contains(w), "{w} drift not found in {what:?}");
+    }
+    found
+}
+
+/// `--fix` leaves nothing unresolved, and a check afterwards finds no
+/// drift.
+async fn fixed_for_good(app: &TestApp, sale: &str) {
+    let fixed = reconcile_sale(app, sale, &fix()).await;
+    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
+    let again = reconcile_sale(app, sale, &check()).await;
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+}
+
+/// Sets `fields` of `sale`'s hash in Redis, as a bug would leave them.
+async fn corrupt_sale_hash(app: &TestApp, sale: &str, fields: &[(&str, i64)]) {
+    let mut conn = test_redis().await;
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(format!("{}:{{{sale}}}:sale", app.prefix));
+    for (field, value) in fields {
+        cmd.arg(*field).arg(*value);
+    }
+    let _: () = cmd.query_async(&mut conn).await.expect("corrupt");
+}
+
 /// `flashgate reconcile <args>` on `settings`' database, Redis and prefix.
 fn reconcile_cli(settings: &Settings, args: &[&str]) -> Output {
     flashgate_command("reconcile", settings)
@@ -34,23 +83,11 @@ fn reconcile_cli(settings: &Settings, args: &[&str]) -> Output {
 async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
     // No worker: confirmed events stay in the stream (lag), Postgres gets the
     // orders from the confirm path only where durability says so.
-    let app = Spawn::new()
-        .await
-        .durability(ConfirmDurability::Redis)
-        .no_worker()
-        .start()
-        .await;
+    let app = unwritten_app().await;
     let sale = app.sale(10, 3, 60).await;
-    let id = SaleId::parse(&sale).expect("id");
-    let (_, a) = app.reserve(&sale, "ann", 2, None).await;
-    assert_eq!(
-        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
-        200
-    );
+    app.buy(&sale, "ann", 2).await;
     assert_eq!(app.reserve(&sale, "bob", 1, None).await.0, 201);
-    let clean = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
+    let clean = reconcile_sale(&app, &sale, &check()).await;
     assert_eq!(
         (clean.sales, clean.drift.len(), clean.unresolved()),
         (1, 0, 0),
@@ -60,40 +97,15 @@ async fn drift_is_found_and_fixed_and_lag_is_not_drift() {
 
     // Corrupt Redis: sold, one buyer's bought total, the held counter (7
     // sold + 4 held > 10: Redis shows an oversell, an incident).
-    let mut conn = test_redis().await;
-    let key = format!("{}:{{{sale}}}:sale", app.prefix);
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("sold")
-        .arg(7)
-        .arg("b:ann")
-        .arg(0)
-        .arg("held")
-        .arg(4)
-        .query_async(&mut conn)
-        .await
-        .expect("corrupt");
-    let found = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
-    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
-    for w in ["sold", "held", "bought[ann]"] {
-        assert!(what.contains(&w), "{w} drift not found in {what:?}");
-    }
+    corrupt_sale_hash(&app, &sale, &[("sold", 7), ("b:ann", 0), ("held", 4)]).await;
+    let found = drift_found(&app, &sale, &["sold", "held", "bought[ann]"]).await;
     assert!(found.unresolved() > 0);
     assert!(
         found.incidents.iter().any(|i| i.what.contains("oversold")),
         "{:?}",
         found.incidents
     );
-    let fixed = reconcile(&app.service, Some(&id), &fix())
-        .await
-        .expect("fix");
-    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
-    let again = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
-    assert!(again.drift.is_empty(), "{:?}", again.drift);
+    fixed_for_good(&app, &sale).await;
     let v = app.view(&sale).await;
     assert_eq!((v["sold"].as_i64(), v["held"].as_i64()), (Some(2), Some(1)));
     // The cap holds again for ann (bought 2 of 3).
@@ -107,12 +119,8 @@ async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_sa
     let settings = spawn.settings.clone();
     let app = spawn.start().await;
     let sale = app.sale(5, 2, 60).await;
-    let (_, a) = app.reserve(&sale, "ann", 1, None).await;
-    assert_eq!(
-        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
-        200
-    );
-    app.drained(std::time::Duration::from_secs(10)).await;
+    app.buy(&sale, "ann", 1).await;
+    app.drained(Duration::from_secs(10)).await;
     sqlx::query("UPDATE user_purchases SET quantity = 9 WHERE sale_id = $1")
         .bind(&sale)
         .execute(&app.pool)
@@ -135,20 +143,15 @@ async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_sa
         "{text}"
     );
     assert!(text.contains("missing"), "{text}");
-    let out = run(true);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let out = run(false);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for fix in [true, false] {
+        let out = run(fix);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--fix {fix}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     let (q,): (i32,) = sqlx::query_as(
         "SELECT quantity FROM user_purchases WHERE sale_id = $1 AND user_id = 'ann'",
     )
@@ -164,23 +167,11 @@ async fn postgres_totals_and_missing_sales_are_repaired_and_the_cli_exit_code_sa
 /// writes the order itself.
 #[tokio::test]
 async fn an_old_unwritten_confirm_is_drift_not_lag_and_fix_writes_it() {
-    let app = Spawn::new()
-        .await
-        .durability(ConfirmDurability::Redis)
-        .no_worker()
-        .start()
-        .await;
+    let app = unwritten_app().await;
     let sale = app.sale(10, 3, 60).await;
-    let id = SaleId::parse(&sale).expect("id");
-    let (_, a) = app.reserve(&sale, "ann", 2, None).await;
-    assert_eq!(
-        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
-        200
-    );
+    let a = app.buy(&sale, "ann", 2).await;
 
-    let young = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
+    let young = reconcile_sale(&app, &sale, &check()).await;
     assert_eq!(
         young.unresolved(),
         0,
@@ -193,22 +184,15 @@ async fn an_old_unwritten_confirm_is_drift_not_lag_and_fix_writes_it() {
         max_lag: Duration::from_secs(1),
         ..Options::default()
     };
-    let found = reconcile(&app.service, Some(&id), &old)
-        .await
-        .expect("reconcile");
+    let found = reconcile_sale(&app, &sale, &old).await;
     assert_eq!(found.unresolved(), 1, "{:?}", found.drift);
-    assert!(found.drift[0].what.contains(&rid(&a)), "{:?}", found.drift);
+    assert!(found.drift[0].what.contains(&a), "{:?}", found.drift);
 
-    let fixed = reconcile(
-        &app.service,
-        Some(&id),
-        &Options {
-            fix: true,
-            ..old.clone()
-        },
-    )
-    .await
-    .expect("fix");
+    let old_fix = Options {
+        fix: true,
+        ..old.clone()
+    };
+    let fixed = reconcile_sale(&app, &sale, &old_fix).await;
     assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE sale_id = $1")
         .bind(&sale)
@@ -216,9 +200,7 @@ async fn an_old_unwritten_confirm_is_drift_not_lag_and_fix_writes_it() {
         .await
         .expect("orders");
     assert_eq!(n, 1, "--fix wrote the order");
-    let clean = reconcile(&app.service, Some(&id), &old)
-        .await
-        .expect("reconcile");
+    let clean = reconcile_sale(&app, &sale, &old).await;
     assert_eq!(clean.unresolved(), 0, "{:?}", clean.drift);
 }
 
@@ -232,11 +214,7 @@ async fn an_oversell_is_an_incident_and_fix_never_writes_it_into_redis() {
     let settings = spawn.settings.clone();
     let app = spawn.start().await;
     let sale = app.sale(2, 2, 60).await;
-    let (_, a) = app.reserve(&sale, "ann", 2, None).await;
-    assert_eq!(
-        app.act(&sale, &rid(&a), "confirm", Some("ann")).await.0,
-        200
-    );
+    app.buy(&sale, "ann", 2).await;
     app.drained(Duration::from_secs(10)).await;
     // What the attack left behind: another buyer's 2 units in Postgres.
     let mut tx = app.pool.begin().await.expect("begin");
@@ -257,10 +235,7 @@ async fn an_oversell_is_an_incident_and_fix_never_writes_it_into_redis() {
         .expect("sold");
     tx.commit().await.expect("commit");
 
-    let id = SaleId::parse(&sale).expect("id");
-    let found = reconcile(&app.service, Some(&id), &fix())
-        .await
-        .expect("fix");
+    let found = reconcile_sale(&app, &sale, &fix()).await;
     assert!(
         found.incidents.iter().any(|i| i.what.contains("oversold")),
         "{:?}",
@@ -289,12 +264,7 @@ async fn an_oversell_is_an_incident_and_fix_never_writes_it_into_redis() {
 /// is found, an item oversold is an incident, and `--fix` repairs it.
 #[tokio::test]
 async fn items_are_reconciled_item_by_item() {
-    let app = Spawn::new()
-        .await
-        .durability(ConfirmDurability::Redis)
-        .no_worker()
-        .start()
-        .await;
+    let app = unwritten_app().await;
     let sale = app
         .items_sale(
             serde_json::json!([{"sku": "S", "stock": 3}, {"sku": "M", "stock": 3}]),
@@ -302,26 +272,20 @@ async fn items_are_reconciled_item_by_item() {
             60,
         )
         .await;
-    let id = SaleId::parse(&sale).expect("id");
     app.buy_cart(
         &sale,
         "ann",
         serde_json::json!([{"sku": "S", "quantity": 2}, {"sku": "M", "quantity": 1}]),
     )
     .await;
-    let (s, _) = app
-        .reserve_cart(
-            &sale,
-            "bob",
-            serde_json::json!([{"sku": "M", "quantity": 1}]),
-            None,
-        )
-        .await;
-    assert_eq!(s, 201);
+    app.hold_cart(
+        &sale,
+        "bob",
+        serde_json::json!([{"sku": "M", "quantity": 1}]),
+    )
+    .await;
     // The confirm is still in the stream (no worker): lag, not drift.
-    let clean = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
+    let clean = reconcile_sale(&app, &sale, &check()).await;
     assert_eq!(
         (clean.drift.len(), clean.unresolved()),
         (0, 0),
@@ -329,24 +293,8 @@ async fn items_are_reconciled_item_by_item() {
         clean.drift
     );
 
-    let mut conn = test_redis().await;
-    let key = format!("{}:{{{sale}}}:sale", app.prefix);
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("io:S")
-        .arg(3)
-        .arg("ih:M")
-        .arg(3)
-        .query_async(&mut conn)
-        .await
-        .expect("corrupt");
-    let found = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
-    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
-    for w in ["item[S] sold", "item[M] held"] {
-        assert!(what.contains(&w), "{w} drift not found in {what:?}");
-    }
+    corrupt_sale_hash(&app, &sale, &[("io:S", 3), ("ih:M", 3)]).await;
+    let found = drift_found(&app, &sale, &["item[S] sold", "item[M] held"]).await;
     assert!(
         found
             .incidents
@@ -355,16 +303,12 @@ async fn items_are_reconciled_item_by_item() {
         "M: 1 sold + 3 held > 3: {:?}",
         found.incidents
     );
-    let fixed = reconcile(&app.service, Some(&id), &fix())
-        .await
-        .expect("fix");
+    let fixed = reconcile_sale(&app, &sale, &fix()).await;
     assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
     let v = app.view(&sale).await;
     assert_eq!(item_counters(&v, "S"), (3, 2, 0, 1));
     assert_eq!(item_counters(&v, "M"), (3, 1, 1, 1));
-    let again = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
+    let again = reconcile_sale(&app, &sale, &check()).await;
     assert!(again.drift.is_empty(), "{:?}", again.drift);
 }
 
@@ -381,26 +325,11 @@ async fn a_buyers_count_of_a_capped_item_is_reconciled() {
             60,
         )
         .await;
-    let id = SaleId::parse(&sale).expect("id");
-    app.buy_cart(
-        &sale,
-        "ann",
-        serde_json::json!([{"sku": "M", "quantity": 1}]),
-    )
-    .await;
-    let (s, _) = app
-        .reserve_cart(
-            &sale,
-            "bob",
-            serde_json::json!([{"sku": "M", "quantity": 1}]),
-            None,
-        )
-        .await;
-    assert_eq!(s, 201);
+    let m = || serde_json::json!([{"sku": "M", "quantity": 1}]);
+    app.buy_cart(&sale, "ann", m()).await;
+    app.hold_cart(&sale, "bob", m()).await;
     app.drained(Duration::from_secs(10)).await;
-    let clean = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
+    let clean = reconcile_sale(&app, &sale, &check()).await;
     assert!(clean.drift.is_empty(), "{:?}", clean.drift);
 
     let mut conn = test_redis().await;
@@ -411,50 +340,29 @@ async fn a_buyers_count_of_a_capped_item_is_reconciled() {
         .query_async(&mut conn)
         .await
         .expect("corrupt");
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("iu:M:bob")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .expect("corrupt");
+    corrupt_sale_hash(&app, &sale, &[("iu:M:bob", 0)]).await;
     sqlx::query("DELETE FROM user_item_purchases WHERE sale_id = $1")
         .bind(&sale)
         .execute(&app.pool)
         .await
         .expect("corrupt");
-    let found = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
-    let what: Vec<&str> = found.drift.iter().map(|d| d.what.as_str()).collect();
-    for w in [
-        "item bought[M/ann]",
-        "item held_by[M/bob]",
-        "postgres user_item_purchases[M/ann]",
-    ] {
-        assert!(what.contains(&w), "{w} drift not found in {what:?}");
-    }
-    let fixed = reconcile(&app.service, Some(&id), &fix())
-        .await
-        .expect("fix");
-    assert_eq!(fixed.unresolved(), 0, "{:?}", fixed.drift);
-    let again = reconcile(&app.service, Some(&id), &check())
-        .await
-        .expect("reconcile");
-    assert!(again.drift.is_empty(), "{:?}", again.drift);
+    drift_found(
+        &app,
+        &sale,
+        &[
+            "item bought[M/ann]",
+            "item held_by[M/bob]",
+            "postgres user_item_purchases[M/ann]",
+        ],
+    )
+    .await;
+    fixed_for_good(&app, &sale).await;
     assert_eq!(
         user_item_purchases(&app.pool, &sale).await,
         [(("M".to_string(), "ann".to_string()), 1)].into()
     );
     // ann's cap of M counts her unit again.
-    let (s, v) = app
-        .reserve_cart(
-            &sale,
-            "ann",
-            serde_json::json!([{"sku": "M", "quantity": 1}]),
-            None,
-        )
-        .await;
+    let (s, v) = app.reserve_cart(&sale, "ann", m(), None).await;
     assert_eq!(
         (s, v["error"]["details"]["sku"].as_str()),
         (409, Some("M")),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -10,6 +10,92 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::*;
 use crate::support::*;
+
+/// Answers counted by (phase, call, status).
+type Seen = BTreeMap<(usize, &'static str, u16), usize>;
+
+/// The calls of the traffic during a migration.
+#[derive(Clone, Copy)]
+enum Call {
+    /// Views (which sweep the expired holds).
+    View,
+    /// Reserves, each new hold kept for `Act`.
+    Reserve,
+    /// A confirm or a cancel (in turn) of a hold: a new one or an expired
+    /// early one.
+    Act,
+}
+
+/// Traffic on one sale while its slot migrates.
+#[derive(Clone)]
+struct Traffic {
+    app: Arc<TestApp>,
+    sale: String,
+    stop: CancellationToken,
+    /// 0: slot open, no key moved yet; 1: keys moving; 2: slot reassigned.
+    phase: Arc<AtomicUsize>,
+    /// Holds to confirm or cancel: (buyer, reservation id).
+    rids: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Traffic {
+    /// One `call` every 20 ms until stopped; every answer a normal one or
+    /// 503, counted by the phase it came in.
+    async fn run(self, call: Call) -> Seen {
+        let mut seen = Seen::new();
+        let mut answered = 0;
+        while !self.stop.is_cancelled() {
+            if let Some((name, s)) = self.one(call, answered + 1).await {
+                answered += 1;
+                *seen
+                    .entry((self.phase.load(Ordering::SeqCst), name, s))
+                    .or_default() += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    }
+
+    /// The `n`-th call of its kind: its name and status (None: no hold to
+    /// act on yet).
+    async fn one(&self, call: Call, n: usize) -> Option<(&'static str, u16)> {
+        let (app, sale) = (&self.app, &self.sale);
+        match call {
+            Call::View => {
+                let (s, v) = body(app.get(&format!("/v1/sales/{sale}")).await).await;
+                assert!(s == 200 || s == 503, "view mid-migration: {s} {v}");
+                Some(("view", s))
+            }
+            Call::Reserve => {
+                let user = format!("mid-{n}");
+                let (s, v) = app.reserve(sale, &user, 1, None).await;
+                assert!(s == 201 || s == 503, "reserve mid-migration: {s} {v}");
+                if s == 201 {
+                    self.rids.lock().expect("lock").push((user, rid(&v)));
+                }
+                Some(("reserve", s))
+            }
+            Call::Act => {
+                let next = self.rids.lock().expect("lock").pop();
+                let (user, r) = next?;
+                let action = if n.is_multiple_of(2) {
+                    "confirm"
+                } else {
+                    "cancel"
+                };
+                let (s, v) = app.act(sale, &r, action, Some(&user)).await;
+                assert!(
+                    s == 200 || s == 410 || s == 503,
+                    "{action} mid-migration: {s} {v}"
+                );
+                if s == 503 {
+                    self.rids.lock().expect("lock").push((user, r));
+                }
+                Some((action, s))
+            }
+        }
+    }
+}
 
 /// The slot of a live sale moves to another primary (what `redis-cli
 /// --cluster reshard` does, one key at a time) while buyers and views keep
@@ -92,88 +178,17 @@ async fn a_sale_whose_slot_migrates_mid_traffic_keeps_exact_counts() {
     // Traffic for the whole migration, each answer recorded by phase:
     // views (which sweep the expired holds), reserves, and confirms /
     // cancels of the new holds and of the expired early ones.
-    let stop = CancellationToken::new();
-    // 0: slot open, no key moved yet; 1: keys moving; 2: slot reassigned.
-    let phase = Arc::new(AtomicUsize::new(0));
-    let rids = Arc::new(std::sync::Mutex::new(early));
-    type Seen = BTreeMap<(usize, &'static str, u16), usize>;
-    let record = |seen: &mut Seen, phase: &AtomicUsize, call: &'static str, s: u16| {
-        *seen
-            .entry((phase.load(Ordering::SeqCst), call, s))
-            .or_default() += 1;
+    let traffic = Traffic {
+        app: app.clone(),
+        sale: sale.clone(),
+        stop: CancellationToken::new(),
+        phase: Arc::new(AtomicUsize::new(0)),
+        rids: Arc::new(Mutex::new(early)),
     };
-    let views = {
-        let (app, sale, stop, phase) = (app.clone(), sale.clone(), stop.clone(), phase.clone());
-        tokio::spawn(async move {
-            let mut seen = Seen::new();
-            while !stop.is_cancelled() {
-                let r = app.get(&format!("/v1/sales/{sale}")).await;
-                let (s, v) = body(r).await;
-                record(&mut seen, &phase, "view", s);
-                assert!(s == 200 || s == 503, "view mid-migration: {s} {v}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            seen
-        })
-    };
-    let reserves = {
-        let (app, sale, stop, phase, rids) = (
-            app.clone(),
-            sale.clone(),
-            stop.clone(),
-            phase.clone(),
-            rids.clone(),
-        );
-        tokio::spawn(async move {
-            let mut seen = Seen::new();
-            let mut i = 0;
-            while !stop.is_cancelled() {
-                i += 1;
-                let user = format!("mid-{i}");
-                let (s, v) = app.reserve(&sale, &user, 1, None).await;
-                record(&mut seen, &phase, "reserve", s);
-                assert!(s == 201 || s == 503, "reserve mid-migration: {s} {v}");
-                if s == 201 {
-                    rids.lock().expect("lock").push((user, rid(&v)));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            seen
-        })
-    };
-    let actions = {
-        let (app, sale, stop, phase, rids) = (
-            app.clone(),
-            sale.clone(),
-            stop.clone(),
-            phase.clone(),
-            rids.clone(),
-        );
-        tokio::spawn(async move {
-            let mut seen = Seen::new();
-            let mut i = 0;
-            while !stop.is_cancelled() {
-                let next = rids.lock().expect("lock").pop();
-                let Some((user, r)) = next else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                i += 1;
-                let action = if i % 2 == 0 { "confirm" } else { "cancel" };
-                let (s, v) = app.act(&sale, &r, action, Some(&user)).await;
-                record(&mut seen, &phase, action, s);
-                assert!(
-                    s == 200 || s == 410 || s == 503,
-                    "{action} mid-migration: {s} {v}"
-                );
-                if s == 503 {
-                    rids.lock().expect("lock").push((user, r));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            seen
-        })
-    };
+    let (stop, phase) = (traffic.stop.clone(), traffic.phase.clone());
+    let views = tokio::spawn(traffic.clone().run(Call::View));
+    let reserves = tokio::spawn(traffic.clone().run(Call::Reserve));
+    let actions = tokio::spawn(traffic.run(Call::Act));
 
     // Open slot, no key moved yet: expired holds get swept meanwhile.
     tokio::time::sleep(Duration::from_millis(1000)).await;

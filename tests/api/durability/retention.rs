@@ -17,6 +17,20 @@ async fn record_exists(app: &TestApp, sale: &str, rid: &str) -> bool {
     n == 1
 }
 
+/// Waits until `user`'s hold `rid` has expired and the sweeper gave its
+/// units back (the sale holds none).
+async fn until_expired_and_swept(app: &TestApp, sale: &str, rid: &str, user: &str) {
+    for attempt in 0.. {
+        let (s, v) = app.get_reservation(sale, rid, Some(user)).await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"] == "expired" && app.view(sale).await["held"] == 0 {
+            return;
+        }
+        assert!(attempt < 200, "{user}'s hold never expired: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A confirmed, an expired, a cancelled reservation and one made with an
 /// Idempotency-Key, then confirmed. Drained: the confirmed and expired
 /// records are gone from Redis (the cancelled one stays: an admin
@@ -26,37 +40,20 @@ async fn record_exists(app: &TestApp, sale: &str, rid: &str) -> bool {
 async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
     let app = spawn_app().await;
     let sale = app.sale(10, 1, 1).await;
-    let (s, v) = app.reserve(&sale, "ann", 1, None).await;
-    assert_eq!(s, 201, "{v}");
-    let confirmed = rid(&v);
-    let (s, v) = app.reserve(&sale, "bob", 1, None).await;
-    assert_eq!(s, 201, "{v}");
-    let expired = rid(&v);
-    let (s, v) = app.reserve(&sale, "cat", 1, None).await;
-    assert_eq!(s, 201, "{v}");
-    let cancelled = rid(&v);
+    let confirmed = app.hold(&sale, "ann", 1).await;
+    let expired = app.hold(&sale, "bob", 1).await;
+    let cancelled = app.hold(&sale, "cat", 1).await;
     let (s, v) = app.reserve(&sale, "dan", 1, Some("cart-dan")).await;
     assert_eq!(s, 201, "{v}");
     let keyed = rid(&v);
-    assert_eq!(
-        app.act(&sale, &confirmed, "confirm", Some("ann")).await.0,
-        200
-    );
+    app.confirm(&sale, &confirmed, "ann").await;
     assert_eq!(
         app.act(&sale, &cancelled, "cancel", Some("cat")).await.0,
         200
     );
-    assert_eq!(app.act(&sale, &keyed, "confirm", Some("dan")).await.0, 200);
+    app.confirm(&sale, &keyed, "dan").await;
     // bob's hold expires (1 s), and the sweeper gives it back.
-    for attempt in 0.. {
-        let (s, v) = app.get_reservation(&sale, &expired, Some("bob")).await;
-        assert_eq!(s, 200, "{v}");
-        if v["status"] == "expired" && app.view(&sale).await["held"] == 0 {
-            break;
-        }
-        assert!(attempt < 200, "bob's hold never expired: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_expired_and_swept(&app, &sale, &expired, "bob").await;
     app.drained(Duration::from_secs(30)).await;
 
     assert!(
@@ -134,15 +131,7 @@ async fn a_dropped_cart_reads_back_with_its_lines() {
     let (s, v) = app.reserve_cart(&sale, "bob", cart, None).await;
     assert_eq!(s, 201, "{v}");
     let expired = rid(&v);
-    for attempt in 0.. {
-        let (s, v) = app.get_reservation(&sale, &expired, Some("bob")).await;
-        assert_eq!(s, 200, "{v}");
-        if v["status"] == "expired" && app.view(&sale).await["held"] == 0 {
-            break;
-        }
-        assert!(attempt < 200, "bob's hold never expired: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_expired_and_swept(&app, &sale, &expired, "bob").await;
     app.drained(Duration::from_secs(30)).await;
     for (id, user, status) in [
         (&confirmed, "ann", "confirmed"),
@@ -178,21 +167,9 @@ async fn events_written_one_by_one_after_a_rejected_batch_drop_their_records() {
     let spawn = Spawn::new().await.no_worker();
     let settings = spawn.settings.clone();
     let app = spawn.start().await;
-    for sql in [
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'a row Postgres refuses'; END IF; RETURN NEW; END $$",
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON stock_movements FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-    ] {
-        sqlx::query(sql).execute(&app.pool).await.expect("trigger");
-    }
+    refuse_poison_rows(&app.pool, "stock_movements").await;
     let sale = app.sale(10, 1, 300).await;
-    let (s, v) = app.reserve(&sale, "ann", 1, None).await;
-    assert_eq!(s, 201, "{v}");
-    let confirmed = rid(&v);
-    assert_eq!(
-        app.act(&sale, &confirmed, "confirm", Some("ann")).await.0,
-        200
-    );
+    let confirmed = app.buy(&sale, "ann", 1).await;
     assert_eq!(app.reserve(&sale, "poison", 1, None).await.0, 201);
     assert!(record_exists(&app, &sale, &confirmed).await);
 
@@ -233,13 +210,7 @@ async fn with_dropping_off_final_records_stay_in_redis() {
         .start()
         .await;
     let sale = app.sale(10, 1, 60).await;
-    let (s, v) = app.reserve(&sale, "ann", 1, None).await;
-    assert_eq!(s, 201, "{v}");
-    let confirmed = rid(&v);
-    assert_eq!(
-        app.act(&sale, &confirmed, "confirm", Some("ann")).await.0,
-        200
-    );
+    let confirmed = app.buy(&sale, "ann", 1).await;
     app.drained(Duration::from_secs(30)).await;
     assert!(
         record_exists(&app, &sale, &confirmed).await,

@@ -136,18 +136,10 @@ async fn killed_between_a_batch_commit_and_its_answers_every_confirm_lands_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cut_mid_batch_every_confirm_lands_once() {
     let proxy = FaultProxy::postgres().await;
-    let app = Arc::new(
-        Spawn::via_pg_proxy(&proxy)
-            .await
-            .no_worker()
-            .with(|s| {
-                s.confirm_writers = 1;
-                s.confirm_timeout = Duration::from_secs(3);
-                s.db_timeout = Duration::from_secs(2);
-            })
-            .start()
-            .await,
-    );
+    let spawn = Spawn::via_pg_proxy(&proxy)
+        .await
+        .with(|s| s.db_timeout = Duration::from_secs(2));
+    let app = Arc::new(one_writer(spawn, Duration::from_secs(3)).await);
     let sale = app.sale(300, 1, 300).await;
     let first = holds(&app, &sale, "first", 1).await;
     let queued = holds(&app, &sale, "cut", 100).await;
@@ -192,17 +184,7 @@ async fn postgres_cut_mid_batch_every_confirm_lands_once() {
 /// answer 200, with exactly one row each and exact totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_timing_out_while_its_batch_commits_retries_to_one_row() {
-    let app = Arc::new(
-        Spawn::new()
-            .await
-            .no_worker()
-            .with(|s| {
-                s.confirm_writers = 1;
-                s.confirm_timeout = Duration::from_millis(1500);
-            })
-            .start()
-            .await,
-    );
+    let app = Arc::new(one_writer(Spawn::new().await, Duration::from_millis(1500)).await);
     for sql in [
         "CREATE TABLE slow_commit (on_ boolean NOT NULL)",
         "INSERT INTO slow_commit VALUES (true)",

@@ -89,19 +89,25 @@ async fn assert_recorded(pool: &PgPool, sales: &[String], confirmed: &[Hold]) {
     }
 }
 
+/// An app of `spawn` whose confirms all go through one group-commit writer
+/// (so a batch held on a row holds every confirm behind it), answering
+/// within `confirm_timeout`; no write-behind worker.
+async fn one_writer(spawn: Spawn, confirm_timeout: Duration) -> TestApp {
+    spawn
+        .no_worker()
+        .with(|s| {
+            s.confirm_writers = 1;
+            s.confirm_timeout = confirm_timeout;
+        })
+        .start()
+        .await
+}
+
 /// The confirm batches this process committed: (transactions, confirms).
 /// nextest runs each test in a process of its own, so these are this
 /// test's.
 async fn batches(app: &TestApp) -> (u64, u64) {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics().await;
     let value = |name: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -196,17 +202,7 @@ async fn confirm_behind_the_row(
 /// has exactly one row per confirm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_commits_confirms_of_many_sales() {
-    let app = Arc::new(
-        Spawn::new()
-            .await
-            .no_worker()
-            .with(|s| {
-                s.confirm_writers = 1;
-                s.confirm_timeout = Duration::from_secs(20);
-            })
-            .start()
-            .await,
-    );
+    let app = Arc::new(one_writer(Spawn::new().await, Duration::from_secs(20)).await);
     let mut sales = Vec::new();
     for _ in 0..5 {
         sales.push(app.sale(100, 1, 300).await);
@@ -241,24 +237,8 @@ async fn one_batch_commits_confirms_of_many_sales() {
 /// exactly their rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_row_does_not_fail_its_neighbours() {
-    let app = Arc::new(
-        Spawn::new()
-            .await
-            .no_worker()
-            .with(|s| {
-                s.confirm_writers = 1;
-                s.confirm_timeout = Duration::from_secs(20);
-            })
-            .start()
-            .await,
-    );
-    for sql in [
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'a row Postgres refuses'; END IF; RETURN NEW; END $$",
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-    ] {
-        sqlx::query(sql).execute(&app.pool).await.expect("trigger");
-    }
+    let app = Arc::new(one_writer(Spawn::new().await, Duration::from_secs(20)).await);
+    refuse_poison_rows(&app.pool, "orders").await;
     let sale = app.sale(100, 1, 300).await;
     let first = holds(&app, &sale, "first", 1).await;
     let mut queued = holds(&app, &sale, "good", 59).await;

@@ -55,9 +55,11 @@ macro_rules! ensure {
     };
 }
 mod invariants;
+mod learned;
 mod operations;
 
-use operations::{Case, Learned, SEEN};
+use learned::Learned;
+use operations::{Case, SEEN};
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -282,13 +282,52 @@ impl TestApp {
         body(req.send().await.expect("reserve cart")).await
     }
 
+    /// `user` holds `items` (201): the reservation as the reserve
+    /// answered it.
+    pub async fn hold_cart(&self, sale: &str, user: &str, items: Value) -> Value {
+        let (s, v) = self.reserve_cart(sale, user, items, None).await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
     /// `user` holds `items` (201) and confirms the hold (200): the
     /// reservation as the reserve answered it.
     pub async fn buy_cart(&self, sale: &str, user: &str, items: Value) -> Value {
-        let (s, v) = self.reserve_cart(sale, user, items, None).await;
-        assert_eq!(s, 201, "{v}");
-        let (s, c) = self.act(sale, &super::rid(&v), "confirm", Some(user)).await;
-        assert_eq!(s, 200, "{c}");
+        let v = self.hold_cart(sale, user, items).await;
+        self.confirm(sale, &super::rid(&v), user).await;
         v
+    }
+
+    /// `user` holds `qty` units (201): the reservation's id.
+    pub async fn hold(&self, sale: &str, user: &str, qty: u32) -> String {
+        let (s, v) = self.reserve(sale, user, qty, None).await;
+        assert_eq!(s, 201, "reserve by {user}: {v}");
+        super::rid(&v)
+    }
+
+    /// `user` confirms their reservation `rid` (200).
+    pub async fn confirm(&self, sale: &str, rid: &str, user: &str) {
+        let (s, v) = self.act(sale, rid, "confirm", Some(user)).await;
+        assert_eq!(s, 200, "confirm {rid} by {user}: {v}");
+    }
+
+    /// `user` holds `qty` units (201) and confirms them (200): the
+    /// reservation's id.
+    pub async fn buy(&self, sale: &str, user: &str, qty: u32) -> String {
+        let rid = self.hold(sale, user, qty).await;
+        self.confirm(sale, &rid, user).await;
+        rid
+    }
+
+    /// `GET /metrics`: the text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
     }
 }

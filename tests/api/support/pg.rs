@@ -161,3 +161,22 @@ pub async fn user_item_purchases(pool: &PgPool, sale: &str) -> BTreeMap<(String,
     .map(|(s, u, q)| ((s, u), i64::from(q)))
     .collect()
 }
+
+/// A trigger that makes Postgres refuse every row of `table` whose
+/// `user_id` is `'poison'` (what a constraint the writer did not foresee
+/// does to one row of a batch).
+pub async fn refuse_poison_rows(pool: &PgPool, table: &str) {
+    sqlx::query(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'a row Postgres refuses'; END IF; RETURN NEW; END $$",
+    )
+    .execute(pool)
+    .await
+    .expect("refuse_poison()");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+    )))
+    .execute(pool)
+    .await
+    .expect("trigger");
+}
