@@ -286,6 +286,13 @@ pub(super) async fn insert_orders<O: std::borrow::Borrow<Order>>(
     // nothing of the lost state. An order of a sale Postgres does not know
     // is recorded as before (there is nothing to rebuild it from).
     //
+    // `stale`: the orders of a left epoch that are not recorded. Only the
+    // rows `current` left out are looked up in `orders`, one index probe
+    // each (a scalar subquery, which Postgres does not turn into a join,
+    // behind a CASE, so it is not evaluated for the other rows):
+    // a NOT EXISTS anti-join there was planned as a hash of the whole
+    // `orders` table, read in full by every batch.
+    //
     // No deadlock between writers (the confirm path's group commit, the
     // write-behind, `reconcile --fix`): the only row locks they wait for
     // are these, taken first and in one order. The `sold` update later
@@ -340,9 +347,10 @@ pub(super) async fn insert_orders<O: std::borrow::Borrow<Order>>(
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM ins),
-               ARRAY(SELECT i.rid FROM input i
-                     WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.rid = i.rid)
-                       AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.reservation_id = i.rid))",
+               ARRAY(SELECT i.rid FROM input i JOIN fence f ON f.sale_id = i.sale_id
+                     WHERE CASE WHEN f.epoch <> i.epoch
+                           THEN (SELECT count(*) FROM orders o WHERE o.reservation_id = i.rid) = 0
+                           ELSE false END)",
     )
     .bind(&rid)
     .bind(&sale)

@@ -368,3 +368,63 @@ async fn the_write_behind_does_not_write_committed_orders_again() {
     assert_eq!(movements, 150, "every confirmed event in the audit trail");
     assert_recorded(&app.pool, std::slice::from_ref(&sale), &all).await;
 }
+
+/// The epoch fence, row by row in one batch: an order of the sale's current
+/// epoch is recorded; one of a left epoch is refused as stale, unless it
+/// was recorded already (then it is no news, and not stale). The stale
+/// check reads `orders` only for the rows the fence left out.
+#[tokio::test]
+async fn a_batch_records_the_current_epoch_and_refuses_a_left_one_as_stale() {
+    let app = spawn_app().await;
+    let sale = app.sale(10, 5, 60).await;
+    sqlx::query("UPDATE sales SET epoch = 3 WHERE sale_id = $1")
+        .bind(&sale)
+        .execute(&app.pool)
+        .await
+        .expect("move the sale to epoch 3");
+    let order = |user: &str, epoch: i64| flashgate::domain::Order {
+        reservation_id: uuid::Uuid::new_v4(),
+        sale_id: sale.clone(),
+        user_id: user.to_string(),
+        quantity: 1,
+        confirmed_at: chrono::Utc::now(),
+        epoch,
+        items: Vec::new(),
+    };
+    let limit = Duration::from_secs(5);
+    let known = order("kim", 2);
+    sqlx::query(
+        "INSERT INTO orders (reservation_id, sale_id, user_id, quantity, confirmed_at) VALUES ($1, $2, 'kim', 1, now())",
+    )
+    .bind(known.reservation_id)
+    .bind(&sale)
+    .execute(&app.pool)
+    .await
+    .expect("kim's order, recorded before the epoch moved");
+    let (now, old) = (order("ann", 3), order("bob", 2));
+    let r = app
+        .service
+        .store
+        .record_orders(&[now.clone(), old.clone(), known.clone()], limit)
+        .await
+        .expect("the batch");
+    assert_eq!(r.inserted, 1, "only the current epoch's order is new");
+    assert_eq!(
+        r.stale,
+        vec![old.reservation_id],
+        "bob's, of a left epoch, is stale"
+    );
+    let users: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM orders WHERE sale_id = $1 ORDER BY user_id")
+            .bind(&sale)
+            .fetch_all(&app.pool)
+            .await
+            .expect("orders");
+    assert_eq!(users, ["ann", "kim"]);
+    let sold: i64 = sqlx::query_scalar("SELECT sold_count FROM sales WHERE sale_id = $1")
+        .bind(&sale)
+        .fetch_one(&app.pool)
+        .await
+        .expect("sold_count");
+    assert_eq!(sold, 1, "sold_count moved by the inserted order alone");
+}
