@@ -161,6 +161,11 @@ async fn postgres_cut_mid_batch_every_confirm_lands_once() {
     // once the row was free (autocommit): its confirm is answered once the
     // statement's bound has passed, 200 if its row is there (read through
     // the proxy: while cut, 503).
+    // The confirms queued behind it met the cut: no connection can be made
+    // through the proxy until it is restored, so none can be answered 200.
+    for (h, s) in &r {
+        assert_eq!(*s, Some(503), "confirm {} queued behind the cut", h.rid);
+    }
     for (h, s) in b.iter().chain(&r) {
         assert!(matches!(s, Some(200 | 503)), "confirm {}: {s:?}", h.rid);
         if *s == Some(200) {
