@@ -13,14 +13,14 @@ fn body(e: &ApiError) -> Value {
 }
 
 #[test]
-fn retry_after_rounds_up_to_whole_seconds() {
+fn retry_after_rounds_up_to_whole_seconds_and_is_never_0() {
     let secs = |ms| match ApiError::retry_after(std::time::Duration::from_millis(ms)) {
         ApiError::RateLimited { retry_after_secs } => retry_after_secs,
         other => panic!("{other:?}"),
     };
     assert_eq!(
         [secs(0), secs(1), secs(1000), secs(1001), secs(2999)],
-        [0, 1, 1, 2, 3]
+        [1, 1, 1, 2, 3]
     );
 }
 
