@@ -129,8 +129,19 @@ struct WriterConn {
 impl Store {
     /// A connection of its own for a writer (not the pool's: its session
     /// settings stay with it), within `limit`.
+    ///
+    /// Its session plans the batch statement once (`plan_cache_mode =
+    /// force_generic_plan`): left to choose, Postgres kept planning it
+    /// anew for each batch's arrays, a third of its cost (32 orders: 1.5
+    /// ms a batch, 0.9 ms with the one generic plan). The plan does not
+    /// depend on the arrays' contents: one index probe per order row.
     async fn writer_conn(&self, limit: Duration) -> Result<WriterConn, StoreError> {
-        let opts = self.pool.connect_options();
+        let opts = self
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("plan_cache_mode", "force_generic_plan")]);
         let conn = self
             .bounded(limit, PgConnection::connect_with(&opts))
             .await?;
