@@ -184,7 +184,14 @@ pub(crate) async fn events(
             let live = state.live.clone();
             conn.hand_off(Handoff {
                 ready: ready.clone(),
-                take: Box::new(move |io| live.spawn(serve(io, stream))),
+                // Registered again on the main runtime (in `serve`): the
+                // socket must not depend on the HTTP worker's reactor, which
+                // stops, when the server does, before the stream's last chunk.
+                take: Box::new(move |io| {
+                    if let Ok(io) = io.into_std() {
+                        live.spawn(serve(io, stream));
+                    }
+                }),
             });
             Ok(answer.streaming(FirstThenHandOff {
                 first,
@@ -230,7 +237,10 @@ impl futures_util::Stream for FirstThenHandOff {
 /// so the end of what it sends is its leaving: its place is free at once)
 /// or a write fails, or with the last chunk when the instance shuts down.
 /// Bytes the client sends are ignored.
-async fn serve(mut io: TcpStream, mut stream: Stream) {
+async fn serve(io: std::net::TcpStream, mut stream: Stream) {
+    let Ok(mut io) = TcpStream::from_std(io) else {
+        return;
+    };
     // The keep-alive timer again, on this runtime (the one made in the
     // handler belongs to the HTTP worker's): the first event was just sent.
     stream.keep_alive =
