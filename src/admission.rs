@@ -110,7 +110,7 @@ impl Admission {
     /// Wraps an accepted connection.
     pub fn admit(&self, io: TcpStream) -> AdmittedStream {
         AdmittedStream {
-            io,
+            io: Some(io),
             permits: PollSemaphore::new(self.permits.clone()),
             admission: self.clone(),
             state: Arc::new(ConnState::new(self.stats.clone())),
@@ -159,7 +159,27 @@ pub struct ConnState {
     /// The deadline of the permit wait of the connection's last read, if it
     /// had to wait.
     deadline: Mutex<Option<Instant>>,
+    /// An event stream that takes the connection's socket (see [`Handoff`]).
+    handoff: Mutex<Option<Handoff>>,
     stats: Arc<Stats>,
+}
+
+/// What takes a connection's socket away from actix-http, for an event
+/// stream (`api::events`): memory. A connection served by actix-http's
+/// dispatcher keeps two 8 KiB buffers (a page of each resident) and a task
+/// of ~2 KiB for as long as its response lasts; an event stream lasts for
+/// hours and writes a few hundred bytes now and then. So once the stream's
+/// response head (and first event) are written and flushed, the socket is
+/// handed to `take`, which writes the rest of the stream itself; actix-http
+/// then sees the connection end and frees its side of it.
+///
+/// `ready` is set by the response body once it has nothing more to give
+/// actix-http (it yielded the first event, if any): from then on actix-http
+/// writes nothing more on the connection, and the next flush (which comes
+/// after everything written so far) hands the socket over.
+pub struct Handoff {
+    pub ready: Arc<AtomicBool>,
+    pub take: Box<dyn FnOnce(TcpStream) + Send>,
 }
 
 impl ConnState {
@@ -169,7 +189,26 @@ impl ConnState {
             waited: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             deadline: Mutex::new(None),
+            handoff: Mutex::new(None),
             stats,
+        }
+    }
+
+    /// The connection's socket goes to `handoff.take` once the current
+    /// response is flushed and `handoff.ready` is set.
+    pub fn hand_off(&self, handoff: Handoff) {
+        if let Ok(mut h) = self.handoff.lock() {
+            *h = Some(handoff);
+        }
+    }
+
+    /// The handoff, if one is ready to take the socket.
+    fn ready_handoff(&self) -> Option<Handoff> {
+        let mut h = self.handoff.lock().ok()?;
+        if h.as_ref()?.ready.load(Ordering::Acquire) {
+            h.take()
+        } else {
+            None
         }
     }
 
@@ -221,7 +260,9 @@ pub fn request_started(req: &actix_http::Request) {
 /// A connection that reads only while it holds a permit, and keeps it only
 /// while a request is in flight.
 pub struct AdmittedStream {
-    io: TcpStream,
+    /// None once handed to an event stream ([`Handoff`]): then every read
+    /// fails, which ends actix-http's side of the connection.
+    io: Option<TcpStream>,
     permits: PollSemaphore,
     admission: Admission,
     state: Arc<ConnState>,
@@ -237,7 +278,31 @@ pub struct AdmittedStream {
 
 impl AdmittedStream {
     pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.io.peer_addr()
+        self.io()?.peer_addr()
+    }
+
+    fn io(&self) -> io::Result<&TcpStream> {
+        self.io.as_ref().ok_or_else(handed_off)
+    }
+
+    fn io_mut(&mut self) -> io::Result<&mut TcpStream> {
+        self.io.as_mut().ok_or_else(handed_off)
+    }
+
+    /// After a flush: the socket goes to an event stream that is ready for
+    /// it. Everything actix-http wrote has been written (it flushes only an
+    /// empty buffer), and it will write nothing more.
+    fn hand_off(&mut self, cx: &mut Context<'_>) {
+        let Some(handoff) = self.state.ready_handoff() else {
+            return;
+        };
+        if let Some(io) = self.io.take() {
+            self.release();
+            self.wait = None;
+            (handoff.take)(io);
+            // actix-http reads next, fails, and ends the connection.
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// What this connection shares with its requests.
@@ -341,10 +406,10 @@ impl AsyncRead for AdmittedStream {
         let admitted_now = !this.admitted();
         if admitted_now {
             // Nothing to read yet: wait for bytes holding nothing.
-            ready!(this.io.poll_read_ready(cx))?;
+            ready!(this.io()?.poll_read_ready(cx))?;
             ready!(this.poll_admitted(cx));
         }
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let r = Pin::new(this.io_mut()?).poll_read(cx, buf);
         if admitted_now && r.is_pending() {
             // The readiness was stale: there was nothing to read after all,
             // so the connection is idle again and holds nothing.
@@ -364,7 +429,7 @@ impl AsyncWrite for AdmittedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        let r = Pin::new(this.io_mut()?).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             this.note_written(buf, n);
         }
@@ -377,7 +442,7 @@ impl AsyncWrite for AdmittedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        let r = Pin::new(this.io_mut()?).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             let first = bufs
                 .iter()
@@ -389,16 +454,22 @@ impl AsyncWrite for AdmittedStream {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_flush(cx);
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = Pin::new(io).poll_flush(cx);
         if matches!(r, Poll::Ready(Ok(()))) && this.wrote {
             this.answered();
         } else {
             this.end_of_turn();
+        }
+        if matches!(r, Poll::Ready(Ok(()))) {
+            this.hand_off(cx);
         }
         r
     }
@@ -406,6 +477,15 @@ impl AsyncWrite for AdmittedStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.release();
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        match this.io.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            // The event stream that has the socket closes it.
+            None => Poll::Ready(Ok(())),
+        }
     }
+}
+
+/// What actix-http reads from a connection whose socket an event stream took.
+fn handed_off() -> io::Error {
+    io::Error::other("the connection was handed to an event stream")
 }

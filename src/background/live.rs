@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -28,11 +29,12 @@ use crate::service::{Service, ServiceError};
 use crate::telemetry::chain;
 
 /// One read of a sale, shared by every subscriber; `encoded` is the wire
-/// form, made once for all of them by the first that needs it.
+/// form, made once for all of them by the first that needs it (a `Bytes`:
+/// each subscriber's stream takes a reference to it, not a copy).
 #[derive(Debug)]
 pub struct Snapshot {
     pub state: SaleState,
-    pub encoded: OnceLock<String>,
+    pub encoded: OnceLock<Bytes>,
 }
 
 impl Snapshot {
@@ -55,6 +57,10 @@ pub struct Live {
     feeds: Mutex<HashMap<SaleId, Feed>>,
     /// Ends every stream (the server begins to shut down).
     closing: CancellationToken,
+    /// The runtime `Live` was made on (the process's main one): event
+    /// streams that took their sockets run there, not on an HTTP worker's
+    /// runtime, which stops as soon as its own connections are done.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A subscriber's feed of views. Dropping it leaves.
@@ -95,7 +101,16 @@ impl Live {
             subscribers: AtomicUsize::new(0),
             feeds: Mutex::new(HashMap::new()),
             closing,
+            runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// Runs an event stream's task on the process's main runtime.
+    pub fn spawn<F>(&self, stream: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(stream);
     }
 
     pub fn subscribers(&self) -> usize {

@@ -50,6 +50,9 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// How long `run_until_stopped` waits for each background task to finish
 /// its round (the worker its batch) after the server stopped.
 const TASK_STOP_BOUND: Duration = Duration::from_secs(10);
+/// Longest the shutdown waits for event streams to write their last chunk
+/// (a client that reads nothing cannot hold it longer).
+const STREAMS_STOP_BOUND: Duration = Duration::from_secs(1);
 
 /// The Redis gate and the Postgres store, as configured.
 pub async fn connect(settings: &Settings) -> anyhow::Result<(Gate, Store)> {
@@ -121,6 +124,7 @@ pub struct Application {
     admission: Admission,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    live: Arc<Live>,
     pub service: Service,
     pub worker_status: Option<Arc<WorkerStatus>>,
 }
@@ -240,7 +244,7 @@ impl Application {
             worker: bg.worker.clone(),
             readiness: bg.readiness.clone(),
             limits: bg.limits.clone(),
-            live,
+            live: live.clone(),
             inflight,
         });
         let (server, port) = server::serve(
@@ -257,6 +261,7 @@ impl Application {
             admission,
             shutdown,
             tasks: bg.tasks,
+            live,
             service,
             worker_status: bg.worker,
         })
@@ -282,6 +287,13 @@ impl Application {
     /// and SIGQUIT stop the server at once (actix), the rest as above.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        // Event streams that took their sockets (`admission::Handoff`) are
+        // not the HTTP server's: they ended when its shutdown began, and
+        // each writes its last chunk before the runtime stops.
+        let deadline = tokio::time::Instant::now() + STREAMS_STOP_BOUND;
+        while self.live.subscribers() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.shutdown.cancel();
         for t in self.tasks {
             if tokio::time::timeout(TASK_STOP_BOUND, t).await.is_err() {
