@@ -421,8 +421,19 @@ async fn sigterm_closes_idle_streams_at_once() {
 
 /// Reads from a raw connection until `buf` holds `n` occurrences of `what`.
 async fn read_until(c: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, what: &str, n: usize) {
+    read_within(c, buf, what, n, Duration::from_secs(10)).await;
+}
+
+/// `read_until`, waiting at most `within`.
+async fn read_within(
+    c: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    what: &str,
+    n: usize,
+    within: Duration,
+) {
     use tokio::io::AsyncReadExt;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + within;
     while String::from_utf8_lossy(buf).matches(what).count() < n {
         let mut chunk = [0u8; 4096];
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -430,7 +441,7 @@ async fn read_until(c: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, what: &str
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "no {n} x {what:?} within 10 s: {:?}",
+                    "no {n} x {what:?} within {within:?}: {:?}",
                     String::from_utf8_lossy(buf)
                 )
             })
@@ -484,4 +495,38 @@ async fn the_stream_is_framed_for_the_client_s_http_version() {
         }
         assert_eq!(rest, "", "nothing but the two events");
     }
+}
+
+/// An idle stream gets a `: keep-alive` comment every 15 s (in its own
+/// chunk, after the handoff as before it), and nothing else.
+#[tokio::test]
+async fn an_idle_stream_gets_a_keep_alive_comment() {
+    use tokio::io::AsyncWriteExt;
+    let app = Spawn::new().await.start().await;
+    let sale = app.sale(5, 2, 60).await;
+    let mut c = tokio::net::TcpStream::connect(app.socket_addr())
+        .await
+        .expect("connect");
+    let request = format!("GET /v1/sales/{sale}/events HTTP/1.1\r\nHost: flashgate\r\n\r\n");
+    c.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    read_until(&mut c, &mut buf, "event: sale", 1).await;
+    let t0 = tokio::time::Instant::now();
+    read_within(
+        &mut c,
+        &mut buf,
+        ": keep-alive\n\n\r\n",
+        1,
+        Duration::from_secs(25),
+    )
+    .await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(13),
+        "a keep-alive {waited:?} after the first event, not every 15 s"
+    );
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    assert_eq!(text.matches("event: sale").count(), 1, "{text}");
+    // Its own chunk: its size in hex (14 bytes), CRLF, the comment, CRLF.
+    assert!(text.ends_with("\r\nE\r\n: keep-alive\n\n\r\n"), "{text:?}");
 }
