@@ -66,6 +66,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::PollSemaphore;
 
+mod handoff;
+use handoff::handed_off;
+pub use handoff::Handoff;
+
 /// Longest a request waits for a permit before it is read uncounted.
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
@@ -164,24 +168,6 @@ pub struct ConnState {
     stats: Arc<Stats>,
 }
 
-/// What takes a connection's socket away from actix-http, for an event
-/// stream (`api::events`): memory. A connection served by actix-http's
-/// dispatcher keeps two 8 KiB buffers (a page of each resident) and a task
-/// of ~2 KiB for as long as its response lasts; an event stream lasts for
-/// hours and writes a few hundred bytes now and then. So once the stream's
-/// response head (and first event) are written and flushed, the socket is
-/// handed to `take`, which writes the rest of the stream itself; actix-http
-/// then sees the connection end and frees its side of it.
-///
-/// `ready` is set by the response body once it has nothing more to give
-/// actix-http (it yielded the first event, if any): from then on actix-http
-/// writes nothing more on the connection, and the next flush (which comes
-/// after everything written so far) hands the socket over.
-pub struct Handoff {
-    pub ready: Arc<AtomicBool>,
-    pub take: Box<dyn FnOnce(TcpStream) + Send>,
-}
-
 impl ConnState {
     fn new(stats: Arc<Stats>) -> Self {
         Self {
@@ -191,24 +177,6 @@ impl ConnState {
             deadline: Mutex::new(None),
             handoff: Mutex::new(None),
             stats,
-        }
-    }
-
-    /// The connection's socket goes to `handoff.take` once the current
-    /// response is flushed and `handoff.ready` is set.
-    pub fn hand_off(&self, handoff: Handoff) {
-        if let Ok(mut h) = self.handoff.lock() {
-            *h = Some(handoff);
-        }
-    }
-
-    /// The handoff, if one is ready to take the socket.
-    fn ready_handoff(&self) -> Option<Handoff> {
-        let mut h = self.handoff.lock().ok()?;
-        if h.as_ref()?.ready.load(Ordering::Acquire) {
-            h.take()
-        } else {
-            None
         }
     }
 
@@ -287,22 +255,6 @@ impl AdmittedStream {
 
     fn io_mut(&mut self) -> io::Result<&mut TcpStream> {
         self.io.as_mut().ok_or_else(handed_off)
-    }
-
-    /// After a flush: the socket goes to an event stream that is ready for
-    /// it. Everything actix-http wrote has been written (it flushes only an
-    /// empty buffer), and it will write nothing more.
-    fn hand_off(&mut self, cx: &mut Context<'_>) {
-        let Some(handoff) = self.state.ready_handoff() else {
-            return;
-        };
-        if let Some(io) = self.io.take() {
-            self.release();
-            self.wait = None;
-            (handoff.take)(io);
-            // actix-http reads next, fails, and ends the connection.
-            cx.waker().wake_by_ref();
-        }
     }
 
     /// What this connection shares with its requests.
@@ -483,9 +435,4 @@ impl AsyncWrite for AdmittedStream {
             None => Poll::Ready(Ok(())),
         }
     }
-}
-
-/// What actix-http reads from a connection whose socket an event stream took.
-fn handed_off() -> io::Error {
-    io::Error::other("the connection was handed to an event stream")
 }
