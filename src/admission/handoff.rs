@@ -34,11 +34,16 @@ impl ConnState {
     pub fn hand_off(&self, handoff: Handoff) {
         if let Ok(mut h) = self.handoff.lock() {
             *h = Some(handoff);
+            self.handoff_armed.store(true, Ordering::Release);
         }
     }
 
-    /// The handoff, if one is ready to take the socket.
+    /// The handoff, if one is ready to take the socket (checked on every
+    /// flush: without a handoff registered, one atomic load).
     pub(super) fn ready_handoff(&self) -> Option<Handoff> {
+        if !self.handoff_armed.load(Ordering::Acquire) {
+            return None;
+        }
         let mut h = self.handoff.lock().ok()?;
         if h.as_ref()?.ready.load(Ordering::Acquire) {
             h.take()

@@ -165,6 +165,9 @@ pub struct ConnState {
     deadline: Mutex<Option<Instant>>,
     /// An event stream that takes the connection's socket (see [`Handoff`]).
     handoff: Mutex<Option<Handoff>>,
+    /// A handoff was registered: the flush of every other response skips
+    /// the lock above.
+    handoff_armed: AtomicBool,
     stats: Arc<Stats>,
 }
 
@@ -176,6 +179,7 @@ impl ConnState {
             expired: AtomicBool::new(false),
             deadline: Mutex::new(None),
             handoff: Mutex::new(None),
+            handoff_armed: AtomicBool::new(false),
             stats,
         }
     }

@@ -275,8 +275,14 @@ async fn write_chunk(io: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     if data.is_empty() {
         return Ok(()); // an empty chunk would end the body
     }
-    let size = format!("{:X}\r\n", data.len());
-    let parts: [&[u8]; 3] = [size.as_bytes(), data, b"\r\n"];
+    // The size line on the stack: no allocation per chunk and subscriber.
+    let mut line = [0u8; 20];
+    let n = {
+        let mut w = &mut line[..];
+        std::io::Write::write_fmt(&mut w, format_args!("{:X}\r\n", data.len()))?;
+        20 - w.len()
+    };
+    let parts: [&[u8]; 3] = [&line[..n], data, b"\r\n"];
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut done = 0;
     while done < total {
