@@ -15,7 +15,10 @@
 --   'not_found' / 'forbidden' / 'not_loaded'
 -- and `by` 'admin' when the admin cancelled it, else 'buyer': an admin
 -- cancel is audited in Postgres after this script, and the retry of one
--- whose audit row could not be written must tell it from a buyer's.
+-- whose audit row could not be written must tell it from a buyer's. The
+-- `cancelled` event carries `by` too: the write-behind drops a buyer's
+-- cancelled record once the event is written, an admin's only once its
+-- audit row is there as well.
 assert(#KEYS == 5 and #ARGV == 3, 'cancel.lua: wrong arity')
 local base, rid = ARGV[1], ARGV[2]
 local r, now, early = open_transition(base, rid, ARGV[3])
@@ -33,7 +36,7 @@ if r[3] ~= 'held' then
 end
 local qty, user, items = release_hold(base, rid, 'cancelled', now)
 redis.call('HSET', KEYS[4], 'by', by)
-emit(base, 'cancelled', now, rid, user, qty, nil, items)
+emit(base, 'cancelled', now, rid, user, qty, nil, items, by)
 queue_pace(base, now)
 r[5] = s(now)
 local out = rec_reply('ok', r, 'cancelled')

@@ -68,8 +68,9 @@ end
 -- Appends one event to the sale's stream, with the counters after the event
 -- and the sale's epoch (an order is recorded only in its epoch):
 -- `c` = {id, sold, held, stock, epoch} when the caller knows them, else read
--- here; `items`: the reservation's cart, when it has one.
-local function emit(base, kind, now, rid, user, qty, c, items)
+-- here; `items`: the reservation's cart, when it has one; `by`: who
+-- cancelled ('admin' or 'buyer'), on a `cancelled` event.
+local function emit(base, kind, now, rid, user, qty, c, items, by)
   c = c or redis.call('HMGET', base .. 'sale', 'id', 'sold', 'held', 'stock', 'epoch')
   local f = {'kind', kind, 'sale', c[1], 'rid', rid or '', 'user', user or '',
     'qty', s(qty or 0), 'at', s(now),
@@ -78,6 +79,10 @@ local function emit(base, kind, now, rid, user, qty, c, items)
   if items and items ~= '' then
     f[#f + 1] = 'items'
     f[#f + 1] = items
+  end
+  if by then
+    f[#f + 1] = 'by'
+    f[#f + 1] = by
   end
   redis.call('XADD', base .. 'events', '*', unpack(f))
   bump(base, now)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use uuid::Uuid;
 
 use super::{ms, Gate, GateError, ScriptName};
@@ -197,6 +198,15 @@ impl Gate {
             }
         }
         Ok(outcome)
+    }
+
+    /// Drops a final reservation's record (Postgres has it: lookups fall
+    /// back there).
+    pub async fn drop_record(&self, sale: &SaleId, rid: &Uuid) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys(sale).reservation(rid);
+        let _: i64 = self.bounded(conn.unlink(key)).await?;
+        Ok(())
     }
 
     /// Reads one reservation (no side effect). Ownership is the caller's check.

@@ -90,6 +90,9 @@ pub struct Service {
     pub store: Store,
     pub durability: ConfirmDurability,
     pub confirm_timeout: Duration,
+    /// Final reservations' records leave Redis once Postgres has them
+    /// (`FLASHGATE_DROP_FINAL_RECORDS`; the write-behind drops most).
+    drop_final_records: bool,
     /// The confirm path's group commit (see `store::group_commit`).
     confirms: ConfirmQueue,
     /// Order exports running at once on this instance (each holds a
@@ -115,6 +118,7 @@ impl Service {
             confirms,
             durability: settings.confirm_durability,
             confirm_timeout: settings.confirm_timeout,
+            drop_final_records: settings.drop_final_records,
             exports: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EXPORTS)),
         }
     }

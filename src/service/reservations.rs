@@ -131,6 +131,7 @@ impl Service {
         {
             if rec.by_admin {
                 self.audit_cancel(sale, rid, rec, origin).await?;
+                self.forget_if_written(sale, rid).await;
             }
         }
         Ok(outcome)
@@ -153,6 +154,29 @@ impl Service {
             .audit_cancel(sale, rid, change, origin)
             .await
             .map_err(ServiceError::NotAudited)
+    }
+
+    /// Drops an audited admin cancel's record from Redis if the
+    /// write-behind wrote its event before the audit row was there (it
+    /// then kept the record, see `background::worker`): one of the two
+    /// sees the other's commit. Best effort: a record left stays until
+    /// `FLASHGATE_RECORD_TTL_SECS`.
+    async fn forget_if_written(&self, sale: &SaleId, rid: &Uuid) {
+        if !self.drop_final_records {
+            return;
+        }
+        let forgotten = match self.store.cancel_recorded(rid).await {
+            Ok(true) => self
+                .gate
+                .drop_record(sale, rid)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = forgotten {
+            tracing::debug!(sale = %sale, reservation = %rid, error = %e, "an audited cancel's record stays in Redis until its TTL");
+        }
     }
 
     /// Commits a confirmed reservation's order, within the confirm timeout,

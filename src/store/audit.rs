@@ -3,6 +3,8 @@
 //! in the transaction of the change itself; one per admin cancel, written
 //! right after its script, once.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
@@ -149,6 +151,32 @@ impl Store {
         self.bounded(self.timeout, q.execute(&self.pool))
             .await
             .map(|_| ())
+    }
+
+    /// Which of these reservations have their admin cancel audited (one
+    /// index probe each, on `admin_actions_one_cancel`).
+    pub async fn audited_cancels(&self, rids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        if rids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let q = sqlx::query_as::<_, (Uuid,)>(
+            "SELECT r.id FROM UNNEST($1::uuid[]) AS r(id)
+             WHERE EXISTS (SELECT 1 FROM admin_actions a
+                           WHERE a.reservation_id = r.id AND a.action = 'cancel')",
+        )
+        .bind(rids);
+        let rows = self.bounded(self.timeout, q.fetch_all(&self.pool)).await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Whether the reservation's `cancelled` event is written.
+    pub async fn cancel_recorded(&self, rid: &Uuid) -> Result<bool, StoreError> {
+        let q = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM stock_movements
+                            WHERE reservation_id = $1 AND kind = 'cancelled')",
+        )
+        .bind(rid);
+        self.bounded(self.timeout, q.fetch_one(&self.pool)).await
     }
 
     /// The newest `limit` admin changes (of one sale, or of all), newest first.

@@ -75,6 +75,10 @@ pub struct Event {
     pub epoch: i64,
     /// The reservation's cart, on a sale of several items.
     pub items: Vec<Line>,
+    /// Who cancelled, on a `cancelled` event: `Some(true)` an admin,
+    /// `Some(false)` the buyer, `None` not said (entries written before
+    /// the field existed).
+    pub by_admin: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +135,14 @@ impl Event {
         }
         let items = Line::parse_cart(&text(map, "items").unwrap_or_default())
             .ok_or_else(|| bad("malformed items"))?;
+        let by_admin = match text(map, "by").as_deref() {
+            Some("admin") => Some(true),
+            Some("buyer") => Some(false),
+            _ => None,
+        };
         Ok(Self {
             items,
+            by_admin,
             event_id: id.to_string(),
             kind,
             sale_id,

@@ -120,11 +120,31 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         let done = if self.cfg.drop_final_records {
-            finished(keys, events, stale)
+            let audited = self.audited(events).await;
+            finished(keys, events, stale, &audited)
         } else {
             Vec::new()
         };
         self.ack_and_forget(keys, &ids, &done).await
+    }
+
+    /// The admin cancels among `events` whose audit row is written, read
+    /// after their events committed (see `finished`). On an error none is:
+    /// their records stay (until `FLASHGATE_RECORD_TTL_SECS`, or until the
+    /// cancel's retry drops them, see `Service::act`).
+    async fn audited(&self, events: &[Event]) -> HashSet<uuid::Uuid> {
+        let rids: Vec<uuid::Uuid> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Cancelled && e.by_admin == Some(true))
+            .filter_map(|e| e.reservation_id)
+            .collect();
+        match self.store.audited_cancels(&rids).await {
+            Ok(audited) => audited,
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::chain(&e), "could not read which admin cancels are audited; their records stay in Redis for now");
+                HashSet::new()
+            }
+        }
     }
 
     async fn ack_and_forget<S: AsRef<str>>(
@@ -179,17 +199,29 @@ impl Worker {
 }
 
 /// The records of the reservations this batch made final in Postgres:
-/// confirmed (and recorded, not refused as stale) or expired. Redis need
-/// not keep them: a lookup of a reservation Redis does not know reads
-/// Postgres (`Service::recorded`). Cancelled records stay until their TTL
-/// (`FLASHGATE_RECORD_TTL_SECS`): an admin cancel's audit is retried from
-/// what the record says.
-fn finished(keys: &SaleKeys, events: &[Event], stale: &[uuid::Uuid]) -> Vec<String> {
+/// confirmed (and recorded, not refused as stale), expired, or cancelled.
+/// Redis need not keep them: a lookup of a reservation Redis does not know
+/// reads Postgres (`Service::recorded`). An admin's cancel is dropped only
+/// once its audit row is written too (`audited`): the retry of a cancel
+/// whose audit failed reads the record, and Postgres says `by_admin` only
+/// for an audited one. A cancel whose event does not say who cancelled
+/// (written before the field existed) stays until its TTL.
+fn finished(
+    keys: &SaleKeys,
+    events: &[Event],
+    stale: &[uuid::Uuid],
+    audited: &HashSet<uuid::Uuid>,
+) -> Vec<String> {
     events
         .iter()
-        .filter(|e| match e.kind {
-            EventKind::Expired => true,
-            EventKind::Confirmed => e.reservation_id.is_some_and(|r| !stale.contains(&r)),
+        .filter(|e| match (e.kind, e.reservation_id) {
+            (EventKind::Expired, _) => true,
+            (EventKind::Confirmed, Some(r)) => !stale.contains(&r),
+            (EventKind::Cancelled, Some(r)) => match e.by_admin {
+                Some(false) => true,
+                Some(true) => audited.contains(&r),
+                None => false,
+            },
             _ => false,
         })
         .filter_map(|e| e.reservation_id.map(|rid| keys.reservation(&rid)))
@@ -202,5 +234,63 @@ fn stale(sale: &SaleId, rids: &[uuid::Uuid]) {
     if !rids.is_empty() {
         crate::metrics::stale_orders("write_behind", rids.len());
         tracing::warn!(sale = %sale, reservations = ?rids, "confirmed events of a lost Redis state not recorded: the sale was rebuilt from Postgres first");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use redis::Value;
+
+    use super::*;
+
+    fn event(kind: &str, rid: &uuid::Uuid, by: Option<&str>) -> Event {
+        let rid = rid.to_string();
+        let mut pairs = vec![
+            ("kind", kind),
+            ("sale", "s1"),
+            ("rid", rid.as_str()),
+            ("user", "u1"),
+            ("qty", "1"),
+            ("at", "1795422534255"),
+        ];
+        if let Some(by) = by {
+            pairs.push(("by", by));
+        }
+        let map: HashMap<String, Value> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+            .collect();
+        Event::parse("1-0", &map).expect("parse")
+    }
+
+    /// Which records a written batch drops: a confirm unless stale, every
+    /// expiry, a buyer's cancel, an admin's only once audited, a cancel
+    /// that does not say who never; no record for a hold still live.
+    #[test]
+    fn final_records_dropped_once_written_and_admin_cancels_once_audited() {
+        let keys = SaleKeys::new("p", &SaleId::parse("s1").expect("sale id"));
+        let ids: Vec<uuid::Uuid> = (0..8).map(|_| uuid::Uuid::new_v4()).collect();
+        let events = [
+            event("confirmed", &ids[0], None),
+            event("confirmed", &ids[1], None),
+            event("expired", &ids[2], None),
+            event("cancelled", &ids[3], Some("buyer")),
+            event("cancelled", &ids[4], Some("admin")),
+            event("cancelled", &ids[5], Some("admin")),
+            event("cancelled", &ids[6], None),
+            event("reserved", &ids[7], None),
+        ];
+        let audited = HashSet::from([ids[4]]);
+        let dropped = finished(&keys, &events, &[ids[1]], &audited);
+        let want: Vec<String> = [0, 2, 3, 4]
+            .iter()
+            .map(|&i| keys.reservation(&ids[i]))
+            .collect();
+        assert_eq!(dropped, want);
+        assert_eq!(events[4].by_admin, Some(true));
+        assert_eq!(events[3].by_admin, Some(false));
+        assert_eq!(events[6].by_admin, None);
     }
 }

@@ -1,21 +1,12 @@
 //! Redis keeps live state, not history (README, Durability): once a
-//! confirmed or expired reservation's event is committed in Postgres, the
+//! confirmed, cancelled or expired reservation's event is committed in
+//! Postgres (and an admin cancel's audit row with it), the
 //! write-behind drops its record from Redis, and every lookup of it falls
 //! back to Postgres with the answer Redis would have given.
 
 use std::time::Duration;
 
 use crate::support::*;
-
-async fn record_exists(app: &TestApp, sale: &str, rid: &str) -> bool {
-    let mut conn = app.redis().await;
-    let n: i64 = redis::cmd("EXISTS")
-        .arg(format!("{}:{{{sale}}}:r:{rid}", app.prefix))
-        .query_async(&mut conn)
-        .await
-        .expect("exists");
-    n == 1
-}
 
 /// Waits until `user`'s hold `rid` has expired and the sweeper gave its
 /// units back (the sale holds none).
@@ -31,11 +22,11 @@ async fn until_expired_and_swept(app: &TestApp, sale: &str, rid: &str, user: &st
     }
 }
 
-/// A confirmed, an expired, a cancelled reservation and one made with an
-/// Idempotency-Key, then confirmed. Drained: the confirmed and expired
-/// records are gone from Redis (the cancelled one stays: an admin
-/// cancel's audit is retried from it); GET, confirm, cancel and the
-/// idempotent replay answer from Postgres as before; one order each.
+/// A confirmed, an expired reservation, one cancelled by its buyer, one
+/// by an admin, and one made with an Idempotency-Key, then confirmed.
+/// Drained: every record is gone from Redis; GET, confirm, cancel and the
+/// idempotent replay answer from Postgres as before; one order each, one
+/// audit row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
     let app = spawn_app().await;
@@ -43,6 +34,7 @@ async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
     let confirmed = app.hold(&sale, "ann", 1).await;
     let expired = app.hold(&sale, "bob", 1).await;
     let cancelled = app.hold(&sale, "cat", 1).await;
+    let released = app.hold(&sale, "eve", 1).await;
     let (s, v) = app.reserve(&sale, "dan", 1, Some("cart-dan")).await;
     assert_eq!(s, 201, "{v}");
     let keyed = rid(&v);
@@ -51,26 +43,31 @@ async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
         app.act(&sale, &cancelled, "cancel", Some("cat")).await.0,
         200
     );
+    assert_eq!(app.act(&sale, &released, "cancel", None).await.0, 200);
     app.confirm(&sale, &keyed, "dan").await;
     // bob's hold expires (1 s), and the sweeper gives it back.
     until_expired_and_swept(&app, &sale, &expired, "bob").await;
     app.drained(Duration::from_secs(30)).await;
 
     assert!(
-        !record_exists(&app, &sale, &confirmed).await,
+        !app.record_exists(&sale, &confirmed).await,
         "confirmed record dropped"
     );
     assert!(
-        !record_exists(&app, &sale, &keyed).await,
+        !app.record_exists(&sale, &keyed).await,
         "confirmed record dropped"
     );
     assert!(
-        !record_exists(&app, &sale, &expired).await,
+        !app.record_exists(&sale, &expired).await,
         "expired record dropped"
     );
     assert!(
-        record_exists(&app, &sale, &cancelled).await,
-        "cancelled record kept"
+        !app.record_exists(&sale, &cancelled).await,
+        "the buyer's cancelled record dropped"
+    );
+    assert!(
+        !app.record_exists(&sale, &released).await,
+        "the admin's cancelled record dropped (its audit row is written)"
     );
 
     let (s, v) = app.get_reservation(&sale, &confirmed, Some("ann")).await;
@@ -99,6 +96,24 @@ async fn final_records_leave_redis_once_in_postgres_and_lookups_fall_back() {
 
     let (s, v) = app.get_reservation(&sale, &cancelled, Some("cat")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let (s, v) = app.act(&sale, &cancelled, "cancel", Some("cat")).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let (s, v) = app.act(&sale, &cancelled, "confirm", Some("cat")).await;
+    assert_eq!((s, error_code(&v)), (409, "reservation_cancelled"), "{v}");
+    let (s, _) = app.get_reservation(&sale, &cancelled, Some("eve")).await;
+    assert_eq!(s, 403, "another buyer's, from Postgres too");
+    let (s, v) = app.get_reservation(&sale, &released, None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let (s, v) = app.act(&sale, &released, "cancel", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM admin_actions WHERE action = 'cancel' AND sale_id = $1",
+    )
+    .bind(&sale)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(audited, 1, "the admin's cancel, audited once");
 
     let (s, v) = app.reserve(&sale, "dan", 1, Some("cart-dan")).await;
     assert_eq!(s, 200, "the idempotent replay: {v}");
@@ -138,7 +153,7 @@ async fn a_dropped_cart_reads_back_with_its_lines() {
         (&expired, "bob", "expired"),
     ] {
         assert!(
-            !record_exists(&app, &sale, id).await,
+            !app.record_exists(&sale, id).await,
             "{status} record dropped"
         );
         let (s, v) = app.get_reservation(&sale, id, Some(user)).await;
@@ -171,7 +186,7 @@ async fn events_written_one_by_one_after_a_rejected_batch_drop_their_records() {
     let sale = app.sale(10, 1, 300).await;
     let confirmed = app.buy(&sale, "ann", 1).await;
     assert_eq!(app.reserve(&sale, "poison", 1, None).await.0, 201);
-    assert!(record_exists(&app, &sale, &confirmed).await);
+    assert!(app.record_exists(&sale, &confirmed).await);
 
     // One worker reads all three events in one batch; Postgres refuses it.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -180,7 +195,7 @@ async fn events_written_one_by_one_after_a_rejected_batch_drop_their_records() {
         .expect("worker");
     let task = tokio::spawn(worker.run(stop.clone()));
     for attempt in 0.. {
-        if !record_exists(&app, &sale, &confirmed).await {
+        if !app.record_exists(&sale, &confirmed).await {
             break;
         }
         assert!(
@@ -213,7 +228,7 @@ async fn with_dropping_off_final_records_stay_in_redis() {
     let confirmed = app.buy(&sale, "ann", 1).await;
     app.drained(Duration::from_secs(30)).await;
     assert!(
-        record_exists(&app, &sale, &confirmed).await,
+        app.record_exists(&sale, &confirmed).await,
         "the confirmed record is kept"
     );
     assert_eq!(orders(&app.pool, &sale).await.len(), 1);

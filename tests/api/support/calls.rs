@@ -175,6 +175,17 @@ impl TestApp {
         }
     }
 
+    /// Whether Redis still keeps the reservation's record.
+    pub async fn record_exists(&self, sale: &str, rid: &str) -> bool {
+        let mut conn = self.redis().await;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(format!("{}:{{{sale}}}:r:{rid}", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("exists");
+        n == 1
+    }
+
     /// Waits until the write-behind worker has drained every stream.
     pub async fn drained(&self, within: Duration) {
         let mut conn = self.redis().await;
