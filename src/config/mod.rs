@@ -130,7 +130,7 @@ impl Default for Settings {
             key_prefix: "fg".into(),
             confirm_durability: ConfirmDurability::Postgres,
             confirm_timeout: Duration::from_millis(2000),
-            confirm_writers: 2,
+            confirm_writers: 1,
             confirm_batch_max: 512,
             confirm_queue: 16_384,
             redis_timeout: Duration::from_millis(1000),

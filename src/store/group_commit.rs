@@ -55,7 +55,7 @@ pub struct GroupCommitConfig {
 impl Default for GroupCommitConfig {
     fn default() -> Self {
         Self {
-            writers: 2,
+            writers: 1,
             batch_max: 512,
             queue: 16_384,
         }

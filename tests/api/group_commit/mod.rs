@@ -275,10 +275,17 @@ async fn one_bad_row_does_not_fail_its_neighbours() {
 /// twice at the same instant (in one batch or two): every confirm answers
 /// 200, and Postgres has one order per reservation, each buyer's total and
 /// each sale's sold_count exact, also once the write-behind went over the
-/// same events.
+/// same events. Four writers (the default is one): batches of the same
+/// sales commit side by side, and take the sales' rows in one order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_concurrent_confirms_twice_each_are_counted_exactly() {
-    let app = Arc::new(spawn_app().await);
+    let app = Arc::new(
+        Spawn::new()
+            .await
+            .with(|s| s.confirm_writers = 4)
+            .start()
+            .await,
+    );
     let mut sales = Vec::new();
     let mut all = Vec::new();
     for i in 0..3 {
