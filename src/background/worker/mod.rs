@@ -76,6 +76,12 @@ pub struct WorkerConfig {
     /// Pause when a whole pass found nothing to do, doubled after each
     /// pass that found nothing, up to [`IDLE_WAIT_MAX`].
     pub idle_wait: Duration,
+    /// Pause after a pass that found less than a batch: events gather
+    /// meanwhile, so a steady flow is written in batches of a few hundred,
+    /// not of a few dozen, each of which costs a stream read, two
+    /// transactions and an acknowledgement. A pass that found a batch or
+    /// more goes on at once (a backlog is drained at full speed).
+    pub gather: Duration,
 }
 
 impl WorkerConfig {
@@ -89,6 +95,7 @@ impl WorkerConfig {
             claim_idle,
             drop_final_records: true,
             idle_wait: Duration::from_millis(50),
+            gather: Duration::from_millis(20),
         }
     }
 }
@@ -190,6 +197,12 @@ impl Worker {
                 idle = (idle * 2).min(IDLE_WAIT_MAX.max(self.cfg.idle_wait));
             } else {
                 idle = self.cfg.idle_wait;
+                if done < self.cfg.batch && !self.cfg.gather.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.cfg.gather) => {}
+                    }
+                }
             }
         }
         self.health.set_running(false);
