@@ -27,7 +27,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 pub use audit::{reservation_json, sale_json, AdminAction, AuditEntry};
 pub use events::{Event, EventKind};
 pub use group_commit::{Committed, ConfirmQueue, GroupCommitConfig};
-pub use orders::Recorded;
+pub use orders::{Recorded, BATCH_SQL, PRESENT_SQL};
 pub use sales::{Rebuild, SaleRow, Snapshot};
 pub use totals::ItemTotals;
 

@@ -46,14 +46,16 @@ pub(super) fn order((reservation_id, sale_id, user_id, quantity, confirmed_at): 
 /// into a join). `reservation_id = ANY($1)` was run as a scan of every
 /// order, each compared with every id of the array in turn: in a profile
 /// of 20,000 confirms, 16 % of the machine's CPU went to those comparisons.
+/// Which of `$1` (reservation ids) have an order row (see [`present`]);
+/// public so that a test can check its plan.
+pub const PRESENT_SQL: &str = "SELECT r.id FROM UNNEST($1::uuid[]) AS r(id)
+     WHERE (SELECT count(*) FROM orders o WHERE o.reservation_id = r.id) > 0";
+
 async fn present(conn: &mut PgConnection, rids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT r.id FROM UNNEST($1::uuid[]) AS r(id)
-         WHERE (SELECT count(*) FROM orders o WHERE o.reservation_id = r.id) > 0",
-    )
-    .bind(rids)
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<(Uuid,)> = sqlx::query_as(PRESENT_SQL)
+        .bind(rids)
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
@@ -247,66 +249,37 @@ impl Store {
     }
 }
 
-/// Records `orders` (any sales, any number) in one statement: the one
-/// place orders are written, by every writer (group commit, write-behind,
-/// `reconcile --fix`). Rows written with an order in the same transaction
-/// belong beside it.
-pub(super) async fn insert_orders<O: std::borrow::Borrow<Order>>(
-    conn: &mut PgConnection,
-    orders: &[O],
-) -> Result<Recorded, sqlx::Error> {
-    if orders.is_empty() {
-        return Ok(Recorded::default());
-    }
-    let mut rid = Vec::with_capacity(orders.len());
-    let mut sale = Vec::with_capacity(orders.len());
-    let mut user = Vec::with_capacity(orders.len());
-    let mut qty = Vec::with_capacity(orders.len());
-    let mut at = Vec::with_capacity(orders.len());
-    let mut epoch = Vec::with_capacity(orders.len());
-    // The lines of the orders of sales of several items, flat.
-    let (mut line_rid, mut line_sku, mut line_qty) = (Vec::new(), Vec::new(), Vec::new());
-    for o in orders {
-        let o = o.borrow();
-        rid.push(o.reservation_id);
-        sale.push(o.sale_id.as_str());
-        user.push(o.user_id.as_str());
-        qty.push(o.quantity);
-        at.push(o.confirmed_at);
-        epoch.push(o.epoch);
-        for l in &o.items {
-            line_rid.push(o.reservation_id);
-            line_sku.push(l.sku.as_str());
-            line_qty.push(i32::try_from(l.quantity).unwrap_or(i32::MAX));
-        }
-    }
-    // Data-modifying CTEs run exactly once each; user_purchases and sold_count
-    // only move by the rows `ins` really inserted, and so do order_items and
-    // user_item_purchases (the lines of those orders; per buyer only for
-    // items with their own cap).
-    //
-    // `fence` locks the sales' rows FOR NO KEY UPDATE, sorted by sale id,
-    // and keeps only orders of each sale's current epoch: a rebuild (which
-    // takes the row FOR UPDATE) either waits for this write, and then
-    // reads it, or bumped the epoch first, and then this write records
-    // nothing of the lost state. An order of a sale Postgres does not know
-    // is recorded as before (there is nothing to rebuild it from).
-    //
-    // `stale`: the orders of a left epoch that are not recorded. Only the
-    // rows `current` left out are looked up in `orders`, one index probe
-    // each (a scalar subquery, which Postgres does not turn into a join,
-    // behind a CASE, so it is not evaluated for the other rows):
-    // a NOT EXISTS anti-join there was planned as a hash of the whole
-    // `orders` table, read in full by every batch.
-    //
-    // No deadlock between writers (the confirm path's group commit, the
-    // write-behind, `reconcile --fix`): the only row locks they wait for
-    // are these, taken first and in one order. The `sold` update later
-    // touches only rows already locked here, and two writes that share a
-    // buyer's user_purchases row share its sale's row, so the second one
-    // waits at the fence, before it touches any buyer.
-    let (n, stale): (i64, Vec<Uuid>) = sqlx::query_as(
-        "WITH input AS (
+/// The statement of [`insert_orders`]: $1..$6 the orders (reservation,
+/// sale, buyer, quantity, time, epoch), $7..$9 their lines (reservation,
+/// sku, quantity); returns the rows inserted and the reservations refused
+/// as stale. Public so that a test can check its plan.
+///
+/// Data-modifying CTEs run exactly once each; user_purchases and sold_count
+/// only move by the rows `ins` really inserted, and so do order_items and
+/// user_item_purchases (the lines of those orders; per buyer only for
+/// items with their own cap).
+///
+/// `fence` locks the sales' rows FOR NO KEY UPDATE, sorted by sale id,
+/// and keeps only orders of each sale's current epoch: a rebuild (which
+/// takes the row FOR UPDATE) either waits for this write, and then
+/// reads it, or bumped the epoch first, and then this write records
+/// nothing of the lost state. An order of a sale Postgres does not know
+/// is recorded as before (there is nothing to rebuild it from).
+///
+/// `stale`: the orders of a left epoch that are not recorded. Only the
+/// rows `current` left out are looked up in `orders`, one index probe
+/// each (a scalar subquery, which Postgres does not turn into a join,
+/// behind a CASE, so it is not evaluated for the other rows):
+/// a NOT EXISTS anti-join there was planned as a hash of the whole
+/// `orders` table, read in full by every batch.
+///
+/// No deadlock between writers (the confirm path's group commit, the
+/// write-behind, `reconcile --fix`): the only row locks they wait for
+/// are these, taken first and in one order. The `sold` update later
+/// touches only rows already locked here, and two writes that share a
+/// buyer's user_purchases row share its sale's row, so the second one
+/// waits at the fence, before it touches any buyer.
+pub const BATCH_SQL: &str = "WITH input AS (
             SELECT DISTINCT ON (rid) rid, sale_id, user_id, qty, at, epoch
             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[], $6::int8[]) AS t(rid, sale_id, user_id, qty, at, epoch)
             ORDER BY rid
@@ -356,19 +329,54 @@ pub(super) async fn insert_orders<O: std::borrow::Borrow<Order>>(
                ARRAY(SELECT i.rid FROM input i JOIN fence f ON f.sale_id = i.sale_id
                      WHERE CASE WHEN f.epoch <> i.epoch
                            THEN (SELECT count(*) FROM orders o WHERE o.reservation_id = i.rid) = 0
-                           ELSE false END)",
-    )
-    .bind(&rid)
-    .bind(&sale)
-    .bind(&user)
-    .bind(&qty)
-    .bind(&at)
-    .bind(&epoch)
-    .bind(&line_rid)
-    .bind(&line_sku)
-    .bind(&line_qty)
-    .fetch_one(&mut *conn)
-    .await?;
+                           ELSE false END)";
+
+/// Records `orders` (any sales, any number) in one statement: the one
+/// place orders are written, by every writer (group commit, write-behind,
+/// `reconcile --fix`). Rows written with an order in the same transaction
+/// belong beside it.
+pub(super) async fn insert_orders<O: std::borrow::Borrow<Order>>(
+    conn: &mut PgConnection,
+    orders: &[O],
+) -> Result<Recorded, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(Recorded::default());
+    }
+    let mut rid = Vec::with_capacity(orders.len());
+    let mut sale = Vec::with_capacity(orders.len());
+    let mut user = Vec::with_capacity(orders.len());
+    let mut qty = Vec::with_capacity(orders.len());
+    let mut at = Vec::with_capacity(orders.len());
+    let mut epoch = Vec::with_capacity(orders.len());
+    // The lines of the orders of sales of several items, flat.
+    let (mut line_rid, mut line_sku, mut line_qty) = (Vec::new(), Vec::new(), Vec::new());
+    for o in orders {
+        let o = o.borrow();
+        rid.push(o.reservation_id);
+        sale.push(o.sale_id.as_str());
+        user.push(o.user_id.as_str());
+        qty.push(o.quantity);
+        at.push(o.confirmed_at);
+        epoch.push(o.epoch);
+        for l in &o.items {
+            line_rid.push(o.reservation_id);
+            line_sku.push(l.sku.as_str());
+            line_qty.push(i32::try_from(l.quantity).unwrap_or(i32::MAX));
+        }
+    }
+    // What the statement does, and why no two writers deadlock: BATCH_SQL.
+    let (n, stale): (i64, Vec<Uuid>) = sqlx::query_as(BATCH_SQL)
+        .bind(&rid)
+        .bind(&sale)
+        .bind(&user)
+        .bind(&qty)
+        .bind(&at)
+        .bind(&epoch)
+        .bind(&line_rid)
+        .bind(&line_sku)
+        .bind(&line_qty)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(Recorded {
         inserted: u64::try_from(n).unwrap_or(0),
         stale,

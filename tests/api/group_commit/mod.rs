@@ -6,9 +6,11 @@
 //!   reservation twice) and hundreds of concurrent confirms, exact counts;
 //! - `faults.rs`: the process killed between a batch's commit and its
 //!   answers, Postgres cut mid-batch, a confirm timing out while its batch
-//!   commits.
+//!   commits;
+//! - `plans.rs`: the writers read `orders` only by index.
 
 mod faults;
+mod plans;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
