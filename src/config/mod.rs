@@ -81,8 +81,8 @@ pub struct Settings {
     /// (confirmed and expired ones are dropped sooner, once their event is
     /// in Postgres); a held record outlives its hold whatever this says.
     pub record_ttl: Duration,
-    /// The write-behind drops confirmed and expired records from Redis once
-    /// their event is committed (else they stay `record_ttl`).
+    /// The write-behind drops confirmed, cancelled and expired records from
+    /// Redis once their event is committed (else they stay `record_ttl`).
     pub drop_final_records: bool,
     /// How long idempotency keys stay in Redis.
     pub idempotency_ttl: Duration,

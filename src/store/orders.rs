@@ -91,7 +91,8 @@ impl Store {
     /// A final reservation as Postgres recorded it: its order (confirmed),
     /// or its `cancelled` / `expired` event. What lookups fall back to once
     /// Redis dropped the reservation's record (the write-behind drops
-    /// confirmed and expired records once their event is committed).
+    /// confirmed, cancelled and expired records once their event is
+    /// committed).
     pub async fn final_record(
         &self,
         sale: &SaleId,

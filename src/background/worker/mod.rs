@@ -70,8 +70,8 @@ pub struct WorkerConfig {
     pub batch: usize,
     pub max_deliveries: u64,
     pub claim_idle: Duration,
-    /// Drop confirmed and expired reservation records from Redis once
-    /// their event is committed (`FLASHGATE_DROP_FINAL_RECORDS`).
+    /// Drop confirmed, cancelled and expired reservation records from Redis
+    /// once their event is committed (`FLASHGATE_DROP_FINAL_RECORDS`).
     pub drop_final_records: bool,
     /// Pause when a whole pass found nothing to do, doubled after each
     /// pass that found nothing, up to [`IDLE_WAIT_MAX`].
