@@ -78,7 +78,7 @@ pub struct Settings {
     /// Expired holds given back per script call.
     pub sweep_batch: u32,
     /// How long a reservation record stays in Redis at most once final
-    /// (confirmed and expired ones are dropped sooner, once their event is
+    /// (confirmed, cancelled and expired ones are dropped sooner, once their event is
     /// in Postgres); a held record outlives its hold whatever this says.
     pub record_ttl: Duration,
     /// The write-behind drops confirmed, cancelled and expired records from
