@@ -107,10 +107,9 @@ impl ApiError {
     }
 
     /// 429 `rate_limited`: retry after `wait`, rounded up to whole seconds
-    /// (the `Retry-After` header counts seconds).
-    /// A 429 whose Retry-After is `wait` rounded up to whole seconds, and
-    /// at least 1: a limiter's wait that ran out as it was read still
-    /// answers "not now", and 0 would invite the retry at once.
+    /// (the `Retry-After` header counts seconds), and at least 1: a
+    /// limiter's wait that ran out as it was read still answers "not now",
+    /// and 0 would invite the retry at once.
     pub fn retry_after(wait: std::time::Duration) -> Self {
         Self::RateLimited {
             retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),

@@ -107,8 +107,6 @@ impl Worker {
         self.ack_and_forget(keys, ids, &[]).await
     }
 
-    /// Acknowledges and deletes `ids`, and drops the reservation records
-    /// `records` (final, and now in Postgres), in one atomic step.
     /// Acknowledges events Postgres has, and drops the Redis records they
     /// made final (when configured), in one step: the batch's path and the
     /// event-by-event path after a rejected batch alike.
@@ -147,6 +145,8 @@ impl Worker {
         }
     }
 
+    /// Acknowledges and deletes `ids`, and drops the reservation records
+    /// `records` (final, and now in Postgres), in one atomic step.
     async fn ack_and_forget<S: AsRef<str>>(
         &mut self,
         keys: &SaleKeys,
