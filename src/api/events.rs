@@ -21,6 +21,7 @@ use std::time::Duration;
 use actix_web::http::{header, Version};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Buf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -269,8 +270,8 @@ async fn serve(io: std::net::TcpStream, mut stream: Stream) {
     }
 }
 
-/// One chunk of a chunked body: its size in hex, the data, CRLF; written in
-/// one vectored write when the socket takes it.
+/// One chunk of a chunked body: its size in hex, the data, CRLF; written
+/// as one vectored write when the socket takes it whole.
 async fn write_chunk(io: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     if data.is_empty() {
         return Ok(()); // an empty chunk would end the body
@@ -282,27 +283,6 @@ async fn write_chunk(io: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
         std::io::Write::write_fmt(&mut w, format_args!("{:X}\r\n", data.len()))?;
         20 - w.len()
     };
-    let parts: [&[u8]; 3] = [&line[..n], data, b"\r\n"];
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut done = 0;
-    while done < total {
-        let mut skip = done;
-        let mut slices = [std::io::IoSlice::new(&[]); 3];
-        let mut k = 0;
-        for p in parts {
-            if skip >= p.len() {
-                skip -= p.len();
-            } else {
-                slices[k] = std::io::IoSlice::new(&p[skip..]);
-                k += 1;
-                skip = 0;
-            }
-        }
-        let n = io.write_vectored(&slices[..k]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        done += n;
-    }
-    Ok(())
+    let mut chunk = Buf::chain(Buf::chain(&line[..n], data), &b"\r\n"[..]);
+    io.write_all_buf(&mut chunk).await
 }
