@@ -54,6 +54,8 @@ pub struct Live {
     every: Duration,
     max_subscribers: usize,
     subscribers: AtomicUsize,
+    /// Woken when the last subscriber leaves (the shutdown waits for it).
+    none_left: tokio::sync::Notify,
     feeds: Mutex<HashMap<SaleId, Feed>>,
     /// Ends every stream (the server begins to shut down).
     closing: CancellationToken,
@@ -74,7 +76,9 @@ struct Seat(Arc<Live>);
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+        if self.0.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
     }
 }
 
@@ -99,6 +103,7 @@ impl Live {
             every: Duration::from_secs(1) / max_hz.max(1),
             max_subscribers,
             subscribers: AtomicUsize::new(0),
+            none_left: tokio::sync::Notify::new(),
             feeds: Mutex::new(HashMap::new()),
             closing,
             runtime: tokio::runtime::Handle::current(),
@@ -115,6 +120,19 @@ impl Live {
 
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once no subscriber is left (at once if none is).
+    pub async fn all_left(&self) {
+        loop {
+            // Registered before the count is read: a last leave between
+            // the two still wakes this wait.
+            let left = self.none_left.notified();
+            if self.subscribers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            left.await;
+        }
     }
 
     /// Ends every stream when it fires.

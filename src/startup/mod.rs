@@ -290,10 +290,7 @@ impl Application {
         // Event streams that took their sockets (`admission::Handoff`) are
         // not the HTTP server's: they ended when its shutdown began, and
         // each writes its last chunk before the runtime stops.
-        let deadline = tokio::time::Instant::now() + STREAMS_STOP_BOUND;
-        while self.live.subscribers() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let _ = tokio::time::timeout(STREAMS_STOP_BOUND, self.live.all_left()).await;
         self.shutdown.cancel();
         for t in self.tasks {
             if tokio::time::timeout(TASK_STOP_BOUND, t).await.is_err() {
